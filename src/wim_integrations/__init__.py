@@ -1,0 +1,56 @@
+"""Writing in the Margins (WiM) for LangChain and LlamaIndex on local Hugging Face models."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .config import SamplingConfig, WiMConfig
+from .engine import WiM, WiMStream
+from .errors import ContextTooLongError, ModelLoadError, WiMCancelled, WiMError, WiMInputError
+from .events import (
+    AnswerStarted,
+    AnswerToken,
+    DocumentSpan,
+    Finished,
+    Margin,
+    MarginToken,
+    MarginWritten,
+    SegmentRead,
+    WiMEvent,
+    WiMResult,
+)
+from .prompts import PromptSet
+from .segmenter import InputDocument
+
+__version__ = "0.1.0"
+
+# Framework adapters load on first use, so the core works without langchain-core or llama-index-core.
+_LAZY = {
+    "WiMChain": ("wim_integrations.langchain", "langchain"),
+    "WiMCallbackHandler": ("wim_integrations.langchain", "langchain"),
+    "WiMSynthesizer": ("wim_integrations.llamaindex", "llamaindex"),
+    "WiMQueryEngine": ("wim_integrations.llamaindex", "llamaindex"),
+    "WiMLLM": ("wim_integrations.llamaindex", "llamaindex"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wim_integrations' has no attribute {name!r}")
+    module, extra = _LAZY[name]
+    try:
+        return getattr(import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("langchain_core", "langsmith", "llama_index"):
+            raise ImportError(
+                f"{name} needs the '{extra}' extra: pip install 'wim-integrations[{extra}]' ({exc.name} is missing)"
+            ) from exc
+        raise
+
+
+__all__ = [
+    "AnswerStarted", "AnswerToken", "ContextTooLongError", "DocumentSpan", "Finished", "InputDocument", "Margin",
+    "MarginToken", "MarginWritten", "ModelLoadError", "PromptSet", "SamplingConfig", "SegmentRead", "WiM",
+    "WiMCancelled", "WiMConfig", "WiMError", "WiMEvent", "WiMInputError", "WiMResult", "WiMStream", *_LAZY,
+]

@@ -1,0 +1,46 @@
+"""Settings of one WiM run. Everything here can change per call; the model is fixed per `WiM` object."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ClassificationMode = Literal["same_model", "auxiliary", "inline", "none"]
+
+
+class SamplingConfig(BaseModel):
+    """Decoding settings. Greedy (the default) is deterministic; set `do_sample=True` to sample."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int | None = Field(None, description="seed for sampling; None draws from torch's global generator")
+
+
+class WiMConfig(BaseModel):
+    """How WiM reads a context.
+
+    `segment_tokens=None` sizes segments for the model: min(4096, max(256, window // 8)) tokens, 4096 being
+    the paper's choice for 128k-token models.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
+    margin_max_new_tokens: int = Field(64, ge=1)
+    answer_max_new_tokens: int = Field(256, ge=1)
+    classification: ClassificationMode = "same_model"
+    classifier_max_new_tokens: int = Field(8, ge=1)
+    keep_unknown_verdicts: bool = Field(
+        False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    def with_updates(self, **changes: object) -> WiMConfig:
+        """A copy with `changes` applied and validated."""
+        return WiMConfig.model_validate({**self.model_dump(), **changes})

@@ -1,0 +1,380 @@
+"""The WiM algorithm as a stream of typed events, free of any framework.
+
+    wim = WiM.default()
+    for event in wim.stream(context, question):
+        ...
+    result = wim.run(context, question)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend, GenerationRequest
+from .classify import parse_verdict, split_inline
+from .config import WiMConfig
+from .errors import ContextTooLongError, WiMCancelled, WiMInputError
+from .events import (
+    AnswerStarted,
+    AnswerToken,
+    Finished,
+    Margin,
+    MarginToken,
+    MarginWritten,
+    SegmentRead,
+    Timings,
+    TokenCounts,
+    WiMEvent,
+    WiMResult,
+)
+from .prompts import ChatFrame, PromptSet, render
+from .segmenter import Context, segment_context
+from .textstream import TextDeltas
+
+# Tokens a margin's label ("Margin note 3 (part 5 of 9):") adds in the final prompt; used for the budget check.
+_LABEL_TOKENS = 16
+
+
+def default_segment_tokens(window: int | None) -> int:
+    """The paper used 4096-token segments on 128k models; smaller windows get window/8, at least 256."""
+    if not window:
+        return 4096
+    return min(4096, max(256, window // 8))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run needs, validated and tokenized before any forward pass."""
+
+    context: Context
+    question: str
+    config: WiMConfig
+    head_ids: list[int]  # chat prefix + context opening
+    margin_prompt_ids: list[int]  # instruction + question + chat suffix, appended after each segment
+    segment_tokens: int
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.context.segments)
+
+
+class WiM:
+    """A WiM reader on one model. Build once, reuse for many calls; thread-safe."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+        classifier: Backend | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config or WiMConfig()
+        self.prompts = prompts or PromptSet.default()
+        self.classifier = classifier
+        self.frame = ChatFrame.from_tokenizer(backend.tokenizer)
+        self._classifier_frame = ChatFrame.from_tokenizer(classifier.tokenizer) if classifier else None
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        classifier_model: str | None = None,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+        **load_kwargs: Any,
+    ) -> WiM:
+        """Load a local model directory or a model already in the Hugging Face cache (offline by default)."""
+        from .models import load_backend
+
+        classifier = load_backend(classifier_model, **load_kwargs) if classifier_model else None
+        return cls(load_backend(model, **load_kwargs), config=config, prompts=prompts, classifier=classifier)
+
+    @classmethod
+    def default(cls, *, config: WiMConfig | None = None, **kwargs: Any) -> WiM:
+        """WiM on the embedded SmolLM2-135M-Instruct (converted once to a local cache on first use)."""
+        from .models import load_default_backend
+
+        return cls(load_default_backend(**kwargs), config=config)
+
+    @property
+    def model_name(self) -> str:
+        return self.backend.name
+
+    # -- planning --------------------------------------------------------------------------------------
+    def plan(self, context: object, question: object, config: WiMConfig | None = None) -> Plan:
+        """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix."""
+        cfg = config or self.config
+        if not isinstance(question, str):
+            raise WiMInputError(f"question must be a string, not {type(question).__name__}.")
+        if not question.strip():
+            raise WiMInputError("question is empty; pass the question WiM should answer.")
+        if cfg.classification == "auxiliary" and self.classifier is None:
+            raise WiMInputError(
+                "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
+                "WiM.from_pretrained(..., classifier_model=...), or pick 'same_model', 'inline' or 'none'."
+            )
+        b = self.backend
+        head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
+        instruction = (
+            self.prompts.margin_instruction_inline if cfg.classification == "inline" else self.prompts.margin_instruction
+        )
+        margin_prompt_ids = b.encode_text(render(instruction, question=question)) + b.encode_template(
+            self.frame.suffix
+        )
+        budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
+        if budget < len(margin_prompt_ids):
+            raise WiMInputError(
+                f"segment_tokens={budget} is smaller than the margin instruction ({len(margin_prompt_ids)} tokens); "
+                f"use segment_tokens of at least {len(margin_prompt_ids)} (a few times more is sensible)."
+            )
+        ctx = segment_context(b.tokenizer, context, budget)
+        self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
+        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget)
+
+    def _check_window(
+        self, ctx: Context, question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
+    ) -> None:
+        b = self.backend
+        limits = [(n, what) for n, what in (
+            (b.max_context_tokens, "context window"),
+            (getattr(b, "rollback_limit", None), "sliding attention window (the cache cannot be rolled back past it)"),
+        ) if n]
+        if not limits:
+            return
+        final_prompt = self._final_prompt_ids(question, [], len(ctx.segments))
+        margins_worst = len(ctx.segments) * (cfg.margin_max_new_tokens + _LABEL_TOKENS)
+        reading = len(head) + ctx.n_tokens
+        need = reading + max(
+            len(margin_prompt) + cfg.margin_max_new_tokens,
+            len(final_prompt) + margins_worst + cfg.answer_max_new_tokens,
+        )
+        for limit, what in limits:
+            if need > limit:
+                raise ContextTooLongError(
+                    f"WiM needs up to {need} tokens for this input but model {b.name!r} has a {what} of {limit} "
+                    f"(over by {need - limit}): context {ctx.n_tokens}, prompts {len(head) + len(final_prompt)}, "
+                    f"margins up to {margins_worst} ({len(ctx.segments)} x margin_max_new_tokens="
+                    f"{cfg.margin_max_new_tokens} + labels), answer {cfg.answer_max_new_tokens}. Shorten the context, "
+                    "lower margin_max_new_tokens/answer_max_new_tokens, or use a model with a longer window."
+                )
+
+    def _final_prompt_ids(self, question: str, margins: Sequence[Margin], n_segments: int) -> list[int]:
+        b = self.backend
+        if margins:
+            block = "\n\n".join(
+                f"Margin note {i} (part {m.segment_index + 1} of {n_segments}):\n{m.text}"
+                for i, m in enumerate(margins, 1)
+            )
+        else:
+            block = self.prompts.no_margins
+        body = render(self.prompts.final_answer, margins=block, question=question)
+        return b.encode_text(body) + b.encode_template(self.frame.suffix)
+
+    # -- running ---------------------------------------------------------------------------------------
+    def stream(
+        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
+    ) -> WiMStream:
+        """Start a run. Inputs are validated now (errors raise here); work happens as the stream is read."""
+        cfg = (config or self.config).with_updates(**overrides) if overrides else (config or self.config)
+        return WiMStream(self, self.plan(context, question, cfg))
+
+    def run(self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any) -> WiMResult:
+        stream = self.stream(context, question, config=config, **overrides)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    async def astream(
+        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
+    ) -> AsyncIterator[WiMEvent]:
+        """Async events: the model runs in a worker thread (contextvars copied), the event loop stays free."""
+        stream = self.stream(context, question, config=config, **overrides)
+        async for event in stream.aiter():
+            yield event
+
+    async def arun(
+        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
+    ) -> WiMResult:
+        stream = self.stream(context, question, config=config, **overrides)
+        async for _ in stream.aiter():
+            pass
+        assert stream.result is not None
+        return stream.result
+
+
+class WiMStream:
+    """Iterator of a run's events, with early exit.
+
+    `answer_now()`: stop reading further segments and answer from what was read so far (events continue with
+    the answer). `cancel()`: stop at the next step; no answer, no `Finished`. `result` is set after `Finished`.
+    """
+
+    def __init__(self, wim: WiM, plan: Plan) -> None:
+        self.wim = wim
+        self.plan = plan
+        self.result: WiMResult | None = None
+        self._answer_now = threading.Event()
+        self._cancel = threading.Event()
+        self._events = self._run()
+
+    def answer_now(self) -> None:
+        self._answer_now.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def __iter__(self) -> Iterator[WiMEvent]:
+        return self
+
+    def __next__(self) -> WiMEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._events.close()
+
+    async def aiter(self) -> AsyncIterator[WiMEvent]:
+        """Drive this stream from a worker thread, one event at a time; cancelling the task cancels the run."""
+        done = object()
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(asyncio.to_thread(next, self._events, done))
+                event = await asyncio.shield(pending)
+                pending = None
+                if event is done:
+                    return
+                yield event
+        finally:
+            self._cancel.set()
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])  # let the in-flight step finish before closing the generator
+            self._events.close()
+
+    # -- the algorithm ---------------------------------------------------------------------------------
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise WiMCancelled()
+
+    def _run(self) -> Iterator[WiMEvent]:
+        try:
+            yield from self._steps()
+        except WiMCancelled:
+            return
+
+    def _steps(self) -> Iterator[WiMEvent]:
+        wim, plan, cfg = self.wim, self.plan, self.plan.config
+        b = wim.backend
+        segments = plan.context.segments
+        n = len(segments)
+        timings, tokens = Timings(), TokenCounts(context=plan.context.n_tokens)
+        margins: list[Margin] = []
+        t_start = time.perf_counter()
+
+        cache = b.new_cache()
+        t0 = time.perf_counter()
+        b.prefill(cache, plan.head_ids)
+        timings.prefill_seconds += time.perf_counter() - t0
+        tokens.prompt += len(plan.head_ids)
+
+        read = 0
+        for seg in segments:
+            if self._answer_now.is_set():
+                break
+            self._check_cancel()
+            t0 = time.perf_counter()
+            b.prefill(cache, seg.token_ids)
+            dt = time.perf_counter() - t0
+            timings.prefill_seconds += dt
+            read += 1
+            char_span, token_span = (seg.start_char, seg.end_char), (seg.start_token, seg.end_token)
+            yield SegmentRead(
+                segment_index=seg.index, n_segments=n, char_span=char_span, token_span=token_span,
+                n_tokens=seg.n_tokens, documents=list(seg.documents), seconds=dt,
+            )
+            if self._answer_now.is_set():
+                break
+
+            # Margin: instruction + generation on top of the cache, then roll back to the segment's end.
+            t0 = time.perf_counter()
+            end_of_segment = b.cache_length(cache)
+            deltas = TextDeltas(b.decode)
+            request = GenerationRequest(plan.margin_prompt_ids, cfg.margin_max_new_tokens, cfg.sampling)
+            try:
+                for tok in b.generate(cache, request):
+                    self._check_cancel()
+                    if delta := deltas.push(tok):
+                        yield MarginToken(segment_index=seg.index, text=delta)
+            finally:
+                b.rollback(cache, end_of_segment)
+            t_margin = time.perf_counter() - t0
+            timings.margin_seconds += t_margin
+            tokens.prompt += len(plan.margin_prompt_ids)
+            tokens.margin_generated += len(deltas.ids)
+
+            t0 = time.perf_counter()
+            text, verdict, raw = self._classify(deltas.text.strip(), plan.question, cfg, tokens)
+            t_classify = time.perf_counter() - t0
+            timings.classify_seconds += t_classify
+            relevant = verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts)
+            margin = Margin(
+                segment_index=seg.index, text=text, relevant=relevant, verdict=verdict, classifier_output=raw,
+                char_span=char_span, token_span=token_span, documents=list(seg.documents),
+                n_tokens=len(deltas.ids), seconds=t_margin + t_classify,
+            )
+            margins.append(margin)
+            yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+
+        self._check_cancel()
+        relevant = [m for m in margins if m.relevant]
+        yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
+        t0 = time.perf_counter()
+        final_ids = wim._final_prompt_ids(plan.question, relevant, n)
+        tokens.answer_prompt = len(final_ids)
+        deltas = TextDeltas(b.decode)
+        for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
+            self._check_cancel()
+            if delta := deltas.push(tok):
+                yield AnswerToken(text=delta)
+        timings.answer_seconds = time.perf_counter() - t0
+        tokens.answer_generated = len(deltas.ids)
+        timings.total_seconds = time.perf_counter() - t_start
+        self.result = WiMResult(
+            answer=deltas.text.strip(), question=plan.question, margins=margins, n_segments=n,
+            segments_read=read, stopped_early=read < n, timings=timings, tokens=tokens, model=b.name,
+        )
+        yield Finished(result=self.result)
+
+    def _classify(
+        self, margin: str, question: str, cfg: WiMConfig, tokens: TokenCounts
+    ) -> tuple[str, Any, str | None]:
+        """(margin text, verdict, raw classifier reply)."""
+        if cfg.classification == "none":
+            return margin, "unclassified", None
+        if cfg.classification == "inline":
+            verdict, text = split_inline(margin)
+            return text, verdict, None
+        backend = self.wim.classifier if cfg.classification == "auxiliary" else self.wim.backend
+        frame = self.wim._classifier_frame if cfg.classification == "auxiliary" else self.wim.frame
+        assert backend is not None and frame is not None
+        body = render(self.wim.prompts.classification, question=question, margin=margin)
+        ids = backend.encode_template(frame.prefix) + backend.encode_text(body) + backend.encode_template(frame.suffix)
+        cache = backend.new_cache()
+        out = list(backend.generate(cache, GenerationRequest(ids, cfg.classifier_max_new_tokens)))
+        self._check_cancel()
+        tokens.classifier_generated += len(out)
+        reply = backend.decode(out).strip()
+        return margin, parse_verdict(reply), reply

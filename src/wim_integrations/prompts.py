@@ -1,0 +1,106 @@
+"""Prompt texts (from `templates/`) and the model's chat template, split around the long context.
+
+User text is never passed through `str.format`: placeholders `{{name}}` in a template are filled in one pass
+over the template, so braces or placeholder-looking text inside a question or a margin stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import WiMInputError
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_SENTINEL = "\x00WIM_CONTENT\x00"
+
+# Used when a tokenizer has no chat template; documented in docs/architecture.md.
+PLAIN_PREFIX = "User:\n"
+PLAIN_SUFFIX = "\n\nAssistant:\n"
+
+
+def render(template: str, **values: str) -> str:
+    """Fill `{{name}}` placeholders in one pass; a missing value is an error, extra values are ignored."""
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in values:
+            raise KeyError(f"template placeholder {{{{{name}}}}} has no value")
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def _templates_dir() -> Path:
+    packaged = resources.files("wim_integrations") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "templates"  # source checkout
+
+
+@cache
+def _read_template(name: str) -> str:
+    path = _templates_dir() / f"{name}.txt"
+    text = path.read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text  # files end with one newline by convention
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The WiM prompt texts. Override any of them with `PromptSet.default().with_overrides(...)`."""
+
+    context_opening: str
+    margin_instruction: str
+    margin_instruction_inline: str
+    classification: str
+    final_answer: str
+    no_margins: str
+
+    @classmethod
+    def default(cls) -> PromptSet:
+        return cls(**{f.name: _read_template(f.name) for f in fields(cls)})
+
+    def with_overrides(self, overrides: Mapping[str, str] | None = None, **kw: str) -> PromptSet:
+        changes = {**(overrides or {}), **kw}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise WiMInputError(f"unknown prompt name(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """The chat template rendered around one user message: `prefix + content + suffix`."""
+
+    prefix: str
+    suffix: str
+    native: bool  # False when the tokenizer has no chat template and the plain format is used
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, *, allow_plain: bool = True) -> ChatFrame:
+        if not getattr(tokenizer, "chat_template", None):
+            if not allow_plain:
+                raise WiMInputError(
+                    f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; load an instruct "
+                    "model, set tokenizer.chat_template, or allow the plain 'User:/Assistant:' format."
+                )
+            warnings.warn(
+                "tokenizer has no chat template; using the plain 'User:/Assistant:' format", stacklevel=3
+            )
+            return cls(PLAIN_PREFIX, PLAIN_SUFFIX, native=False)
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        if rendered.count(_SENTINEL) != 1:
+            raise WiMInputError("the chat template does not place the user message exactly once; cannot frame WiM.")
+        prefix, suffix = rendered.split(_SENTINEL)
+        return cls(prefix, suffix, native=True)

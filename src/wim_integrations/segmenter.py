@@ -1,0 +1,198 @@
+"""Split a context into segments of at most N model tokens, cut where a reader would pause.
+
+The whole context is tokenized once; segments are slices of that one token sequence, so the segments' tokens
+concatenated are exactly the tokens of the whole context, and their texts concatenated are exactly the input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import WiMInputError
+from .events import DocumentSpan
+
+DOCUMENT_SEPARATOR = "\n\n"
+
+# Cut strength before a token, strongest first. A token that starts inside a matched gap may open a segment.
+_DOC, _PARAGRAPH, _LINE, _SENTENCE, _WORD, _TOKEN, _MID_CHAR = 6, 5, 4, 3, 2, 1, 0
+_GAPS: tuple[tuple[int, re.Pattern[str]], ...] = (
+    (_PARAGRAPH, re.compile(r"\n[ \t]*\n\s*")),
+    (_LINE, re.compile(r"\n\s*")),
+    (_SENTENCE, re.compile(r"(?<=[.!?…。])[\"'”’)\]]*\s+")),
+    (_WORD, re.compile(r"\s+")),
+)
+
+
+@dataclass(frozen=True)
+class InputDocument:
+    """One document of a multi-document context; `id` and `metadata` travel to the events."""
+
+    text: str
+    id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    text: str
+    start_char: int
+    end_char: int
+    start_token: int
+    end_token: int
+    token_ids: tuple[int, ...]
+    documents: tuple[DocumentSpan, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        return self.end_token - self.start_token
+
+
+@dataclass(frozen=True)
+class Context:
+    """A context ready for WiM: its text, its documents, and its tokens cut into segments."""
+
+    text: str
+    documents: tuple[InputDocument, ...]
+    doc_starts: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    segments: tuple[Segment, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def as_documents(context: object) -> tuple[InputDocument, ...]:
+    """Normalize a string or a list of strings / `InputDocument` / {"text", "id", "metadata"} mappings."""
+    if isinstance(context, str):
+        return (InputDocument(context),)
+    if isinstance(context, InputDocument):
+        return (context,)
+    if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
+        docs = []
+        for i, item in enumerate(context):
+            if isinstance(item, str):
+                docs.append(InputDocument(item))
+            elif isinstance(item, InputDocument):
+                docs.append(item)
+            elif isinstance(item, Mapping) and isinstance(item.get("text"), str):
+                docs.append(InputDocument(item["text"], item.get("id"), dict(item.get("metadata") or {})))
+            else:
+                raise WiMInputError(
+                    f"context item {i} is a {type(item).__name__}; pass str, InputDocument or a mapping with a "
+                    "'text' string (framework documents are converted by the LangChain/LlamaIndex adapters)."
+                )
+        if not docs:
+            raise WiMInputError("context is an empty list; pass at least one non-empty document.")
+        return tuple(docs)
+    raise WiMInputError(
+        f"context must be a string or a list of documents, not {type(context).__name__}; "
+        "decode bytes and convert other objects to text first."
+    )
+
+
+def join_documents(docs: Sequence[InputDocument]) -> tuple[str, tuple[int, ...]]:
+    starts, pos = [], 0
+    for i, doc in enumerate(docs):
+        if i:
+            pos += len(DOCUMENT_SEPARATOR)
+        starts.append(pos)
+        pos += len(doc.text)
+    return DOCUMENT_SEPARATOR.join(d.text for d in docs), tuple(starts)
+
+
+def _cut_strengths(text: str, starts: Sequence[int], doc_starts: Sequence[int]) -> list[int]:
+    """Strength of a cut just before each token (index 0 unused)."""
+    level = bytearray(len(text) + 1)
+    for strength, pattern in reversed(_GAPS):  # weakest first so stronger gaps overwrite
+        for m in pattern.finditer(text):
+            level[m.start() : m.end() + 1] = bytes([strength]) * (m.end() + 1 - m.start())
+    for d in doc_starts[1:]:
+        a = d - len(DOCUMENT_SEPARATOR)
+        level[a : d + 1] = bytes([_DOC]) * (d + 1 - a)
+    out = [_TOKEN] * len(starts)
+    for i in range(1, len(starts)):
+        if starts[i] <= starts[i - 1]:
+            out[i] = _MID_CHAR  # a byte-level token inside one character
+        else:
+            out[i] = max(_TOKEN, level[starts[i]])
+    return out
+
+
+def _choose_cuts(strengths: Sequence[int], budget: int) -> list[int]:
+    """Token indices where segments start. Prefer the strongest cut in the last half of each window."""
+    n, cuts, s = len(strengths), [0], 0
+    while n - s > budget:
+        lo, hi = s + max(1, budget // 2), s + budget
+        best = None
+        for need in (_DOC, _PARAGRAPH, _LINE, _SENTENCE, _WORD, _TOKEN, _MID_CHAR):
+            best = next((i for i in range(hi, lo - 1, -1) if strengths[i] >= need), None)
+            if best is not None:
+                break
+        s = best if best is not None else hi
+        cuts.append(s)
+    return cuts
+
+
+def segment_context(
+    tokenizer: Any, context: object, budget: int
+) -> Context:
+    """Tokenize `context` once and cut it into segments of at most `budget` tokens."""
+    docs = as_documents(context)
+    text, doc_starts = join_documents(docs)
+    if not text.strip():
+        raise WiMInputError("context is empty or whitespace only; pass the text WiM should read.")
+    if not getattr(tokenizer, "is_fast", False):
+        raise WiMInputError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; WiM needs a fast tokenizer (character offsets). "
+            "Load the model's tokenizer with use_fast=True."
+        )
+    enc = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+    )
+    ids: list[int] = list(enc["input_ids"])
+    starts = [a for a, _ in enc["offset_mapping"]]
+    cuts = _choose_cuts(_cut_strengths(text, starts, doc_starts), budget)
+    bounds = [*cuts, len(ids)]
+    # Character cut = start of the segment's first token (made monotonic); the first segment starts at 0 and
+    # the last ends at len(text), so the segment texts tile the input exactly, whitespace included.
+    char_cuts = [0]
+    for c in cuts[1:]:
+        char_cuts.append(max(char_cuts[-1], starts[c]))
+    char_cuts.append(len(text))
+    segments = []
+    for k in range(len(cuts)):
+        a, b = char_cuts[k], char_cuts[k + 1]
+        segments.append(
+            Segment(
+                index=k,
+                text=text[a:b],
+                start_char=a,
+                end_char=b,
+                start_token=bounds[k],
+                end_token=bounds[k + 1],
+                token_ids=tuple(ids[bounds[k] : bounds[k + 1]]),
+                documents=_document_spans(docs, doc_starts, a, b),
+            )
+        )
+    return Context(text, docs, doc_starts, tuple(ids), tuple(segments))
+
+
+def _document_spans(
+    docs: Sequence[InputDocument], doc_starts: Sequence[int], a: int, b: int
+) -> tuple[DocumentSpan, ...]:
+    spans = []
+    for i, (doc, start) in enumerate(zip(docs, doc_starts)):
+        lo, hi = max(a, start), min(b, start + len(doc.text))
+        if lo < hi or (not doc.text and a <= start < b):
+            spans.append(
+                DocumentSpan(
+                    doc_index=i, doc_id=doc.id, start_char=lo - start, end_char=hi - start,
+                    metadata=dict(doc.metadata),
+                )
+            )
+    return tuple(spans)

@@ -1,0 +1,124 @@
+"""Session fixtures: tiny random-weight Llama / Qwen2 / Phi-3 models with a small BPE tokenizer and a chat
+template, built offline in a few seconds. They write nonsense, which is all the equivalence tests need."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Where is Mary? Mary went to the kitchen.",
+    "A long document is split into segments. After each segment the model writes a margin note.",
+    "Question: what is the secret code? Answer: the secret code is 4417. YES# NO# relevant irrelevant",
+    "Paris is the capital of France. Berlin is the capital of Germany. Numbers 0 1 2 3 4 5 6 7 8 9.",
+    "Read the text carefully, part by part; then answer the question using the margin notes.",
+    "Café, naïve, 東京, emoji 🙂 — unicode text must survive segmentation exactly.",
+]
+
+MODEL_KINDS = ("llama", "qwen2", "phi3")
+
+
+def _build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    templates = [f.read_text() for f in sorted((Path(__file__).parents[1] / "templates").glob("*.txt"))]
+    tok.train_from_iterator((CORPUS + templates) * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIALS[1:],
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    return fast
+
+
+def _build_model(kind: str, vocab: int, eos_ids: list[int], path: Path) -> None:
+    torch.manual_seed({"llama": 0, "qwen2": 1, "phi3": 2}[kind])
+    # A large init range makes logits peaked, so greedy decoding has no near-ties that float noise could flip.
+    common = dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.2, tie_word_embeddings=False,
+        eos_token_id=eos_ids, bos_token_id=eos_ids[-1], pad_token_id=eos_ids[-1],
+    )
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    else:
+        model = Phi3ForCausalLM(Phi3Config(**common, sliding_window=None, pad_token_id_=None))
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_ids, bos_token_id=eos_ids[-1], pad_token_id=eos_ids[-1], do_sample=False
+    )
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{kind: directory} of saved tiny models sharing one tokenizer; two eos ids (<|im_end|>, <|endoftext|>)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    dirs = {}
+    for kind in MODEL_KINDS:
+        d = root / kind
+        tok = _build_tokenizer(d)
+        eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+        _build_model(kind, len(tok), eos, d)
+        dirs[kind] = d
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_backends(tiny_model_dirs: dict[str, Path]):
+    from wim_integrations.models import load_backend
+
+    return {kind: load_backend(path) for kind, path in tiny_model_dirs.items()}
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def tiny_backend(request: pytest.FixtureRequest, tiny_backends):
+    return tiny_backends[request.param]
+
+
+@pytest.fixture(scope="session")
+def tiny_wim(tiny_backends):
+    """A WiM on the tiny Llama with small budgets, for fast adapter tests."""
+    from wim_integrations import WiM, WiMConfig
+
+    cfg = WiMConfig(segment_tokens=96, margin_max_new_tokens=8, answer_max_new_tokens=8, classifier_max_new_tokens=3)
+    return WiM(tiny_backends["llama"], config=cfg)
+
+
+@pytest.fixture(scope="session")
+def default_wim():
+    """WiM on the embedded SmolLM2 (slow tests only)."""
+    from wim_integrations import WiM
+
+    return WiM.default()
