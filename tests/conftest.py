@@ -53,7 +53,10 @@ def _build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     templates = [f.read_text() for f in sorted((Path(__file__).parents[1] / "templates").glob("*.txt"))]
     tok.train_from_iterator((CORPUS + templates) * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=SPECIALS[1:],
     )
     fast.chat_template = CHATML
@@ -65,9 +68,18 @@ def _build_model(kind: str, vocab: int, eos_ids: list[int], path: Path) -> None:
     torch.manual_seed({"llama": 0, "qwen2": 1, "phi3": 2}[kind])
     # A large init range makes logits peaked, so greedy decoding has no near-ties that float noise could flip.
     common = dict(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.2, tie_word_embeddings=False,
-        eos_token_id=eos_ids, bos_token_id=eos_ids[-1], pad_token_id=eos_ids[-1],
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        eos_token_id=eos_ids,
+        bos_token_id=eos_ids[-1],
+        pad_token_id=eos_ids[-1],
     )
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -112,7 +124,7 @@ def tiny_wim(tiny_backends):
     """A WiM on the tiny Llama with small budgets, for fast adapter tests."""
     from wim_integrations import WiM, WiMConfig
 
-    cfg = WiMConfig(segment_tokens=96, margin_max_new_tokens=8, answer_max_new_tokens=8, classifier_max_new_tokens=3)
+    cfg = WiMConfig(segment_tokens=160, margin_max_new_tokens=8, answer_max_new_tokens=8, classifier_max_new_tokens=3)
     return WiM(tiny_backends["llama"], config=cfg)
 
 

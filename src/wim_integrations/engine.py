@@ -1,9 +1,9 @@
 """The WiM algorithm as a stream of typed events, free of any framework.
 
-    wim = WiM.default()
-    for event in wim.stream(context, question):
-        ...
-    result = wim.run(context, question)
+wim = WiM.default()
+for event in wim.stream(context, question):
+    ...
+result = wim.run(context, question)
 """
 
 from __future__ import annotations
@@ -123,12 +123,9 @@ class WiM:
             )
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
-        instruction = (
-            self.prompts.margin_instruction_inline if cfg.classification == "inline" else self.prompts.margin_instruction
-        )
-        margin_prompt_ids = b.encode_text(render(instruction, question=question)) + b.encode_template(
-            self.frame.suffix
-        )
+        inline = cfg.classification == "inline"
+        instruction = self.prompts.margin_instruction_inline if inline else self.prompts.margin_instruction
+        margin_prompt_ids = b.encode_text(render(instruction, question=question)) + b.encode_template(self.frame.suffix)
         budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
         if budget < len(margin_prompt_ids):
             raise WiMInputError(
@@ -143,10 +140,17 @@ class WiM:
         self, ctx: Context, question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
     ) -> None:
         b = self.backend
-        limits = [(n, what) for n, what in (
-            (b.max_context_tokens, "context window"),
-            (getattr(b, "rollback_limit", None), "sliding attention window (the cache cannot be rolled back past it)"),
-        ) if n]
+        limits = [
+            (n, what)
+            for n, what in (
+                (b.max_context_tokens, "context window"),
+                (
+                    getattr(b, "rollback_limit", None),
+                    "sliding attention window (the cache cannot be rolled back past it)",
+                ),
+            )
+            if n
+        ]
         if not limits:
             return
         final_prompt = self._final_prompt_ids(question, [], len(ctx.segments))
@@ -302,8 +306,13 @@ class WiMStream:
             read += 1
             char_span, token_span = (seg.start_char, seg.end_char), (seg.start_token, seg.end_token)
             yield SegmentRead(
-                segment_index=seg.index, n_segments=n, char_span=char_span, token_span=token_span,
-                n_tokens=seg.n_tokens, documents=list(seg.documents), seconds=dt,
+                segment_index=seg.index,
+                n_segments=n,
+                char_span=char_span,
+                token_span=token_span,
+                n_tokens=seg.n_tokens,
+                documents=list(seg.documents),
+                seconds=dt,
             )
             if self._answer_now.is_set():
                 break
@@ -331,9 +340,16 @@ class WiMStream:
             timings.classify_seconds += t_classify
             relevant = verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts)
             margin = Margin(
-                segment_index=seg.index, text=text, relevant=relevant, verdict=verdict, classifier_output=raw,
-                char_span=char_span, token_span=token_span, documents=list(seg.documents),
-                n_tokens=len(deltas.ids), seconds=t_margin + t_classify,
+                segment_index=seg.index,
+                text=text,
+                relevant=relevant,
+                verdict=verdict,
+                classifier_output=raw,
+                char_span=char_span,
+                token_span=token_span,
+                documents=list(seg.documents),
+                n_tokens=len(deltas.ids),
+                seconds=t_margin + t_classify,
             )
             margins.append(margin)
             yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
@@ -353,14 +369,19 @@ class WiMStream:
         tokens.answer_generated = len(deltas.ids)
         timings.total_seconds = time.perf_counter() - t_start
         self.result = WiMResult(
-            answer=deltas.text.strip(), question=plan.question, margins=margins, n_segments=n,
-            segments_read=read, stopped_early=read < n, timings=timings, tokens=tokens, model=b.name,
+            answer=deltas.text.strip(),
+            question=plan.question,
+            margins=margins,
+            n_segments=n,
+            segments_read=read,
+            stopped_early=read < n,
+            timings=timings,
+            tokens=tokens,
+            model=b.name,
         )
         yield Finished(result=self.result)
 
-    def _classify(
-        self, margin: str, question: str, cfg: WiMConfig, tokens: TokenCounts
-    ) -> tuple[str, Any, str | None]:
+    def _classify(self, margin: str, question: str, cfg: WiMConfig, tokens: TokenCounts) -> tuple[str, Any, str | None]:
         """(margin text, verdict, raw classifier reply)."""
         if cfg.classification == "none":
             return margin, "unclassified", None

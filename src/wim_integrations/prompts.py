@@ -93,9 +93,7 @@ class ChatFrame:
                     f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; load an instruct "
                     "model, set tokenizer.chat_template, or allow the plain 'User:/Assistant:' format."
                 )
-            warnings.warn(
-                "tokenizer has no chat template; using the plain 'User:/Assistant:' format", stacklevel=3
-            )
+            warnings.warn("tokenizer has no chat template; using the plain 'User:/Assistant:' format", stacklevel=3)
             return cls(PLAIN_PREFIX, PLAIN_SUFFIX, native=False)
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True

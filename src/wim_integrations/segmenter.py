@@ -138,9 +138,7 @@ def _choose_cuts(strengths: Sequence[int], budget: int) -> list[int]:
     return cuts
 
 
-def segment_context(
-    tokenizer: Any, context: object, budget: int
-) -> Context:
+def segment_context(tokenizer: Any, context: object, budget: int) -> Context:
     """Tokenize `context` once and cut it into segments of at most `budget` tokens."""
     docs = as_documents(context)
     text, doc_starts = join_documents(docs)
@@ -151,9 +149,7 @@ def segment_context(
             f"{type(tokenizer).__name__} is a slow tokenizer; WiM needs a fast tokenizer (character offsets). "
             "Load the model's tokenizer with use_fast=True."
         )
-    enc = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
-    )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     ids: list[int] = list(enc["input_ids"])
     starts = [a for a, _ in enc["offset_mapping"]]
     cuts = _choose_cuts(_cut_strengths(text, starts, doc_starts), budget)
@@ -186,12 +182,15 @@ def _document_spans(
     docs: Sequence[InputDocument], doc_starts: Sequence[int], a: int, b: int
 ) -> tuple[DocumentSpan, ...]:
     spans = []
-    for i, (doc, start) in enumerate(zip(docs, doc_starts)):
+    for i, (doc, start) in enumerate(zip(docs, doc_starts, strict=True)):
         lo, hi = max(a, start), min(b, start + len(doc.text))
         if lo < hi or (not doc.text and a <= start < b):
             spans.append(
                 DocumentSpan(
-                    doc_index=i, doc_id=doc.id, start_char=lo - start, end_char=hi - start,
+                    doc_index=i,
+                    doc_id=doc.id,
+                    start_char=lo - start,
+                    end_char=hi - start,
                     metadata=dict(doc.metadata),
                 )
             )

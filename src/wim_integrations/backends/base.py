@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..config import SamplingConfig
@@ -14,7 +14,7 @@ from ..config import SamplingConfig
 class GenerationRequest:
     prompt_ids: Sequence[int]
     max_new_tokens: int
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 @runtime_checkable
