@@ -132,7 +132,8 @@ class WiM:
                 f"segment_tokens={budget} is smaller than the margin instruction ({len(margin_prompt_ids)} tokens); "
                 f"use segment_tokens of at least {len(margin_prompt_ids)} (a few times more is sensible)."
             )
-        ctx = segment_context(b.tokenizer, context, budget)
+        with b.lock:  # the tokenizer is not safe to call from several threads at once
+            ctx = segment_context(b.tokenizer, context, budget)
         self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
         return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget)
 
@@ -327,6 +328,8 @@ class WiMStream:
                     self._check_cancel()
                     if delta := deltas.push(tok):
                         yield MarginToken(segment_index=seg.index, text=delta)
+                if delta := deltas.flush():
+                    yield MarginToken(segment_index=seg.index, text=delta)
             finally:
                 b.rollback(cache, end_of_segment)
             t_margin = time.perf_counter() - t0
@@ -365,6 +368,8 @@ class WiMStream:
             self._check_cancel()
             if delta := deltas.push(tok):
                 yield AnswerToken(text=delta)
+        if delta := deltas.flush():
+            yield AnswerToken(text=delta)
         timings.answer_seconds = time.perf_counter() - t0
         tokens.answer_generated = len(deltas.ids)
         timings.total_seconds = time.perf_counter() - t_start

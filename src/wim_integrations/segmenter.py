@@ -124,12 +124,17 @@ def _cut_strengths(text: str, starts: Sequence[int], doc_starts: Sequence[int]) 
 
 
 def _choose_cuts(strengths: Sequence[int], budget: int) -> list[int]:
-    """Token indices where segments start. Prefer the strongest cut in the last half of each window."""
+    """Token indices where segments start.
+
+    Take the strongest cut in the last half of the window; a short segment ending at a sentence beats a cut
+    inside a sentence, and only a sentence longer than the budget is split between words (or tokens).
+    """
     n, cuts, s = len(strengths), [0], 0
     while n - s > budget:
-        lo, hi = s + max(1, budget // 2), s + budget
-        best = None
-        for need in (_DOC, _PARAGRAPH, _LINE, _SENTENCE, _WORD, _TOKEN, _MID_CHAR):
+        hi, half = s + budget, s + max(1, budget // 2)
+        passes = [(half, level) for level in (_DOC, _PARAGRAPH, _LINE, _SENTENCE)]
+        passes += [(s + 1, _SENTENCE), (half, _WORD), (s + 1, _WORD), (s + 1, _TOKEN), (s + 1, _MID_CHAR)]
+        for lo, need in passes:
             best = next((i for i in range(hi, lo - 1, -1) if strengths[i] >= need), None)
             if best is not None:
                 break

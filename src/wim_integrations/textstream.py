@@ -21,6 +21,12 @@ class TextDeltas:
         delta, self._emitted = text[self._emitted :], len(text)
         return delta
 
+    def flush(self) -> str:
+        """The text held back so far (call once generation has ended)."""
+        text = self._decode(self.ids)
+        delta, self._emitted = text[self._emitted :], len(text)
+        return delta
+
     @property
     def text(self) -> str:
         return self._decode(self.ids)

@@ -52,14 +52,19 @@ class HFBackend:
         return self.model.device
 
     # -- tokens ----------------------------------------------------------------------------------------
+    # HF tokenizers mutate shared state on each call (truncation/padding, special-token splitting), so calls
+    # from several threads are serialized with the model's lock.
     def encode_text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        with self.lock:
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def encode_template(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self.lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        with self.lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # -- cache -----------------------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:

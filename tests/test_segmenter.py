@@ -1,0 +1,106 @@
+"""The segmenter drops and duplicates nothing, respects the budget and cuts where a reader would pause."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wim_integrations import InputDocument, WiMInputError
+from wim_integrations.segmenter import segment_context
+
+WORDS = ["harbor", "keeper", "Ines", "4417", "東京", "naïve", "🙂", "the", "a", "{question}", "<|im_end|>"]
+word = st.sampled_from(WORDS) | st.text(min_size=1, max_size=8)
+sentence = st.lists(word, min_size=1, max_size=12).map(" ".join).map(lambda s: s + st_end(s))
+
+
+def st_end(s: str) -> str:
+    return "." if len(s) % 3 else "?"
+
+
+text_strategy = st.lists(
+    st.tuples(sentence, st.sampled_from([" ", "  ", "\n", "\n\n", "\n \n\t", ""])), min_size=1, max_size=40
+).map(lambda parts: "".join(s + sep for s, sep in parts))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_backends):
+    return tiny_backends["llama"].tokenizer
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=text_strategy, budget=st.integers(min_value=1, max_value=60))
+def test_segments_tile_the_input_exactly(tokenizer, text, budget):
+    if not text.strip():
+        with pytest.raises(WiMInputError):
+            segment_context(tokenizer, text, budget)
+        return
+    ctx = segment_context(tokenizer, text, budget)
+    assert "".join(s.text for s in ctx.segments) == text
+    whole = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert [t for s in ctx.segments for t in s.token_ids] == list(whole)
+    pos = tok = 0
+    for k, s in enumerate(ctx.segments):
+        assert s.index == k and 0 < s.n_tokens <= budget
+        assert (s.start_char, s.start_token) == (pos, tok)
+        assert text[s.start_char : s.end_char] == s.text
+        pos, tok = s.end_char, s.end_token
+    assert (pos, tok) == (len(text), len(whole))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=st.lists(text_strategy.filter(str.strip), min_size=1, max_size=5), budget=st.integers(5, 80))
+def test_document_spans_point_back_into_their_documents(tokenizer, docs, budget):
+    inputs = [InputDocument(t, id=f"d{i}", metadata={"n": i}) for i, t in enumerate(docs)]
+    ctx = segment_context(tokenizer, inputs, budget)
+    covered: dict[int, list[tuple[int, int]]] = {}
+    for seg in ctx.segments:
+        for span in seg.documents:
+            assert span.doc_id == f"d{span.doc_index}" and span.metadata == {"n": span.doc_index}
+            start = ctx.doc_starts[span.doc_index]
+            assert ctx.text[start + span.start_char : start + span.end_char] in seg.text
+            covered.setdefault(span.doc_index, []).append((span.start_char, span.end_char))
+    for i, doc in enumerate(docs):  # every character of every document lies in exactly one span
+        spans = sorted(covered[i])
+        assert spans[0][0] == 0 and spans[-1][1] == len(doc)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_cuts_prefer_paragraphs_then_sentences(tokenizer):
+    para = "The keeper lit the lamp. The boats came home. The night was calm and long."
+    text = "\n\n".join([para] * 6)
+    ctx = segment_context(tokenizer, text, 60)
+    assert len(ctx.segments) > 1
+    for seg in ctx.segments[:-1]:
+        assert seg.text.rstrip(" ").endswith(("\n\n", ".")), seg.text
+    one_paragraph = "The keeper lit the lamp. The boats came home after a long day at sea. " * 8
+    for seg in segment_context(tokenizer, one_paragraph, 40).segments[:-1]:
+        assert seg.text.rstrip().endswith("."), seg.text  # sentence ends, never mid-sentence
+
+
+def test_a_sentence_longer_than_the_budget_is_split_by_tokens(tokenizer):
+    text = "word " * 200  # no sentence boundary at all
+    ctx = segment_context(tokenizer, text, 16)
+    assert all(s.n_tokens <= 16 for s in ctx.segments) and "".join(s.text for s in ctx.segments) == text
+
+
+def test_special_token_strings_in_user_text_stay_plain_text(tokenizer):
+    ctx = segment_context(tokenizer, "Ignore this <|im_end|> marker.", 50)
+    special = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert special not in ctx.token_ids
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("", "empty"),
+        ("  \n\t ", "empty"),
+        (b"bytes", "string or a list"),
+        (42, "string or a list"),
+        ([], "empty list"),
+        (["ok", 3], "context item 1"),
+    ],
+)
+def test_bad_contexts_are_rejected_with_the_fix(tokenizer, bad, message):
+    with pytest.raises(WiMInputError, match=message):
+        segment_context(tokenizer, bad, 50)
