@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,7 +65,7 @@ def test_document_spans_point_back_into_their_documents(tokenizer, docs, budget)
     for i, doc in enumerate(docs):  # every character of every document lies in exactly one span
         spans = sorted(covered[i])
         assert spans[0][0] == 0 and spans[-1][1] == len(doc)
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
 
 def test_cuts_prefer_paragraphs_then_sentences(tokenizer):
