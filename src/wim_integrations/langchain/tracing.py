@@ -51,11 +51,12 @@ def langsmith_tracer(project_name: str | None = None, client: langsmith.Client |
 
 def trace_tree(client: RecordingClient, root: Any = None, indent: int = 0) -> str:
     """The recorded runs as an indented tree: name [run_type] tags."""
-    roots = (
-        [client.runs[k] for k in client.order if client.runs[k].get("parent_run_id") is None] if root is None else []
-    )
+    if root is None:
+        runs = [client.runs[k] for k in client.order if client.runs[k].get("parent_run_id") is None]
+    else:
+        runs = client.children(root)
     lines: list[str] = []
-    for run in roots or client.children(root):
+    for run in runs:
         tags = ",".join(sorted(run.get("tags") or []))
         lines.append(f"{'  ' * indent}{run.get('name')} [{run.get('run_type')}]{' ' + tags if tags else ''}")
         child_text = trace_tree(client, run["id"], indent + 1)
