@@ -3,7 +3,8 @@
 Custom event names are ``"wim_" + event.type`` (``wim_segment_read``, ``wim_margin_token``, ``wim_margin_written``,
 ``wim_answer_started``, ``wim_answer_token``, ``wim_finished``); the payload is ``event.model_dump(mode="json")``.
 LangSmith's tracer ignores custom events, so each margin, its classification and the final answer are also recorded
-as child ``llm`` runs (``wim_margin``, ``wim_classify``, ``wim_answer``) of the WiMChain run.
+as child ``llm`` runs (``wim_margin``, then ``wim_classify`` when a classifier call was made, and ``wim_answer``)
+of the WiMChain run.
 """
 
 from __future__ import annotations
@@ -142,10 +143,12 @@ class EventRelay:
         elif isinstance(ev, MarginWritten) and self.open is not None:
             if spec := self.specs.classify(ev):
                 prompts, meta, out = spec
-                cm: CallbackManager = _child(self.open, ["wim", CLASSIFY_RUN], meta)
-                cm.on_llm_start(_SERIALIZED, prompts, name=CLASSIFY_RUN)[0].on_llm_end(out)
-            self.open.on_llm_end(self.specs.margin_end(ev))
-            self.open = None
+                self.open.on_llm_end(self.specs.margin_end(ev))
+                self.open = None
+                self._start(prompts, meta, ["wim", CLASSIFY_RUN]).on_llm_end(out)
+            else:
+                self.open.on_llm_end(self.specs.margin_end(ev))
+                self.open = None
         elif isinstance(ev, AnswerStarted):
             self.open = self._start(*self.specs.answer_start(ev))
         elif isinstance(ev, Finished) and self.open is not None:
@@ -179,10 +182,12 @@ class AsyncEventRelay:
         elif isinstance(ev, MarginWritten) and self.open is not None:
             if spec := self.specs.classify(ev):
                 prompts, meta, out = spec
-                cm: AsyncCallbackManager = _child(self.open, ["wim", CLASSIFY_RUN], meta)
-                await (await cm.on_llm_start(_SERIALIZED, prompts, name=CLASSIFY_RUN))[0].on_llm_end(out)
-            await self.open.on_llm_end(self.specs.margin_end(ev))
-            self.open = None
+                await self.open.on_llm_end(self.specs.margin_end(ev))
+                self.open = None
+                await (await self._start(prompts, meta, ["wim", CLASSIFY_RUN])).on_llm_end(out)
+            else:
+                await self.open.on_llm_end(self.specs.margin_end(ev))
+                self.open = None
         elif isinstance(ev, AnswerStarted):
             self.open = await self._start(*self.specs.answer_start(ev))
         elif isinstance(ev, Finished) and self.open is not None:

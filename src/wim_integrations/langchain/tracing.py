@@ -19,17 +19,17 @@ class RecordingClient(langsmith.Client):
 
     def __init__(self) -> None:
         super().__init__(api_key="offline-recording", api_url="http://127.0.0.1:9", auto_batch_tracing=False)
-        self.runs: dict[str, dict[str, Any]] = {}  # run id -> merged create/update payloads
+        self.recorded: dict[str, dict[str, Any]] = {}  # run id -> merged create/update payloads
         self.order: list[str] = []
         self._record_lock = threading.Lock()
 
     def _record(self, run_id: Any, fields: dict[str, Any]) -> None:
         key = str(run_id)
         with self._record_lock:
-            if key not in self.runs:
-                self.runs[key] = {}
+            if key not in self.recorded:
+                self.recorded[key] = {}
                 self.order.append(key)
-            self.runs[key].update({k: v for k, v in fields.items() if v is not None})
+            self.recorded[key].update({k: v for k, v in fields.items() if v is not None})
 
     def create_run(self, name: str, inputs: dict[str, Any], run_type: str, **kwargs: Any) -> None:  # type: ignore[override]
         self._record(kwargs.get("id"), {**kwargs, "name": name, "inputs": inputs, "run_type": run_type})
@@ -38,7 +38,7 @@ class RecordingClient(langsmith.Client):
         self._record(run_id, {**kwargs, "id": run_id})
 
     def children(self, run_id: Any) -> list[dict[str, Any]]:
-        return [self.runs[k] for k in self.order if str(self.runs[k].get("parent_run_id")) == str(run_id)]
+        return [self.recorded[k] for k in self.order if str(self.recorded[k].get("parent_run_id")) == str(run_id)]
 
 
 def langsmith_tracer(project_name: str | None = None, client: langsmith.Client | None = None) -> LangChainTracer:
@@ -52,7 +52,7 @@ def langsmith_tracer(project_name: str | None = None, client: langsmith.Client |
 def trace_tree(client: RecordingClient, root: Any = None, indent: int = 0) -> str:
     """The recorded runs as an indented tree: name [run_type] tags."""
     if root is None:
-        runs = [client.runs[k] for k in client.order if client.runs[k].get("parent_run_id") is None]
+        runs = [client.recorded[k] for k in client.order if client.recorded[k].get("parent_run_id") is None]
     else:
         runs = client.children(root)
     lines: list[str] = []
