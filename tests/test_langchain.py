@@ -240,11 +240,11 @@ def test_configurable_fields_take_effect(chain):
         classification=ConfigurableField(id="classification"),
         segment_tokens=ConfigurableField(id="segment_tokens"),
     )
-    x = {"question": QUESTION, "context": DOCS}
+    x = {"question": QUESTION, "context": " ".join(d.page_content for d in DOCS * 2)}
     base = configurable.invoke(x)
     assert max(m.n_tokens for m in base.margins) > 1
     small = configurable.with_config(
-        configurable={"margin_max_new_tokens": 1, "classification": "none", "segment_tokens": 70}
+        configurable={"margin_max_new_tokens": 1, "classification": "none", "segment_tokens": 100}
     ).invoke(x)
     assert all(m.n_tokens <= 1 for m in small.margins)
     assert {m.verdict for m in small.margins} == {"unclassified"}
