@@ -131,6 +131,7 @@ BAD_INPUTS = [
     (QUESTION, "no context"),
     ({"question": "   ", "context": DOCS}, "question is empty"),
     (42, "must be a dict"),
+    ({"question": QUESTION, "context": "Mary went to the kitchen. " * 1500}, "context window"),
     ({"question": QUESTION, "context": DOCS, "margin": 1}, None),  # extra keys are fine
 ]
 
