@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 
+import langsmith
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
@@ -26,6 +27,7 @@ from wim_integrations.langchain import (
     WiMChain,
     langsmith_tracer,
     parse_event,
+    trace_tree,
 )
 
 DOCS = [
@@ -396,3 +398,22 @@ def test_langsmith_trace_has_margin_children(chain, reference, mode):
         assert classify["outputs"]["generations"][0][0]["text"] == margin.classifier_output
     assert children[-1]["outputs"]["generations"][0][0]["text"] == reference.answer
     assert children[-1]["inputs"]["prompts"] == [QUESTION]
+
+
+def test_trace_tree_and_tracer_choice(chain, monkeypatch):
+    client = RecordingClient()
+    tracer = langsmith_tracer(client=client)
+    WiMChain(wim=chain.wim, classification="inline").invoke(
+        {"question": QUESTION, "context": DOCS[0]}, {"callbacks": [tracer]}
+    )
+    tracer.wait_for_futures()
+    lines = trace_tree(client).splitlines()  # inline classification: no wim_classify run
+    assert lines[0] == "WiMChain [chain]"
+    assert lines[1:] == ["  wim_margin [llm] wim,wim_margin", "  wim_answer [llm] wim,wim_answer"]
+
+    for key in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    assert isinstance(langsmith_tracer().client, RecordingClient)
+    monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test-key")
+    real = langsmith_tracer().client
+    assert type(real) is langsmith.Client
