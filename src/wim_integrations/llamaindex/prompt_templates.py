@@ -1,13 +1,12 @@
 """The WiM prompts as LlamaIndex `PromptTemplate`s, and back.
 
-The core writes placeholders as `{{name}}` and fills them in one pass; LlamaIndex templates use `{name}` with
-literal braces doubled. Converting both ways keeps user text with braces intact.
+The core writes placeholders as `{{name}}`; LlamaIndex templates write `{name}` and keep any other brace as literal
+text (its SafeFormatter). Converting follows those rules both ways, so `{"json": 1}` in a prompt stays text.
 """
 
 from __future__ import annotations
 
 import re
-from string import Formatter
 from typing import Any
 
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
@@ -25,12 +24,13 @@ PROMPT_VARIABLES: dict[str, frozenset[str]] = {
     "no_margins": frozenset(),
 }
 
-_CORE_PLACEHOLDER = re.compile(r"\{\{\{\{\s*(\w+)\s*\}\}\}\}")  # `{{name}}` after brace escaping
+_CORE_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# What LlamaIndex's PromptTemplate treats as a variable (its SafeFormatter); any other brace is literal text.
+_LI_PLACEHOLDER = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\}")
 
 
 def to_prompt_template(text: str) -> PromptTemplate:
-    escaped = text.replace("{", "{{").replace("}", "}}")
-    return PromptTemplate(_CORE_PLACEHOLDER.sub(r"{\1}", escaped))
+    return PromptTemplate(_CORE_PLACEHOLDER.sub(r"{\1}", text))
 
 
 def from_prompt_template(name: str, template: BasePromptTemplate | str) -> str:
@@ -52,25 +52,17 @@ def from_prompt_template(name: str, template: BasePromptTemplate | str) -> str:
             f"prompt {name!r} must be a PromptTemplate or a string, not {type(template).__name__} "
             "(WiM's prompts are single user-message texts)."
         )
-    parts: list[str] = []
-    try:
-        parsed: list[tuple[str, Any, Any, Any]] = list(Formatter().parse(text))
-    except ValueError as exc:
-        raise WiMInputError(
-            f"prompt {name!r} is not a valid template ({exc}); double literal braces: {{{{ }}}}."
-        ) from exc
-    for literal, field, spec, conversion in parsed:
-        parts.append(literal)
-        if field is None:
-            continue
-        if field not in PROMPT_VARIABLES[name] or spec or conversion:
+
+    def convert(m: re.Match[str]) -> str:
+        field = m.group(1)
+        if field not in PROMPT_VARIABLES[name]:
             allowed = ", ".join("{" + v + "}" for v in sorted(PROMPT_VARIABLES[name])) or "none"
             raise WiMInputError(
-                f"prompt {name!r} uses placeholder {{{field}}}, which WiM cannot fill; allowed: {allowed} "
-                "(write literal braces doubled: {{ and }})."
+                f"prompt {name!r} uses placeholder {{{field}}}, which WiM cannot fill; allowed: {allowed}."
             )
-        parts.append("{{" + field + "}}")
-    return "".join(parts)
+        return "{{" + field + "}}"
+
+    return _LI_PLACEHOLDER.sub(convert, text)
 
 
 def prompt_templates(prompts: PromptSet) -> dict[str, PromptTemplate]:
