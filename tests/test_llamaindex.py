@@ -416,3 +416,17 @@ def test_abandoned_stream_drops_its_spans(index, tiny_wim, root_handlers):
     assert not [s for s in spans.open_spans if s.startswith("WiMSynthesizer.wim")]
     dropped = [s for s in spans.dropped_spans if s.id_.startswith("WiMSynthesizer.wim")]
     assert {s.id_.split("-")[0] for s in dropped} == {"WiMSynthesizer.wim_read", "WiMSynthesizer.wim_answer"}
+
+
+def test_get_response_on_text_chunks_matches_core(tiny_wim):
+    import wim_integrations
+
+    assert wim_integrations.WiMSynthesizer is WiMSynthesizer  # the lazy top-level names map here
+    chunks = TEXTS[:2]
+    expected = tiny_wim.run(chunks, QUESTION).answer
+    synth = WiMSynthesizer(llm=WiMLLM(tiny_wim))  # the WiM comes from the WiMLLM
+    assert synth.wim is tiny_wim
+    assert synth.get_response(QUESTION, chunks) == expected
+    assert asyncio.run(synth.aget_response(QUESTION, chunks)) == expected
+    synth._streaming = True
+    assert "".join(synth.get_response(QUESTION, chunks)).strip() == expected

@@ -240,14 +240,15 @@ class WiMSynthesizer(BaseSynthesizer):
     # -- BaseSynthesizer API ---------------------------------------------------------------------------
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
         """Answer from plain text chunks (in the given order): a str, or a token generator when streaming."""
-        stream, tracer = self._start(list(text_chunks), query_str, response_kwargs)
+        stream, tracer = self._start([InputDocument(t) for t in text_chunks], query_str, response_kwargs)
         meta = self._metadata([])
         if self._streaming:
             return self._token_gen(stream, tracer, meta)
         return self._run(stream, tracer, meta).answer
 
     async def aget_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any) -> Any:
-        stream, tracer = await asyncio.to_thread(self._start, list(text_chunks), query_str, response_kwargs)
+        docs = [InputDocument(t) for t in text_chunks]
+        stream, tracer = await asyncio.to_thread(self._start, docs, query_str, response_kwargs)
         meta = self._metadata([])
         if self._streaming:
             return self._atoken_gen(stream, tracer, meta)
