@@ -65,7 +65,7 @@ class WiMProgressHandler(BaseEventHandler):
 class WiMMarginCollector(BaseEventHandler):
     """Collects margins (and answers) as they are written, e.g. to show them next to the sources in a UI.
 
-    `on_margin` is called with each `WiMMarginEvent` as it arrives (from the thread running the model).
+    `on_margin` is called with each `WiMMarginEvent` as it arrives (in the thread that consumes the run).
     """
 
     margins: list[WiMMarginEvent] = Field(default_factory=list)
