@@ -35,6 +35,7 @@ def test_events_example(capsys):
     response, margins = out["response"], out["margins"]
     assert len(margins) == response.metadata["wim_result"]["n_segments"] == 2
     assert {i for m in margins for i in m.node_ids} == {"minutes-march", "minutes-april", "newsletter"}
-    assert out["answers"][-1].answer == response.response_txt.strip()
+    assert out["answers"][-1].answer == response.metadata["wim_result"]["answer"]
     printed = capsys.readouterr().out
     assert printed.count("[wim] margin") == 2 and "WiMSynthesizer.wim_segment" in printed
+    assert response.metadata["wim_result"]["answer"] in printed  # streamed to the console token by token
