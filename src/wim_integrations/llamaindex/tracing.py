@@ -1,0 +1,194 @@
+"""Translate the core's WiM events into LlamaIndex instrumentation (spans + events) and legacy callbacks.
+
+Spans are entered with explicit parent ids and events carry explicit span ids, so the tree stays right whichever
+thread or task consumes the run (a streamed answer is often read after `synthesize` has returned).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from typing import Any
+
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+from llama_index.core.instrumentation import Dispatcher
+
+from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead, WiMResult
+from .events import (
+    WiMAnswerEvent,
+    WiMAnswerStartEvent,
+    WiMAnswerTokenEvent,
+    WiMMarginEvent,
+    WiMMarginTokenEvent,
+    WiMSegmentReadEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# Signatures that describe each WiM step to span handlers (they receive these bound arguments).
+def wim_read(query_str: str, n_documents: int) -> None: ...
+def wim_segment(segment_index: int, n_segments: int) -> None: ...
+def wim_answer(n_relevant_margins: int, segments_read: int) -> None: ...
+
+
+class RunTracer:
+    """Spans `wim_read` > (`wim_segment` per segment, then `wim_answer`) under `parent_id`, plus events.
+
+    Every dispatch is guarded: a broken handler or callback is logged and never breaks the run.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        instance: Any,
+        parent_id: str | None,
+        callback_manager: CallbackManager | None,
+        query_str: str,
+        texts: dict[str, str],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.instance = instance
+        self.parent_id = parent_id
+        self.callback_manager = callback_manager
+        self.query_str = query_str
+        self.texts = texts  # document id -> text, to show a segment's text as the legacy LLM prompt
+        self.run_id: str | None = None
+        self._step_id: str | None = None
+        self._step_args: inspect.BoundArguments | None = None
+        self._cb_event_id: str | None = None
+
+    # -- spans -----------------------------------------------------------------------------------------
+    def _enter(self, fn: Any, parent: str | None, **args: Any) -> tuple[str, inspect.BoundArguments]:
+        name = type(self.instance).__name__
+        span_id = f"{name}.{fn.__name__}-{uuid.uuid4()}"
+        bound = inspect.signature(fn).bind(**args)
+        self.dispatcher.span_enter(id_=span_id, bound_args=bound, instance=self.instance, parent_id=parent)
+        return span_id, bound
+
+    def start(self, n_documents: int) -> None:
+        self.run_id, self._run_args = self._enter(
+            wim_read, self.parent_id, query_str=self.query_str, n_documents=n_documents
+        )
+
+    def _open_step(self, fn: Any, **args: Any) -> None:
+        self._close_step(None)
+        self._step_id, self._step_args = self._enter(fn, self.run_id, **args)
+
+    def _close_step(self, result: Any) -> None:
+        if self._step_id is not None:
+            self.dispatcher.span_exit(
+                id_=self._step_id, bound_args=self._step_args, instance=self.instance, result=result
+            )
+            self._step_id = self._step_args = None
+
+    def finish(self, result: WiMResult) -> None:
+        self._close_step(result.answer)
+        if self.run_id is not None:
+            self.dispatcher.span_exit(id_=self.run_id, bound_args=self._run_args, instance=self.instance, result=result)
+            self.run_id = None
+
+    def abort(self, err: BaseException | None) -> None:
+        """The run failed or was abandoned: drop the open spans and end an open legacy event."""
+        err = err or RuntimeError("WiM run stopped before it finished")
+        for span_id, args in ((self._step_id, self._step_args), (self.run_id, getattr(self, "_run_args", None))):
+            if span_id is not None:
+                self.dispatcher.span_drop(id_=span_id, bound_args=args, instance=self.instance, err=err)
+        self._step_id = self.run_id = None
+        self._cb_end({EventPayload.EXCEPTION: err})
+
+    # -- events ----------------------------------------------------------------------------------------
+    def _fire(self, event: Any) -> None:
+        try:
+            self.dispatcher.event(event)
+        except Exception:  # the dispatcher guards handlers; this guards our own translation
+            logger.exception("WiM: dispatching %s failed; the run goes on", type(event).__name__)
+
+    def _cb_start(self, payload: dict[str, Any]) -> None:
+        if self.callback_manager is None:
+            return
+        try:
+            self._cb_event_id = self.callback_manager.on_event_start(CBEventType.LLM, payload=payload)
+        except Exception:
+            logger.exception("WiM: a legacy callback handler failed on LLM start; the run goes on")
+
+    def _cb_end(self, payload: dict[str, Any]) -> None:
+        if self.callback_manager is None or self._cb_event_id is None:
+            return
+        event_id, self._cb_event_id = self._cb_event_id, None
+        try:
+            self.callback_manager.on_event_end(CBEventType.LLM, payload=payload, event_id=event_id)
+        except Exception:
+            logger.exception("WiM: a legacy callback handler failed on LLM end; the run goes on")
+
+    def on_event(self, ev: Any) -> None:
+        if isinstance(ev, SegmentRead):
+            self._open_step(wim_segment, segment_index=ev.segment_index, n_segments=ev.n_segments)
+            node_ids = [d.doc_id for d in ev.documents if d.doc_id]
+            self._fire(
+                WiMSegmentReadEvent(
+                    span_id=self._step_id,
+                    segment_index=ev.segment_index,
+                    n_segments=ev.n_segments,
+                    n_tokens=ev.n_tokens,
+                    node_ids=node_ids,
+                    seconds=ev.seconds,
+                )
+            )
+            text = "".join(self.texts.get(d.doc_id or "", "")[d.start_char : d.end_char] for d in ev.documents)
+            self._cb_start(
+                {
+                    EventPayload.PROMPT: text,
+                    EventPayload.QUERY_STR: self.query_str,
+                    "wim_step": "margin",
+                    "segment_index": ev.segment_index,
+                    "node_ids": node_ids,
+                }
+            )
+        elif isinstance(ev, MarginToken):
+            self._fire(WiMMarginTokenEvent(span_id=self._step_id, segment_index=ev.segment_index, delta=ev.text))
+        elif isinstance(ev, MarginWritten):
+            m = ev.margin
+            self._fire(
+                WiMMarginEvent(
+                    span_id=self._step_id,
+                    segment_index=m.segment_index,
+                    n_segments=ev.n_segments,
+                    text=m.text,
+                    relevant=m.relevant,
+                    verdict=m.verdict,
+                    node_ids=[d.doc_id for d in m.documents if d.doc_id],
+                    documents=[d.model_dump(mode="json") for d in m.documents],
+                    seconds=m.seconds,
+                )
+            )
+            self._cb_end({EventPayload.COMPLETION: m.text, "relevant": m.relevant, "verdict": m.verdict})
+            self._close_step(m.text)
+        elif isinstance(ev, AnswerStarted):
+            self._open_step(wim_answer, n_relevant_margins=ev.n_relevant_margins, segments_read=ev.segments_read)
+            self._fire(
+                WiMAnswerStartEvent(
+                    span_id=self._step_id,
+                    n_relevant_margins=ev.n_relevant_margins,
+                    segments_read=ev.segments_read,
+                    n_segments=ev.n_segments,
+                )
+            )
+            self._cb_start({EventPayload.QUERY_STR: self.query_str, "wim_step": "answer"})
+        elif isinstance(ev, AnswerToken):
+            self._fire(WiMAnswerTokenEvent(span_id=self._step_id, delta=ev.text))
+        elif isinstance(ev, Finished):
+            r = ev.result
+            self._fire(
+                WiMAnswerEvent(
+                    span_id=self._step_id,
+                    answer=r.answer,
+                    n_segments=r.n_segments,
+                    segments_read=r.segments_read,
+                    stopped_early=r.stopped_early,
+                    result=r.model_dump(mode="json"),
+                )
+            )
+            self._cb_end({EventPayload.COMPLETION: r.answer})
+            self.finish(r)

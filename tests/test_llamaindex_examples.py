@@ -1,0 +1,41 @@
+"""The LlamaIndex examples, end to end on the embedded SmolLM2 (slow: a few seconds of generation each)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from llama_index.core.base.response.schema import Response
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_swap_example(capsys):
+    out = _load("llamaindex_swap").main()
+    before, after = out["before"], out["after"]
+    assert [n.node.node_id for n in before.source_nodes] == [n.node.node_id for n in after.source_nodes]
+    assert isinstance(after, Response) and after.response.strip()
+    assert after.metadata["wim_margins"] and after.metadata["wim_result"]["answer"] == after.response
+    assert "WiM answer:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_events_example(capsys):
+    out = _load("llamaindex_events").main()
+    response, margins = out["response"], out["margins"]
+    assert len(margins) == response.metadata["wim_result"]["n_segments"] == 2
+    assert {i for m in margins for i in m.node_ids} == {"minutes-march", "minutes-april", "newsletter"}
+    assert out["answers"][-1].answer == response.metadata["wim_result"]["answer"]
+    printed = capsys.readouterr().out
+    assert printed.count("[wim] margin") == 2 and "WiMSynthesizer.wim_segment" in printed
+    assert response.metadata["wim_result"]["answer"] in printed  # streamed to the console token by token
