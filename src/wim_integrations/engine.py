@@ -9,6 +9,7 @@ result = wim.run(context, question)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -167,7 +168,8 @@ class WiM:
                 f"segment_tokens={budget} is smaller than the margin instruction ({len(margin_prompt_ids)} tokens); "
                 f"use segment_tokens of at least {len(margin_prompt_ids)} (a few times more is sensible)."
             )
-        ctx = segment_context(b.tokenizer, context, budget)
+        with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
+            ctx = segment_context(b.tokenizer, context, budget)
         self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
         return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget)
 
@@ -338,7 +340,9 @@ class WiMStream:
             timings.prefill_seconds += time.perf_counter() - t0
             tokens.prompt += len(plan.head_ids)
             timings.context_cache = "miss" if doc_cache is not None else "off"
-        store = (lambda: doc_cache.put(key, b.fork_cache(cache), b.cache_nbytes(cache))) if doc_cache else None
+        store = (
+            (lambda: doc_cache.put(key, b.fork_cache(cache), b.cache_nbytes(cache))) if doc_cache is not None else None
+        )
 
         if packed and (cfg.margin_batch_size > 1 or stored is not None):
             yield from self._read_batched(cache, run, prefilled=stored is not None, store=store)

@@ -37,6 +37,9 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
+        # A fast tokenizer call sets flags on the shared Rust tokenizer (encode_special_tokens, truncation) before
+        # encoding, so concurrent calls can encode with each other's flags: every tokenizer call holds this lock.
+        self.tokenizer_lock = threading.RLock()
         cfg = model.config
         self.max_context_tokens: int | None = getattr(cfg, "max_position_embeddings", None)
         gen = getattr(model, "generation_config", None)
@@ -62,13 +65,17 @@ class HFBackend:
 
     # -- tokens ----------------------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        with self.tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def encode_template(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self.tokenizer_lock:
+            # Explicit False: the flag left by a previous encode_text call must not leak into this one.
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # -- cache -----------------------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
