@@ -26,8 +26,19 @@ def doc(tmp_path):
 
 def test_ask_shows_progress_margins_and_the_answer(tiny_model_dirs, doc):
     code, out, err = run_cli(
-        "ask", "--file", str(doc), "-q", "Who keeps the lighthouse?", "--model", str(tiny_model_dirs["llama"]),
-        "--segment-tokens", "150", "--margin-tokens", "5", "--answer-tokens", "5",
+        "ask",
+        "--file",
+        str(doc),
+        "-q",
+        "Who keeps the lighthouse?",
+        "--model",
+        str(tiny_model_dirs["llama"]),
+        "--segment-tokens",
+        "150",
+        "--margin-tokens",
+        "5",
+        "--answer-tokens",
+        "5",
     )
     assert code == 0, err
     assert "read segment 1" in err and "margin 1 [" in err and "Answering from" in err and "Done in" in err
@@ -37,8 +48,22 @@ def test_ask_shows_progress_margins_and_the_answer(tiny_model_dirs, doc):
 
 def test_ask_json_prints_the_full_result(tiny_model_dirs, doc):
     code, out, err = run_cli(
-        "ask", "-f", str(doc), "-q", "Where?", "-m", str(tiny_model_dirs["qwen2"]), "--segment-tokens", "150",
-        "--margin-tokens", "4", "--answer-tokens", "4", "--json", "--classification", "inline",
+        "ask",
+        "-f",
+        str(doc),
+        "-q",
+        "Where?",
+        "-m",
+        str(tiny_model_dirs["qwen2"]),
+        "--segment-tokens",
+        "150",
+        "--margin-tokens",
+        "4",
+        "--answer-tokens",
+        "4",
+        "--json",
+        "--classification",
+        "inline",
     )
     assert code == 0, err
     result = json.loads(out)
@@ -48,8 +73,20 @@ def test_ask_json_prints_the_full_result(tiny_model_dirs, doc):
 
 def test_ask_reads_standard_input(tiny_model_dirs, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(SAMPLE[:300]))
-    code, out, err = run_cli("ask", "-q", "Where?", "-m", str(tiny_model_dirs["llama"]), "--quiet",
-                             "--margin-tokens", "3", "--answer-tokens", "3", "--segment-tokens", "150")
+    code, out, err = run_cli(
+        "ask",
+        "-q",
+        "Where?",
+        "-m",
+        str(tiny_model_dirs["llama"]),
+        "--quiet",
+        "--margin-tokens",
+        "3",
+        "--answer-tokens",
+        "3",
+        "--segment-tokens",
+        "150",
+    )
     assert code == 0, err
     assert out.strip()
 

@@ -15,7 +15,11 @@ QUESTION = "Who is the new keeper of the Corran Point lighthouse?"
 
 def test_planted_fact_reaches_the_answer(default_wim):
     result = default_wim.run(
-        EXAMPLE.read_text(), QUESTION, segment_tokens=384, margin_max_new_tokens=32, answer_max_new_tokens=24,
+        EXAMPLE.read_text(),
+        QUESTION,
+        segment_tokens=384,
+        margin_max_new_tokens=32,
+        answer_max_new_tokens=24,
     )
     assert result.n_segments >= 3
     assert "Marlowe" in result.answer
@@ -30,8 +34,23 @@ def test_default_model_window_and_stop_ids(default_wim):
 
 
 def test_cli_on_the_default_model(capsys):
-    code = main(["ask", "-f", str(EXAMPLE), "-q", QUESTION, "--segment-tokens", "512",
-                 "--margin-tokens", "24", "--answer-tokens", "24", "--classification", "inline"])
+    code = main(
+        [
+            "ask",
+            "-f",
+            str(EXAMPLE),
+            "-q",
+            QUESTION,
+            "--segment-tokens",
+            "512",
+            "--margin-tokens",
+            "24",
+            "--answer-tokens",
+            "24",
+            "--classification",
+            "inline",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "Marlowe" in out and "margin 1 [" in err

@@ -40,6 +40,15 @@ class WiMConfig(BaseModel):
         False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    margin_batch_size: int = Field(
+        1,
+        ge=1,
+        description="margins of this many segments are decoded (and classified) together in one batch over the "
+        "shared cache; 1 is the step-by-step loop. Larger groups are faster; events then arrive per group.",
+    )
+    reuse_document_cache: bool = Field(
+        True, description="start from the WiM's document cache when it holds this context (WiM(document_cache=...))"
+    )
 
     def with_updates(self, **changes: object) -> WiMConfig:
         """A copy with `changes` applied and validated."""

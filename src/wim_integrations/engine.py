@@ -9,15 +9,17 @@ result = wim.run(context, question)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest
+from .backends.base import Backend, GenerationRequest, PackedRow
 from .classify import parse_verdict, split_inline
-from .config import WiMConfig
+from .config import SamplingConfig, WiMConfig
+from .doc_cache import DocumentCache, document_key
 from .errors import ContextTooLongError, WiMCancelled, WiMInputError
 from .events import (
     AnswerStarted,
@@ -33,7 +35,7 @@ from .events import (
     WiMResult,
 )
 from .prompts import ChatFrame, PromptSet, render
-from .segmenter import Context, segment_context
+from .segmenter import Context, Segment, segment_context
 from .textstream import TextDeltas
 
 # Tokens a margin's label ("Margin note 3 (part 5 of 9):") adds in the final prompt; used for the budget check.
@@ -62,6 +64,28 @@ class Plan:
     def n_segments(self) -> int:
         return len(self.context.segments)
 
+    @property
+    def full_ids(self) -> list[int]:
+        """Every token the context prefill puts in the cache: what a reusable document cache is keyed on."""
+        return list(self.head_ids) + [t for seg in self.context.segments for t in seg.token_ids]
+
+    @property
+    def segment_ends(self) -> list[int]:
+        """Cache length at the end of each segment."""
+        ends, pos = [], len(self.head_ids)
+        for seg in self.context.segments:
+            pos += seg.n_tokens
+            ends.append(pos)
+        return ends
+
+
+@dataclass
+class _RunState:
+    timings: Timings
+    tokens: TokenCounts
+    margins: list[Margin]
+    read: int = 0
+
 
 class WiM:
     """A WiM reader on one model. Build once, reuse for many calls; thread-safe."""
@@ -72,8 +96,11 @@ class WiM:
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
         classifier: Backend | None = None,
+        document_cache: DocumentCache | None = None,
     ) -> None:
         self.backend = backend
+        # Prefilled contexts kept for later questions on the same document (None: every run prefills).
+        self.document_cache = document_cache
         self.config = config or WiMConfig()
         self.prompts = prompts or PromptSet.default()
         self.classifier = classifier
@@ -89,20 +116,29 @@ class WiM:
         classifier_model: str | None = None,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
+        document_cache: DocumentCache | None = None,
         **load_kwargs: Any,
     ) -> WiM:
         """Load a local model directory or a model already in the Hugging Face cache (offline by default)."""
         from .models import load_backend
 
         classifier = load_backend(classifier_model, **load_kwargs) if classifier_model else None
-        return cls(load_backend(model, **load_kwargs), config=config, prompts=prompts, classifier=classifier)
+        return cls(
+            load_backend(model, **load_kwargs),
+            config=config,
+            prompts=prompts,
+            classifier=classifier,
+            document_cache=document_cache,
+        )
 
     @classmethod
-    def default(cls, *, config: WiMConfig | None = None, **kwargs: Any) -> WiM:
+    def default(
+        cls, *, config: WiMConfig | None = None, document_cache: DocumentCache | None = None, **kwargs: Any
+    ) -> WiM:
         """WiM on the embedded SmolLM2-135M-Instruct (converted once to a local cache on first use)."""
         from .models import load_default_backend
 
-        return cls(load_default_backend(**kwargs), config=config)
+        return cls(load_default_backend(**kwargs), config=config, document_cache=document_cache)
 
     @property
     def model_name(self) -> str:
@@ -132,7 +168,7 @@ class WiM:
                 f"segment_tokens={budget} is smaller than the margin instruction ({len(margin_prompt_ids)} tokens); "
                 f"use segment_tokens of at least {len(margin_prompt_ids)} (a few times more is sensible)."
             )
-        with b.lock:  # the tokenizer is not safe to call from several threads at once
+        with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
             ctx = segment_context(b.tokenizer, context, budget)
         self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
         return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget)
@@ -289,14 +325,69 @@ class WiMStream:
         margins: list[Margin] = []
         t_start = time.perf_counter()
 
-        cache = b.new_cache()
-        t0 = time.perf_counter()
-        b.prefill(cache, plan.head_ids)
-        timings.prefill_seconds += time.perf_counter() - t0
-        tokens.prompt += len(plan.head_ids)
+        run = _RunState(timings, tokens, margins)
+        packed = bool(getattr(b, "supports_packed", False))
+        doc_cache = wim.document_cache if packed and cfg.reuse_document_cache else None
+        key = document_key(b.cache_namespace, plan.full_ids) if doc_cache is not None else ""
+        stored = doc_cache.get(key) if doc_cache is not None else None
+        if stored is not None:
+            cache = b.fork_cache(stored)
+            timings.context_cache = "hit"
+        else:
+            cache = b.new_cache()
+            t0 = time.perf_counter()
+            b.prefill(cache, plan.head_ids)
+            timings.prefill_seconds += time.perf_counter() - t0
+            tokens.prompt += len(plan.head_ids)
+            timings.context_cache = "miss" if doc_cache is not None else "off"
+        store = (
+            (lambda: doc_cache.put(key, b.fork_cache(cache), b.cache_nbytes(cache))) if doc_cache is not None else None
+        )
 
-        read = 0
-        for seg in segments:
+        if packed and (cfg.margin_batch_size > 1 or stored is not None):
+            yield from self._read_batched(cache, run, prefilled=stored is not None, store=store)
+        else:
+            yield from self._read_sequential(cache, run, store=store)
+        read = run.read
+        # A reused cache holds the whole document; answer from the segments actually read.
+        if read < n:
+            b.rollback(cache, plan.segment_ends[read - 1] if read else len(plan.head_ids))
+
+        self._check_cancel()
+        relevant = [m for m in margins if m.relevant]
+        yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
+        t0 = time.perf_counter()
+        final_ids = wim._final_prompt_ids(plan.question, relevant, n)
+        tokens.answer_prompt = len(final_ids)
+        deltas = TextDeltas(b.decode)
+        for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
+            self._check_cancel()
+            if delta := deltas.push(tok):
+                yield AnswerToken(text=delta)
+        if delta := deltas.flush():
+            yield AnswerToken(text=delta)
+        timings.answer_seconds = time.perf_counter() - t0
+        tokens.answer_generated = len(deltas.ids)
+        timings.total_seconds = time.perf_counter() - t_start
+        self.result = WiMResult(
+            answer=deltas.text.strip(),
+            question=plan.question,
+            margins=margins,
+            n_segments=n,
+            segments_read=read,
+            stopped_early=read < n,
+            timings=timings,
+            tokens=tokens,
+            model=b.name,
+        )
+        yield Finished(result=self.result)
+
+    def _read_sequential(self, cache: Any, run: _RunState, store: Callable[[], object] | None) -> Iterator[WiMEvent]:
+        """The interactive loop: prefill a segment, write its margin token by token, roll back, classify."""
+        plan, cfg, b = self.plan, self.plan.config, self.wim.backend
+        timings, tokens, margins = run.timings, run.tokens, run.margins
+        n = plan.n_segments
+        for seg in plan.context.segments:
             if self._answer_now.is_set():
                 break
             self._check_cancel()
@@ -304,7 +395,9 @@ class WiMStream:
             b.prefill(cache, seg.token_ids)
             dt = time.perf_counter() - t0
             timings.prefill_seconds += dt
-            read += 1
+            run.read += 1
+            if store is not None and seg.index == n - 1:
+                store()
             char_span, token_span = (seg.start_char, seg.end_char), (seg.start_token, seg.end_token)
             yield SegmentRead(
                 segment_index=seg.index,
@@ -357,34 +450,133 @@ class WiMStream:
             margins.append(margin)
             yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
 
-        self._check_cancel()
-        relevant = [m for m in margins if m.relevant]
-        yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
-        t0 = time.perf_counter()
-        final_ids = wim._final_prompt_ids(plan.question, relevant, n)
-        tokens.answer_prompt = len(final_ids)
-        deltas = TextDeltas(b.decode)
-        for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
-            self._check_cancel()
-            if delta := deltas.push(tok):
-                yield AnswerToken(text=delta)
-        if delta := deltas.flush():
-            yield AnswerToken(text=delta)
-        timings.answer_seconds = time.perf_counter() - t0
-        tokens.answer_generated = len(deltas.ids)
-        timings.total_seconds = time.perf_counter() - t_start
-        self.result = WiMResult(
-            answer=deltas.text.strip(),
-            question=plan.question,
-            margins=margins,
-            n_segments=n,
-            segments_read=read,
-            stopped_early=read < n,
-            timings=timings,
-            tokens=tokens,
-            model=b.name,
+    def _read_batched(
+        self, cache: Any, run: _RunState, *, prefilled: bool, store: Callable[[], object] | None
+    ) -> Iterator[WiMEvent]:
+        """Groups of `margin_batch_size` segments: prefill the group, then decode all its margins in one packed batch
+        over the shared cache (row j sees the cache up to the end of segment j) and classify them in one pass.
+
+        Events keep the per-segment order (SegmentRead, MarginToken*, MarginWritten); the first margin of a group
+        streams live, the others are emitted once the group is done. With `prefilled` the cache already holds the
+        whole document (document cache hit) and segments are only "read" for their margins."""
+        plan, cfg, b = self.plan, self.plan.config, self.wim.backend
+        timings, tokens = run.timings, run.tokens
+        segments, ends, n = plan.context.segments, plan.segment_ends, plan.n_segments
+        size = cfg.margin_batch_size
+        for g0 in range(0, n, size):
+            group: list[tuple[Segment, float]] = []
+            for seg in segments[g0 : g0 + size]:
+                if self._answer_now.is_set():
+                    break
+                self._check_cancel()
+                dt = 0.0
+                if not prefilled:
+                    t0 = time.perf_counter()
+                    b.prefill(cache, seg.token_ids)
+                    dt = time.perf_counter() - t0
+                    timings.prefill_seconds += dt
+                    if store is not None and seg.index == n - 1:
+                        store()
+                run.read += 1
+                group.append((seg, dt))
+            if not group:
+                return
+            if self._answer_now.is_set():  # read but not annotated, as in the step-by-step loop
+                for seg, dt in group:
+                    yield self._segment_read(seg, dt)
+                return
+
+            t0 = time.perf_counter()
+            rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids) for seg, _ in group]
+            deltas = [TextDeltas(b.decode) for _ in rows]
+            held: list[list[str]] = [[] for _ in rows]
+            yield self._segment_read(*group[0])
+            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling)
+            try:
+                for step in steps:
+                    self._check_cancel()
+                    for i, tok in step:
+                        if delta := deltas[i].push(tok):
+                            if i == 0:
+                                yield MarginToken(segment_index=group[0][0].index, text=delta)
+                            else:
+                                held[i].append(delta)
+            finally:
+                steps.close()
+            for i, d in enumerate(deltas):  # text held back as a possibly partial character
+                if delta := d.flush():
+                    if i == 0:
+                        yield MarginToken(segment_index=group[0][0].index, text=delta)
+                    else:
+                        held[i].append(delta)
+            t_margin = time.perf_counter() - t0
+            timings.margin_seconds += t_margin
+            tokens.prompt += len(rows) * len(plan.margin_prompt_ids)
+            tokens.margin_generated += sum(len(d.ids) for d in deltas)
+
+            t0 = time.perf_counter()
+            classified = self._classify_many([d.text.strip() for d in deltas], plan.question, cfg, tokens)
+            t_classify = time.perf_counter() - t0
+            timings.classify_seconds += t_classify
+            share = (t_margin + t_classify) / len(rows)  # one batch: each margin gets an equal share of its time
+            for i, ((seg, dt), (text, verdict, raw)) in enumerate(zip(group, classified, strict=True)):
+                if i > 0:
+                    yield self._segment_read(seg, dt)
+                    for delta in held[i]:
+                        yield MarginToken(segment_index=seg.index, text=delta)
+                margin = self._margin(seg, text, verdict, raw, len(deltas[i].ids), share)
+                run.margins.append(margin)
+                yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+
+    def _segment_read(self, seg: Segment, seconds: float) -> SegmentRead:
+        return SegmentRead(
+            segment_index=seg.index,
+            n_segments=self.plan.n_segments,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            n_tokens=seg.n_tokens,
+            documents=list(seg.documents),
+            seconds=seconds,
         )
-        yield Finished(result=self.result)
+
+    def _margin(self, seg: Segment, text: str, verdict: Any, raw: str | None, n_tokens: int, secs: float) -> Margin:
+        cfg = self.plan.config
+        return Margin(
+            segment_index=seg.index,
+            text=text,
+            relevant=verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts),
+            verdict=verdict,
+            classifier_output=raw,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            documents=list(seg.documents),
+            n_tokens=n_tokens,
+            seconds=secs,
+        )
+
+    def _classify_many(
+        self, margins: list[str], question: str, cfg: WiMConfig, tokens: TokenCounts
+    ) -> list[tuple[str, Any, str | None]]:
+        """Classify a group of margins; with a classifier model, all prompts go through one packed pass."""
+        backend = self.wim.classifier if cfg.classification == "auxiliary" else self.wim.backend
+        frame = self.wim._classifier_frame if cfg.classification == "auxiliary" else self.wim.frame
+        packed = getattr(backend, "supports_packed", False)
+        if cfg.classification in ("none", "inline") or len(margins) < 2 or not packed:
+            return [self._classify(m, question, cfg, tokens) for m in margins]
+        assert backend is not None and frame is not None
+        rows = []
+        for margin in margins:
+            body = render(self.wim.prompts.classification, question=question, margin=margin)
+            ids = backend.encode_template(frame.prefix) + backend.encode_text(body)
+            rows.append(PackedRow(0, ids + backend.encode_template(frame.suffix)))
+        outs: list[list[int]] = [[] for _ in rows]
+        for step in backend.generate_packed(backend.new_cache(), rows, cfg.classifier_max_new_tokens, SamplingConfig()):
+            self._check_cancel()
+            for i, tok in step:
+                outs[i].append(tok)
+        tokens.classifier_generated += sum(len(o) for o in outs)
+        replies = [backend.decode(o).strip() for o in outs]
+        return [(m, parse_verdict(r), r) for m, r in zip(margins, replies, strict=True)]
 
     def _classify(self, margin: str, question: str, cfg: WiMConfig, tokens: TokenCounts) -> tuple[str, Any, str | None]:
         """(margin text, verdict, raw classifier reply)."""

@@ -48,6 +48,9 @@ class Timings(BaseModel):
     classify_seconds: float = 0.0
     answer_seconds: float = 0.0
     total_seconds: float = 0.0
+    context_cache: Literal["off", "hit", "miss"] = Field(
+        "off", description="document cache: 'hit' = context prefill reused, 'miss' = prefilled and stored, 'off'"
+    )
 
 
 class TokenCounts(BaseModel):

@@ -17,6 +17,14 @@ class GenerationRequest:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
+@dataclass(frozen=True)
+class PackedRow:
+    """One row of a packed generation: it sees the first `prefix_length` cache tokens, then its own prompt."""
+
+    prefix_length: int
+    prompt_ids: Sequence[int]
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
@@ -47,3 +55,22 @@ class Backend(Protocol):
 
     def rollback(self, cache: Any, length: int) -> None:
         """Drop everything after the first `length` tokens of `cache`."""
+
+
+@runtime_checkable
+class PackedBackend(Backend, Protocol):
+    """A backend that decodes several rows at once over one shared cache (batched margins, document cache)."""
+
+    def generate_packed(
+        self, cache: Any, rows: Sequence[PackedRow], max_new_tokens: int, sampling: SamplingConfig
+    ) -> Iterator[list[tuple[int, int]]]:
+        """Yield, per decoding step, the (row index, token) pairs of the rows still running.
+
+        Row i attends to the first `rows[i].prefix_length` cache tokens and to its own tokens only, so its output is
+        what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded) or
+        at its budget. The cache is back at its starting length once the iterator ends or is closed."""
+
+    def fork_cache(self, cache: Any) -> Any:
+        """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""
+
+    def cache_nbytes(self, cache: Any) -> int: ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +20,7 @@ from transformers import (
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
-from .base import GenerationRequest
+from .base import GenerationRequest, PackedRow
 
 
 def _as_id_set(value: int | Sequence[int] | None) -> set[int]:
@@ -35,6 +37,9 @@ class HFBackend:
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
+        # A fast tokenizer call sets flags on the shared Rust tokenizer (encode_special_tokens, truncation) before
+        # encoding, so concurrent calls can encode with each other's flags: every tokenizer call holds this lock.
+        self.tokenizer_lock = threading.RLock()
         cfg = model.config
         self.max_context_tokens: int | None = getattr(cfg, "max_position_embeddings", None)
         gen = getattr(model, "generation_config", None)
@@ -46,24 +51,30 @@ class HFBackend:
         windows = [layer.sliding_window for layer in probe.layers if isinstance(layer, DynamicSlidingWindowLayer)]
         # Rolling a sliding-window layer back past its window is not possible: cap the usable length there.
         self.rollback_limit: int | None = min(windows) if windows else None
+        # Identifies this loaded model in document-cache keys (two loads of one checkpoint never share entries).
+        self.cache_namespace = f"{self.name}:{uuid.uuid4().hex}"
+
+    @property
+    def supports_packed(self) -> bool:
+        """Packed rows need every layer to keep the whole cache (no sliding-window layer dropping old tokens)."""
+        return self.rollback_limit is None
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     # -- tokens ----------------------------------------------------------------------------------------
-    # HF tokenizers mutate shared state on each call (truncation/padding, special-token splitting), so calls
-    # from several threads are serialized with the model's lock.
     def encode_text(self, text: str) -> list[int]:
-        with self.lock:
+        with self.tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def encode_template(self, text: str) -> list[int]:
-        with self.lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self.tokenizer_lock:
+            # Explicit False: the flag left by a previous encode_text call must not leak into this one.
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
-        with self.lock:
+        with self.tokenizer_lock:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # -- cache -----------------------------------------------------------------------------------------
@@ -78,6 +89,21 @@ class HFBackend:
         if extra < 0:
             raise ValueError(f"cannot roll a cache of {cache.get_seq_length()} tokens forward to {length}")
         cache.crop(-extra)  # transformers 5: crop(n <= 0) removes -n tokens
+
+    def fork_cache(self, cache: DynamicCache) -> DynamicCache:
+        # DynamicLayer.update concatenates into new tensors and crop slices a view, so sharing the tensors is safe:
+        # neither cache ever writes into the other's storage.
+        fork = copy.copy(cache)
+        fork.layers = [copy.copy(layer) for layer in cache.layers]
+        return fork
+
+    def cache_nbytes(self, cache: DynamicCache) -> int:
+        total = 0
+        for layer in cache.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
 
     # -- compute ---------------------------------------------------------------------------------------
     def _forward(self, cache: DynamicCache, ids: Sequence[int]) -> torch.Tensor:
@@ -105,6 +131,103 @@ class HFBackend:
             yield token
             if step + 1 < request.max_new_tokens:  # no forward pass after the last token
                 logits = self._forward(cache, [token])
+
+    def generate_packed(
+        self, cache: DynamicCache, rows: Sequence[PackedRow], max_new_tokens: int, sampling: SamplingConfig
+    ) -> Iterator[list[tuple[int, int]]]:
+        """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
+
+        Each forward appends the running rows' tokens; a 4D additive mask lets a token see the cache up to its row's
+        `prefix_length` plus the earlier tokens of its own row, and position ids continue from `prefix_length`, so
+        every row computes what a cache cut at its prefix would give."""
+        if not rows:
+            return
+        base = self.cache_length(cache)
+        for r in rows:
+            if not r.prompt_ids:
+                raise ValueError("generation needs at least one prompt token")
+            if not 0 <= r.prefix_length <= base:
+                raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
+        dev = self.device
+        prefix = torch.tensor([r.prefix_length for r in rows], dtype=torch.long, device=dev)
+        samplers = [_Sampler(sampling, dev) for _ in rows]
+        histories = [list(r.prompt_ids) for r in rows]
+        next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
+        appended_rows = torch.empty(0, dtype=torch.long, device=dev)  # row of each token appended after `base`
+        produced = [0] * len(rows)
+        try:
+            # Step 0: all prompts at once; keep only the logits of each row's last prompt token.
+            q_rows = [i for i, r in enumerate(rows) for _ in r.prompt_ids]
+            ids = [t for r in rows for t in r.prompt_ids]
+            pos = [r.prefix_length + k for r in rows for k in range(len(r.prompt_ids))]
+            ends = torch.tensor(list(_cumsum(len(r.prompt_ids) for r in rows)), device=dev) - 1
+            logits, appended_rows = self._packed_forward(cache, base, prefix, appended_rows, q_rows, ids, pos, ends)
+            active = list(range(len(rows)))
+            while active:
+                step: list[tuple[int, int]] = []
+                feed: list[int] = []
+                for j, i in enumerate(active):
+                    token = samplers[i].next_token(histories[i], logits[j : j + 1])
+                    if token in self.stop_ids:
+                        continue
+                    histories[i].append(token)
+                    produced[i] += 1
+                    step.append((i, token))
+                    if produced[i] < max_new_tokens:  # no forward pass after a row's last token
+                        feed.append(i)
+                if step:
+                    yield step
+                active = feed
+                if not active:
+                    break
+                toks = [histories[i][-1] for i in active]
+                pos = [next_pos[i] + produced[i] - 1 for i in active]
+                logits, appended_rows = self._packed_forward(
+                    cache, base, prefix, appended_rows, active, toks, pos, None
+                )
+        finally:
+            self.rollback(cache, base)
+
+    def _packed_forward(
+        self,
+        cache: DynamicCache,
+        base: int,
+        prefix: torch.Tensor,
+        appended_rows: torch.Tensor,
+        q_rows: list[int],
+        ids: list[int],
+        positions: list[int],
+        keep: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        qr = torch.tensor(q_rows, dtype=torch.long, device=dev)
+        all_rows = torch.cat([appended_rows, qr])
+        n_app, n_q = appended_rows.numel(), qr.numel()
+        sees_prefix = torch.arange(base, device=dev)[None, :] < prefix[qr][:, None]
+        own = all_rows[None, :] == qr[:, None]
+        causal = torch.arange(n_app + n_q, device=dev)[None, :] <= (n_app + torch.arange(n_q, device=dev))[:, None]
+        allowed = torch.cat([sees_prefix, own & causal], dim=1)
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
+        position_ids = torch.tensor([positions], dtype=torch.long, device=dev)
+        with self.lock, torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=mask[None, None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=keep if keep is not None else 0,
+            )
+        return out.logits[0], all_rows
+
+
+def _cumsum(values: Iterator[int] | Sequence[int]) -> Iterator[int]:
+    total = 0
+    for v in values:
+        total += v
+        yield total
 
 
 class _Sampler:

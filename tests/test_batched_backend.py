@@ -1,0 +1,126 @@
+"""Packed generation over one shared cache equals plain generation on a cache cut at each row's prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wim_integrations.backends.base import GenerationRequest, PackedRow
+from wim_integrations.config import SamplingConfig
+
+TEXT = (
+    "A long document is split into segments. After each segment the model writes a margin note. "
+    "The quick brown fox jumps over the lazy dog. Where is Mary? Mary went to the kitchen. "
+    "Paris is the capital of France. Berlin is the capital of Germany. Numbers 0 1 2 3 4 5 6 7 8 9."
+)
+
+
+def _reference(backend, context_ids, prefix, prompt, budget, sampling=None):
+    cache = backend.new_cache()
+    backend.prefill(cache, context_ids[:prefix])
+    req = GenerationRequest(prompt, budget, sampling or SamplingConfig())
+    return list(backend.generate(cache, req))
+
+
+def _packed(backend, cache, rows, budget, sampling=None):
+    out: list[list[int]] = [[] for _ in rows]
+    for step in backend.generate_packed(cache, rows, budget, sampling or SamplingConfig()):
+        for i, tok in step:
+            out[i].append(tok)
+    return out
+
+
+def test_packed_rows_equal_sequential_generate(tiny_backend):
+    b = tiny_backend
+    ids = b.encode_text(TEXT)
+    prompt = b.encode_text("Question: what is the secret code?") + b.encode_template(
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    cuts = [len(ids) // 4, len(ids) // 2, 3 * len(ids) // 4, len(ids)]
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    budget = 12
+    # Rows with different prompts too, so rows differ in length.
+    rows = [PackedRow(c, prompt[k % 3 :]) for k, c in enumerate(cuts)]
+    got = _packed(b, cache, rows, budget)
+    want = [_reference(b, ids, r.prefix_length, list(r.prompt_ids), budget) for r in rows]
+    assert got == want
+    assert any(len(g) > 0 for g in got)
+    # The shared cache is back where it started and still holds exactly the context.
+    assert b.cache_length(cache) == len(ids)
+    fresh = b.new_cache()
+    b.prefill(fresh, ids)
+    for la, lb in zip(cache.layers, fresh.layers, strict=True):
+        torch.testing.assert_close(la.keys, lb.keys)
+        torch.testing.assert_close(la.values, lb.values)
+
+
+def test_packed_rows_stop_at_first_stop_token(tiny_backends):
+    b = tiny_backends["llama"]
+    ids = b.encode_text(TEXT)
+    prompt = b.encode_text("Where is Mary?")
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    # Force a stop on row 1 by making its reference output's first token a stop id: use a backend copy whose
+    # stop set contains the token row 1 would produce first.
+    first = _reference(b, ids, 20, prompt, 3)
+    assert first, "tiny model produced no token; pick another prompt"
+    original = b.stop_ids
+    try:
+        b.stop_ids = frozenset(original | {first[0]})
+        got = _packed(b, cache, [PackedRow(len(ids), prompt), PackedRow(20, prompt)], 6)
+        want0 = _reference(b, ids, len(ids), prompt, 6)
+    finally:
+        b.stop_ids = original
+    assert got[1] == []
+    assert got[0] == want0
+
+
+def test_packed_seeded_sampling_matches_per_row_generate(tiny_backends):
+    b = tiny_backends["qwen2"]
+    ids = b.encode_text(TEXT)
+    prompt = b.encode_text("Where is Mary?")
+    sampling = SamplingConfig(do_sample=True, temperature=1.5, seed=7)
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    rows = [PackedRow(10, prompt), PackedRow(len(ids), prompt)]
+    got = _packed(b, cache, rows, 8, sampling)
+    assert got == [_reference(b, ids, r.prefix_length, prompt, 8, sampling) for r in rows]
+
+
+def test_packed_closing_early_restores_cache(tiny_backends):
+    b = tiny_backends["phi3"]
+    ids = b.encode_text(TEXT)
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    it = b.generate_packed(cache, [PackedRow(5, ids[:4]), PackedRow(9, ids[:6])], 8, SamplingConfig())
+    next(it)
+    assert b.cache_length(cache) > len(ids)
+    it.close()
+    assert b.cache_length(cache) == len(ids)
+
+
+def test_packed_rejects_bad_rows(tiny_backends):
+    b = tiny_backends["llama"]
+    cache = b.new_cache()
+    b.prefill(cache, [5, 6, 7])
+    with pytest.raises(ValueError, match="outside the cache"):
+        list(b.generate_packed(cache, [PackedRow(4, [1])], 2, SamplingConfig()))
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        list(b.generate_packed(cache, [PackedRow(1, [])], 2, SamplingConfig()))
+
+
+def test_fork_shares_tensors_and_stays_intact(tiny_backends):
+    b = tiny_backends["llama"]
+    ids = b.encode_text(TEXT)
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    fork = b.fork_cache(cache)
+    assert fork.layers[0].keys.data_ptr() == cache.layers[0].keys.data_ptr()  # no copy
+    snapshot = [layer.keys.clone() for layer in cache.layers]
+    list(b.generate(fork, GenerationRequest(ids[:5], 4)))
+    b.rollback(fork, 3)
+    assert b.cache_length(cache) == len(ids)
+    for layer, keys in zip(cache.layers, snapshot, strict=True):
+        assert torch.equal(layer.keys, keys)
+    assert b.cache_nbytes(cache) == sum(2 * t.numel() * t.element_size() for t in snapshot)

@@ -1,0 +1,102 @@
+"""Batched margins and classification give the results of the step-by-step loop, with the same event contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from wim_integrations import WiM, WiMConfig
+from wim_integrations.events import MarginToken, MarginWritten, SegmentRead
+
+DOC = " ".join(
+    [
+        "The quick brown fox jumps over the lazy dog. Where is Mary? Mary went to the kitchen.",
+        "A long document is split into segments. After each segment the model writes a margin note.",
+        "Question: what is the secret code? Answer: the secret code is 4417.",
+        "Paris is the capital of France. Berlin is the capital of Germany. Numbers 0 1 2 3 4 5 6 7 8 9.",
+        "Read the text carefully, part by part; then answer the question using the margin notes.",
+    ]
+    * 4
+)
+QUESTION = "What is the secret code?"
+CFG = WiMConfig(segment_tokens=120, margin_max_new_tokens=10, answer_max_new_tokens=10, classifier_max_new_tokens=4)
+
+
+def _summary(result):
+    return (
+        result.answer,
+        [(m.segment_index, m.text, m.verdict, m.classifier_output, m.n_tokens) for m in result.margins],
+        result.segments_read,
+        result.tokens.model_dump(),
+    )
+
+
+@pytest.mark.parametrize("mode", ["same_model", "inline"])
+def test_batched_equals_sequential(tiny_backend, mode):
+    wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode))
+    sequential = wim.run(DOC, QUESTION)
+    assert sequential.n_segments >= 4
+    for size in (3, 64):
+        batched = wim.run(DOC, QUESTION, margin_batch_size=size)
+        assert _summary(batched) == _summary(sequential)
+        assert batched.timings.context_cache == "off"
+
+
+def _per_segment_stream(events):
+    current, streamed = None, ""
+    seen = []
+    for e in events:
+        if isinstance(e, SegmentRead):
+            assert current is None, "a segment was read before the previous one's margin was written"
+            current, streamed = e.segment_index, ""
+        elif isinstance(e, MarginToken):
+            assert e.segment_index == current
+            streamed += e.text
+        elif isinstance(e, MarginWritten):
+            assert e.segment_index == current
+            seen.append((current, streamed))
+            current = None
+    return seen
+
+
+def test_batched_events_keep_per_segment_order(tiny_backends):
+    wim = WiM(tiny_backends["qwen2"], config=CFG.with_updates(classification="none"))
+    sequential = list(wim.stream(DOC, QUESTION))
+    batched = list(wim.stream(DOC, QUESTION, margin_batch_size=3))
+    got = _per_segment_stream(batched)
+    assert [i for i, _ in got] == list(range(batched[-1].result.n_segments))
+    assert got == _per_segment_stream(sequential)
+    assert [type(e) for e in batched if not isinstance(e, (SegmentRead, MarginToken, MarginWritten))] == [
+        type(e) for e in sequential if not isinstance(e, (SegmentRead, MarginToken, MarginWritten))
+    ]
+
+
+def test_answer_now_in_batched_mode_answers_from_segments_read(tiny_backends):
+    wim = WiM(tiny_backends["llama"], config=CFG)
+
+    def stop_after_first_margin(batch_size):
+        stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
+        for e in stream:
+            if isinstance(e, MarginWritten) and e.segment_index == 0:
+                stream.answer_now()
+        return stream.result
+
+    seq, bat = stop_after_first_margin(1), stop_after_first_margin(2)
+    assert seq.stopped_early and bat.stopped_early
+    # The batch of two finished its group: same answer as the loop would give after two segments.
+    assert bat.segments_read == 2 and len(bat.margins) == 2
+    ref = WiM(tiny_backends["llama"], config=CFG)
+    stream = ref.stream(DOC, QUESTION)
+    for e in stream:
+        if isinstance(e, MarginWritten) and e.segment_index == 1:
+            stream.answer_now()
+    assert _summary(stream.result) == _summary(bat)
+    assert seq.segments_read == 1
+
+
+def test_sliding_window_backend_falls_back_to_sequential(tiny_backends, monkeypatch):
+    b = tiny_backends["phi3"]
+    wim = WiM(b, config=CFG.with_updates(classification="none"))
+    want = wim.run(DOC, QUESTION)
+    monkeypatch.setattr(type(b), "supports_packed", property(lambda self: False))
+    monkeypatch.setattr(type(b), "generate_packed", None)  # would fail if called
+    assert _summary(wim.run(DOC, QUESTION, margin_batch_size=4)) == _summary(want)
