@@ -199,21 +199,29 @@ def _backend_llm_class() -> type:
 
 def run_llamaindex(reader: Reader, task: Task, mode: str) -> SystemOutput:
     from llama_index.core import PromptHelper, get_response_synthesizer
+    from llama_index.core.prompts.default_prompts import (
+        DEFAULT_REFINE_PROMPT_TMPL,
+        DEFAULT_TEXT_QA_PROMPT_TMPL,
+        DEFAULT_TREE_SUMMARIZE_TMPL,
+    )
+    from llama_index.core.response_synthesizers.refine import DEFAULT_RESPONSE_PADDING_SIZE
 
     t0 = time.perf_counter()
     segments = reader.wim.plan(task.context, task.question).context.segments
-    seg_tokens = max(s.n_tokens for s in segments)
-    # A window of one segment + prompt + answer, so tree_summarize works on our segments instead of packing the
-    # whole text into one call (which would just be long_context with another prompt).
-    window = seg_tokens + 256 + task.answer_tokens
-    llm = _backend_llm_class()(
-        reader, context_window=window, num_output=task.answer_tokens, model_name=reader.backend.name
+    # A window that holds exactly one of our segments + the largest synthesizer prompt + the answer, so refine and
+    # tree_summarize work segment by segment instead of packing the whole text into one call (which would just be
+    # long_context with another prompt).
+    b = reader.backend
+    prompt_tokens = max(
+        len(b.encode_text(t.format(context_str="", context_msg="", query_str=task.question, existing_answer="")))
+        for t in (DEFAULT_TEXT_QA_PROMPT_TMPL, DEFAULT_REFINE_PROMPT_TMPL, DEFAULT_TREE_SUMMARIZE_TMPL)
     )
+    window = max(s.n_tokens for s in segments) + prompt_tokens + 2 * task.answer_tokens + 16
+    if mode == "refine":  # refine reserves extra room for its growing answer when it packs chunks
+        window += DEFAULT_RESPONSE_PADDING_SIZE
+    llm = _backend_llm_class()(reader, context_window=window, num_output=task.answer_tokens, model_name=b.name)
     helper = PromptHelper(
-        context_window=window,
-        num_output=task.answer_tokens,
-        chunk_overlap_ratio=0.0,
-        tokenizer=reader.backend.encode_text,
+        context_window=window, num_output=task.answer_tokens, chunk_overlap_ratio=0.0, tokenizer=b.encode_text
     )
     synth = get_response_synthesizer(llm=llm, prompt_helper=helper, response_mode=mode)
     response = synth.get_response(query_str=task.question, text_chunks=[s.text for s in segments])

@@ -35,7 +35,9 @@ def test_same_seed_same_tasks_other_seed_differs(count):
     a = make_tasks(count, [400], [0.2, 0.8], seeds=[3])
     b = make_tasks(count, [400], [0.2, 0.8], seeds=[3])
     c = make_tasks(count, [400], [0.2, 0.8], seeds=[4])
-    assert [(t.id, t.context, t.question, t.answers) for t in a] == [(t.id, t.context, t.question, t.answers) for t in b]
+    assert [(t.id, t.context, t.question, t.answers) for t in a] == [
+        (t.id, t.context, t.question, t.answers) for t in b
+    ]
     assert [t.context for t in a] != [t.context for t in c]
     assert [t.kind for t in a] == ["needle", "needle", "multihop", "location", "cwe"]
 
