@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from benchmarks.__main__ import main
 from benchmarks.report import write_report
 from benchmarks.runner import Preset, build_tasks, load_records, run_benchmark
 from benchmarks.systems import SYSTEMS, Reader, run_margins_only, run_rag_classifier
@@ -71,6 +72,11 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
     ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (tmp_path / "tiny.md").read_text() == md
+
+    # The CLI writes the same report.
+    assert main(["report", str(out), "--img-dir", str(tmp_path / "img2"), "--md", str(tmp_path / "cli.md")]) == 0
+    assert (tmp_path / "cli.md").read_text() == md.replace(str(tmp_path / "img"), str(tmp_path / "img2"))
+    assert len(list((tmp_path / "img2").glob("*.png"))) == 3
 
 
 def _margin(i: int, text: str, relevant: bool, span: tuple[int, int]) -> Margin:
