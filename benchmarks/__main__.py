@@ -1,0 +1,68 @@
+"""`python -m benchmarks run --preset quick [--model PATH]` and `python -m benchmarks report`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .runner import PRESETS, RESULTS_DIR, build_tasks, run_benchmark, slug
+from .systems import SYSTEMS
+from .tasks import KINDS
+
+
+def _load_backend(model: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if model == "default":
+        from wim_integrations.models import load_default_backend
+
+        return load_default_backend()
+    from wim_integrations.models import load_backend
+
+    return load_backend(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a preset (resumes from its results file)")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    run.add_argument(
+        "--model", default="default", help="local model dir or HF cache name; 'default' = embedded SmolLM2"
+    )
+    run.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    run.add_argument("--tasks", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    run.add_argument("--out", type=Path, help="results JSONL (default benchmarks/results/<preset>-<model>.jsonl)")
+    run.add_argument("--no-progress", action="store_true")
+    rep = sub.add_parser("report", help="markdown table + PNG plots from a results file")
+    rep.add_argument("results", nargs="?", type=Path, help="results JSONL (default: every file in benchmarks/results)")
+    rep.add_argument("--img-dir", type=Path, default=Path("docs/img"))
+    rep.add_argument("--md", type=Path, help="also write the markdown here")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        backend = _load_backend(args.model)
+        preset = PRESETS[args.preset]
+        tasks = build_tasks(backend, preset, [k for k in args.tasks.split(",") if k])
+        out = args.out or RESULTS_DIR / f"{args.preset}-{slug(backend.name)}.jsonl"
+        systems = [s for s in args.systems.split(",") if s]
+        run_benchmark(
+            backend, tasks, out, preset_name=args.preset, preset=preset, systems=systems, progress=not args.no_progress
+        )
+        print(f"results: {out}", file=sys.stderr)
+        return 0
+
+    from .report import write_report
+
+    paths = [args.results] if args.results else sorted(RESULTS_DIR.glob("*.jsonl"))
+    if not paths:
+        parser.error("no results yet: run `python -m benchmarks run --preset quick` first")
+    for path in paths:
+        md = write_report(path, args.img_dir, args.md)
+        print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
