@@ -171,60 +171,59 @@ def main() -> None:
     )
     warm = cfg.with_updates(margin_max_new_tokens=2, answer_max_new_tokens=2)
     wim.run(make_document(wim, 1, warm), QUESTION, config=warm)  # warm-up
-    rows = []
-    for n in args.segments:
-        doc = make_document(wim, n, cfg)
-        plain = plain_long_context(wim, doc, cfg)
-        seq = wim_run(wim, doc, cfg)
-        assert seq["margins"] == n, f"document has {seq['margins']} segments, wanted {n}"
-        bat = wim_run(wim, doc, cfg.with_updates(margin_batch_size=n))
-        group = wim_run(wim, doc, cfg.with_updates(margin_batch_size=args.group)) if n == 8 else None
-        cached = WiM(wim.backend, config=cfg, document_cache=DocumentCache())
-        first = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n))
-        second = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n), QUESTION_2)
-        assert (first["cache"], second["cache"]) == ("miss", "hit")
-        rows.append((n, plain, seq, bat, group, first, second))
-        print(
-            f"[{n} segments] plain {plain['seconds']:.1f}s  sequential {seq['seconds']:.1f}s  batched "
-            f"{bat['seconds']:.1f}s  2nd question {second['seconds']:.1f}s / first {first['seconds']:.1f}s",
-            flush=True,
-        )
-
+    if not args.no_memory:
+        report_memory(args)
     print()
     print(
         "| segments | context tokens | plain s | WiM sequential s (x plain) | WiM batched s (x plain) | "
         "2nd question / 1st | plain prefill tok/s | plain decode tok/s | sequential margin tok/s | "
         "batched margin tok/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, plain, seq, bat, _group, first, second in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    notes = []
+    for n in args.segments:
+        doc = make_document(wim, n, cfg)
+        plain = plain_long_context(wim, doc, cfg)
+        seq = wim_run(wim, doc, cfg)
+        assert seq["margins"] == n, f"document has {seq['margins']} segments, wanted {n}"
+        bat = wim_run(wim, doc, cfg.with_updates(margin_batch_size=n))
+        cached = WiM(wim.backend, config=cfg, document_cache=DocumentCache())
+        first = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n))
+        second = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n), QUESTION_2)
+        assert (first["cache"], second["cache"]) == ("miss", "hit")
         print(
             f"| {n} | {plain['context_tokens']} | {plain['seconds']:.1f} | {seq['seconds']:.1f} "
             f"({seq['seconds'] / plain['seconds']:.2f}x) | {bat['seconds']:.1f} "
             f"({bat['seconds'] / plain['seconds']:.2f}x)"
-            f" | {second['seconds'] / first['seconds']:.2f} | {plain['prefill_tok_s']:.0f} | "
-            f"{plain['decode_tok_s']:.1f} | {seq['margin_tok_s']:.1f} | {bat['margin_tok_s']:.1f} |"
+            f" | {second['seconds']:.1f}/{first['seconds']:.1f} = {second['seconds'] / first['seconds']:.2f} | "
+            f"{plain['prefill_tok_s']:.0f} | {plain['decode_tok_s']:.1f} | {seq['margin_tok_s']:.1f} | "
+            f"{bat['margin_tok_s']:.1f} |",
+            flush=True,
         )
-    for n, plain, _seq, _bat, group, _f, _s in rows:
-        if group:
-            print(
-                f"\nAt {n} segments, margins batched in groups of {args.group} (events stream group by group): "
+        if n == 8:
+            group = wim_run(wim, doc, cfg.with_updates(margin_batch_size=args.group))
+            notes.append(
+                f"At {n} segments, margins batched in groups of {args.group} (events stream group by group): "
                 f"{group['seconds']:.1f}s ({group['seconds'] / plain['seconds']:.2f}x plain)"
             )
+    for note in notes:
+        print("\n" + note)
 
-    if not args.no_memory:
-        n = args.memory_segments
-        mem = measure_memory(n, args)
-        p = mem["plain"]["peak_mib"] - mem["plain"]["base_mib"]
-        print(f"\nPeak RSS at {n} segments (separate processes; model loaded = {mem['plain']['base_mib']:.0f} MiB):")
-        print("| mode | peak RSS MiB | run's extra over loaded model MiB | peak / plain peak |")
-        print("|---|---|---|---|")
-        for mode, m in mem.items():
-            extra = m["peak_mib"] - m["base_mib"]
-            print(
-                f"| {mode} | {m['peak_mib']:.0f} | {extra:.0f} ({extra / p:.2f}x plain) | "
-                f"{m['peak_mib'] / mem['plain']['peak_mib']:.3f} |"
-            )
+
+def report_memory(args: argparse.Namespace) -> None:
+    n = args.memory_segments
+    mem = measure_memory(n, args)
+    p = mem["plain"]["peak_mib"] - mem["plain"]["base_mib"]
+    print(f"\nPeak RSS at {n} segments (separate processes; model loaded = {mem['plain']['base_mib']:.0f} MiB):")
+    print("| mode | peak RSS MiB | run's extra over loaded model MiB | peak / plain peak |")
+    print("|---|---|---|---|")
+    for mode, m in mem.items():
+        extra = m["peak_mib"] - m["base_mib"]
+        print(
+            f"| {mode} | {m['peak_mib']:.0f} | {extra:.0f} ({extra / p:.2f}x plain) | "
+            f"{m['peak_mib'] / mem['plain']['peak_mib']:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
