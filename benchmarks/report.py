@@ -61,11 +61,18 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _plot_lines(ax: Any, records: list[dict[str, Any]], x_key: str, y_key: str) -> None:
-    for s in _systems(records):
+_MARKERS = "osD^vP*X"
+
+
+def _plot_lines(ax: Any, records: list[dict[str, Any]], x_key: str, y_key: str, spread: float = 0.0) -> None:
+    """One line per system; `spread` shifts lines vertically a little so systems with equal values stay visible."""
+    systems = _systems(records)
+    for i, s in enumerate(systems):
         groups = _group([r for r in records if r["system"] == s], x_key)
         xs = sorted(k[0] for k in groups)
-        ax.plot(xs, [mean(r[y_key] for r in groups[(x,)]) for x in xs], marker="o", label=s)
+        shift = spread * (i - (len(systems) - 1) / 2)
+        ys = [mean(r[y_key] for r in groups[(x,)]) + shift for x in xs]
+        ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], label=s, alpha=0.85)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -89,12 +96,13 @@ def plots(records: list[dict[str, Any]], img_dir: Path, stem: str) -> list[Path]
         if not data:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        _plot_lines(ax, data, x_key, y_key)
+        _plot_lines(ax, data, x_key, y_key, spread=0.012 if y_key == "score" else 0.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel} ({model})", fontsize=10)
         if y_key == "score":
-            ax.set_ylim(-0.05, 1.05)
+            ax.set_ylim(-0.08, 1.08)
+            fig.text(0.01, 0.01, "lines offset slightly so equal values stay visible", fontsize=7, color="gray")
         fig.tight_layout()
         path = img_dir / f"{stem}-{name}.png"
         fig.savefig(path, dpi=110)
