@@ -59,7 +59,7 @@ class Reader:
     def generate(self, body: str, max_new_tokens: int) -> tuple[str, int, int]:
         """One plain chat turn from an empty cache: (text, generated tokens, prompt tokens)."""
         b = self.backend
-        ids = b.encode_template(self.frame.prefix) + b.encode_text(body) + b.encode_template(self.frame.suffix)
+        ids = self.frame.user_turn_ids(b, body)
         out = list(b.generate(b.new_cache(), GenerationRequest(ids, max_new_tokens, self.config.sampling)))
         return b.decode(out).strip(), len(out), len(ids)
 

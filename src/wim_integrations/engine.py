@@ -554,21 +554,25 @@ class WiMStream:
             seconds=secs,
         )
 
+    def _classifier(self, cfg: WiMConfig) -> tuple[Any, ChatFrame | None]:
+        """The model that judges margins and its chat frame: the auxiliary one, or WiM's own."""
+        if cfg.classification == "auxiliary":
+            return self.wim.classifier, self.wim._classifier_frame
+        return self.wim.backend, self.wim.frame
+
+    def _classification_ids(self, backend: Any, frame: ChatFrame, question: str, margin: str) -> list[int]:
+        return frame.user_turn_ids(backend, render(self.wim.prompts.classification, question=question, margin=margin))
+
     def _classify_many(
         self, margins: list[str], question: str, cfg: WiMConfig, tokens: TokenCounts
     ) -> list[tuple[str, Any, str | None]]:
         """Classify a group of margins; with a classifier model, all prompts go through one packed pass."""
-        backend = self.wim.classifier if cfg.classification == "auxiliary" else self.wim.backend
-        frame = self.wim._classifier_frame if cfg.classification == "auxiliary" else self.wim.frame
+        backend, frame = self._classifier(cfg)
         packed = getattr(backend, "supports_packed", False)
         if cfg.classification in ("none", "inline") or len(margins) < 2 or not packed:
             return [self._classify(m, question, cfg, tokens) for m in margins]
         assert backend is not None and frame is not None
-        rows = []
-        for margin in margins:
-            body = render(self.wim.prompts.classification, question=question, margin=margin)
-            ids = backend.encode_template(frame.prefix) + backend.encode_text(body)
-            rows.append(PackedRow(0, ids + backend.encode_template(frame.suffix)))
+        rows = [PackedRow(0, self._classification_ids(backend, frame, question, m)) for m in margins]
         outs: list[list[int]] = [[] for _ in rows]
         for step in backend.generate_packed(backend.new_cache(), rows, cfg.classifier_max_new_tokens, SamplingConfig()):
             self._check_cancel()
@@ -585,13 +589,10 @@ class WiMStream:
         if cfg.classification == "inline":
             verdict, text = split_inline(margin)
             return text, verdict, None
-        backend = self.wim.classifier if cfg.classification == "auxiliary" else self.wim.backend
-        frame = self.wim._classifier_frame if cfg.classification == "auxiliary" else self.wim.frame
+        backend, frame = self._classifier(cfg)
         assert backend is not None and frame is not None
-        body = render(self.wim.prompts.classification, question=question, margin=margin)
-        ids = backend.encode_template(frame.prefix) + backend.encode_text(body) + backend.encode_template(frame.suffix)
-        cache = backend.new_cache()
-        out = list(backend.generate(cache, GenerationRequest(ids, cfg.classifier_max_new_tokens)))
+        ids = self._classification_ids(backend, frame, question, margin)
+        out = list(backend.generate(backend.new_cache(), GenerationRequest(ids, cfg.classifier_max_new_tokens)))
         self._check_cancel()
         tokens.classifier_generated += len(out)
         reply = backend.decode(out).strip()

@@ -102,3 +102,9 @@ class ChatFrame:
             raise WiMInputError("the chat template does not place the user message exactly once; cannot frame WiM.")
         prefix, suffix = rendered.split(_SENTINEL)
         return cls(prefix, suffix, native=True)
+
+    def user_turn_ids(self, backend: Any, content: str) -> list[int]:
+        """Token ids of one whole user turn: template tokens around `content`, whose special-token strings stay text."""
+        return (
+            backend.encode_template(self.prefix) + backend.encode_text(content) + backend.encode_template(self.suffix)
+        )

@@ -61,7 +61,7 @@ class WiMLLM(CustomLLM):
         b, frame = self._wim.backend, self._wim.frame
         if formatted:  # already in the model's chat format
             return b.encode_template(prompt)
-        return b.encode_template(frame.prefix) + b.encode_text(prompt) + b.encode_template(frame.suffix)
+        return frame.user_turn_ids(b, prompt)
 
     def _chat_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         b = self._wim.backend
