@@ -117,10 +117,17 @@ def test_fork_shares_tensors_and_stays_intact(tiny_backends):
     b.prefill(cache, ids)
     fork = b.fork_cache(cache)
     assert fork.layers[0].keys.data_ptr() == cache.layers[0].keys.data_ptr()  # no copy
+    assert b.cache_nbytes(fork) == b.cache_nbytes(cache)  # the same storage
     snapshot = [layer.keys.clone() for layer in cache.layers]
     list(b.generate(fork, GenerationRequest(ids[:5], 4)))
     b.rollback(fork, 3)
     assert b.cache_length(cache) == len(ids)
     for layer, keys in zip(cache.layers, snapshot, strict=True):
         assert torch.equal(layer.keys, keys)
-    assert b.cache_nbytes(cache) == sum(2 * t.numel() * t.element_size() for t in snapshot)
+    # ...and the other way round: writing to the original (which had room to spare) leaves the fork alone.
+    fork_snapshot = [layer.keys.clone() for layer in fork.layers]
+    b.prefill(cache, ids[:7])
+    for layer, keys in zip(fork.layers, fork_snapshot, strict=True):
+        assert torch.equal(layer.keys, keys)
+    logical = sum(2 * t.numel() * t.element_size() for t in snapshot)
+    assert logical < b.cache_nbytes(cache) <= 3 * logical  # filled part plus spare room, all counted

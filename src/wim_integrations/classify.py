@@ -36,3 +36,11 @@ def split_inline(margin: str) -> tuple[Verdict, str]:
         return verdict, margin.strip()
     rest = _ANSWER.sub("", _NOISE.sub("", margin.strip()), count=1)
     return verdict, _NOISE.sub("", rest).strip()
+
+
+def verdict_is_settled(reply: str) -> bool:
+    """True once more text cannot change `parse_verdict(reply)`: a verdict word followed by a non-word character
+    ("NO," / "Yes." / "no\\n"). A bare "No" is not settled: it could still become "Nothing…"."""
+    text = _NOISE.sub("", reply.lstrip())
+    m = _ANSWER.match(text)
+    return m is not None and m.end() < len(text)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import Backend, GenerationRequest, PackedRow
-from .classify import parse_verdict, split_inline
-from .config import SamplingConfig, WiMConfig
+from .classifier import MarginClassifier
+from .classify import split_inline
+from .config import WiMConfig
 from .doc_cache import DocumentCache, document_key
 from .errors import ContextTooLongError, WiMCancelled, WiMInputError
 from .events import (
@@ -85,6 +86,7 @@ class _RunState:
     tokens: TokenCounts
     margins: list[Margin]
     read: int = 0
+    classifier: MarginClassifier | None = None  # created on the first margin to judge
 
 
 class WiM:
@@ -431,7 +433,7 @@ class WiMStream:
             tokens.margin_generated += len(deltas.ids)
 
             t0 = time.perf_counter()
-            text, verdict, raw = self._classify(deltas.text.strip(), plan.question, cfg, tokens)
+            [(text, verdict, raw)] = self._classify_many([deltas.text.strip()], run)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             relevant = verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts)
@@ -515,7 +517,7 @@ class WiMStream:
             tokens.margin_generated += sum(len(d.ids) for d in deltas)
 
             t0 = time.perf_counter()
-            classified = self._classify_many([d.text.strip() for d in deltas], plan.question, cfg, tokens)
+            classified = self._classify_many([d.text.strip() for d in deltas], run)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             share = (t_margin + t_classify) / len(rows)  # one batch: each margin gets an equal share of its time
@@ -554,46 +556,30 @@ class WiMStream:
             seconds=secs,
         )
 
-    def _classifier(self, cfg: WiMConfig) -> tuple[Any, ChatFrame | None]:
-        """The model that judges margins and its chat frame: the auxiliary one, or WiM's own."""
+    def _margin_classifier(self, cfg: WiMConfig) -> MarginClassifier | None:
+        """The run's model judge (WiM's own model or the auxiliary one); None when margins are not judged by a model."""
+        if cfg.classification not in ("same_model", "auxiliary"):
+            return None
         if cfg.classification == "auxiliary":
-            return self.wim.classifier, self.wim._classifier_frame
-        return self.wim.backend, self.wim.frame
-
-    def _classification_ids(self, backend: Any, frame: ChatFrame, question: str, margin: str) -> list[int]:
-        return frame.user_turn_ids(backend, render(self.wim.prompts.classification, question=question, margin=margin))
-
-    def _classify_many(
-        self, margins: list[str], question: str, cfg: WiMConfig, tokens: TokenCounts
-    ) -> list[tuple[str, Any, str | None]]:
-        """Classify a group of margins; with a classifier model, all prompts go through one packed pass."""
-        backend, frame = self._classifier(cfg)
-        packed = getattr(backend, "supports_packed", False)
-        if cfg.classification in ("none", "inline") or len(margins) < 2 or not packed:
-            return [self._classify(m, question, cfg, tokens) for m in margins]
+            backend, frame = self.wim.classifier, self.wim._classifier_frame
+        else:
+            backend, frame = self.wim.backend, self.wim.frame
         assert backend is not None and frame is not None
-        rows = [PackedRow(0, self._classification_ids(backend, frame, question, m)) for m in margins]
-        outs: list[list[int]] = [[] for _ in rows]
-        for step in backend.generate_packed(backend.new_cache(), rows, cfg.classifier_max_new_tokens, SamplingConfig()):
-            self._check_cancel()
-            for i, tok in step:
-                outs[i].append(tok)
-        tokens.classifier_generated += sum(len(o) for o in outs)
-        replies = [backend.decode(o).strip() for o in outs]
-        return [(m, parse_verdict(r), r) for m, r in zip(margins, replies, strict=True)]
+        template = self.wim.prompts.classification
+        return MarginClassifier(backend, frame, template, self.plan.question, cfg.classifier_max_new_tokens)
 
-    def _classify(self, margin: str, question: str, cfg: WiMConfig, tokens: TokenCounts) -> tuple[str, Any, str | None]:
-        """(margin text, verdict, raw classifier reply)."""
+    def _classify_many(self, margins: list[str], run: _RunState) -> list[tuple[str, Any, str | None]]:
+        """(margin text, verdict, raw classifier reply) per margin; a group goes through the classifier in one pass."""
+        cfg = self.plan.config
         if cfg.classification == "none":
-            return margin, "unclassified", None
+            return [(m, "unclassified", None) for m in margins]
         if cfg.classification == "inline":
-            verdict, text = split_inline(margin)
-            return text, verdict, None
-        backend, frame = self._classifier(cfg)
-        assert backend is not None and frame is not None
-        ids = self._classification_ids(backend, frame, question, margin)
-        out = list(backend.generate(backend.new_cache(), GenerationRequest(ids, cfg.classifier_max_new_tokens)))
-        self._check_cancel()
-        tokens.classifier_generated += len(out)
-        reply = backend.decode(out).strip()
-        return margin, parse_verdict(reply), reply
+            return [(text, verdict, None) for verdict, text in map(split_inline, margins)]
+        if run.classifier is None:
+            run.classifier = self._margin_classifier(cfg)
+        judge = run.classifier
+        assert judge is not None
+        before = judge.generated_tokens
+        judged = judge.classify(margins, self._check_cancel)
+        run.tokens.classifier_generated += judge.generated_tokens - before
+        return [(m, verdict, reply) for m, (verdict, reply) in zip(margins, judged, strict=True)]

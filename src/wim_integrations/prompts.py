@@ -108,3 +108,16 @@ class ChatFrame:
         return (
             backend.encode_template(self.prefix) + backend.encode_text(content) + backend.encode_template(self.suffix)
         )
+
+
+def split_at_placeholder(template: str, name: str) -> tuple[str, str]:
+    """(`head`, `tail`) of a template around its first `{{name}}`, for prompts whose head is shared between calls.
+
+    Whitespace before the placeholder goes with the tail, so the varying text keeps its leading space (" The…"
+    tokenizes like running text) and the head does not end on a lone space token. Without the placeholder the whole
+    template is the head."""
+    m = re.search(r"\{\{\s*" + re.escape(name) + r"\s*\}\}", template)
+    if m is None:
+        return template, ""
+    head = template[: m.start()].rstrip(" \t")
+    return head, template[len(head) :]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,13 +62,19 @@ class PackedBackend(Backend, Protocol):
     """A backend that decodes several rows at once over one shared cache (batched margins, document cache)."""
 
     def generate_packed(
-        self, cache: Any, rows: Sequence[PackedRow], max_new_tokens: int, sampling: SamplingConfig
+        self,
+        cache: Any,
+        rows: Sequence[PackedRow],
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        done: Callable[[int, list[int]], bool] | None = None,
     ) -> Iterator[list[tuple[int, int]]]:
         """Yield, per decoding step, the (row index, token) pairs of the rows still running.
 
         Row i attends to the first `rows[i].prefix_length` cache tokens and to its own tokens only, so its output is
-        what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded) or
-        at its budget. The cache is back at its starting length once the iterator ends or is closed."""
+        what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded), at
+        its budget, or once `done(i, tokens of row i so far)` is true. The cache is back at its starting length once
+        the iterator ends or is closed."""
 
     def fork_cache(self, cache: Any) -> Any:
         """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""

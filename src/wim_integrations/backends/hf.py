@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,10 +17,12 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
+from .attention import use_wim_sdpa
 from .base import GenerationRequest, PackedRow
+from .kv_buffer import BufferedLayer
 
 
 def _as_id_set(value: int | Sequence[int] | None) -> set[int]:
@@ -34,6 +36,7 @@ class HFBackend:
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None) -> None:
         self.model = model.eval()
+        use_wim_sdpa(self.model)  # faster packed steps on the CPU; same attention otherwise (see attention.py)
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
@@ -79,7 +82,10 @@ class HFBackend:
 
     # -- cache -----------------------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        # Full-attention layers append in place (see kv_buffer); sliding-window layers keep transformers' own class.
+        cache.layers = [BufferedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        return cache
 
     def cache_length(self, cache: DynamicCache) -> int:
         return cache.get_seq_length()
@@ -91,19 +97,21 @@ class HFBackend:
         cache.crop(-extra)  # transformers 5: crop(n <= 0) removes -n tokens
 
     def fork_cache(self, cache: DynamicCache) -> DynamicCache:
-        # DynamicLayer.update concatenates into new tensors and crop slices a view, so sharing the tensors is safe:
-        # neither cache ever writes into the other's storage.
+        # No copy: a BufferedLayer fork gives up writing into the shared buffer (copy on write), and DynamicLayer
+        # update concatenates into new tensors while crop slices a view, so neither cache writes the other's storage.
         fork = copy.copy(cache)
-        fork.layers = [copy.copy(layer) for layer in cache.layers]
+        fork.layers = [layer.fork() if isinstance(layer, BufferedLayer) else copy.copy(layer) for layer in cache.layers]
         return fork
 
     def cache_nbytes(self, cache: DynamicCache) -> int:
-        total = 0
+        """Bytes of the storage behind the cache's keys and values (spare buffer room and cropped views included)."""
+        storages: dict[int, int] = {}
         for layer in cache.layers:
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
+                if isinstance(t, torch.Tensor) and t.numel():
+                    storage = t.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
 
     # -- compute ---------------------------------------------------------------------------------------
     def _forward(self, cache: DynamicCache, ids: Sequence[int]) -> torch.Tensor:
@@ -133,13 +141,19 @@ class HFBackend:
                 logits = self._forward(cache, [token])
 
     def generate_packed(
-        self, cache: DynamicCache, rows: Sequence[PackedRow], max_new_tokens: int, sampling: SamplingConfig
+        self,
+        cache: DynamicCache,
+        rows: Sequence[PackedRow],
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        done: Callable[[int, list[int]], bool] | None = None,
     ) -> Iterator[list[tuple[int, int]]]:
         """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
 
         Each forward appends the running rows' tokens; a 4D additive mask lets a token see the cache up to its row's
         `prefix_length` plus the earlier tokens of its own row, and position ids continue from `prefix_length`, so
-        every row computes what a cache cut at its prefix would give."""
+        every row computes what a cache cut at its prefix would give. A row ends at a stop token, after
+        `max_new_tokens`, or once `done(row, its tokens so far)` is true."""
         if not rows:
             return
         base = self.cache_length(cache)
@@ -173,7 +187,8 @@ class HFBackend:
                     histories[i].append(token)
                     produced[i] += 1
                     step.append((i, token))
-                    if produced[i] < max_new_tokens:  # no forward pass after a row's last token
+                    finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
+                    if produced[i] < max_new_tokens and not finished:  # no forward pass after a row's last token
                         feed.append(i)
                 if step:
                     yield step

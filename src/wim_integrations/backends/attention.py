@@ -1,0 +1,60 @@
+"""`wim_sdpa`: transformers' SDPA attention, with grouped-query attention kept native under an explicit mask on CPU.
+
+WiM's packed forwards pass a 4D mask (each row sees the cache up to its own segment). Under a mask, transformers'
+`sdpa` expands the key/value heads of a grouped-query model (`repeat_kv`) before calling torch, copying the whole
+cache on every layer of every packed step; on the CPU that copy is about half of a packed decode step. Torch's CPU
+kernel accepts a mask together with `enable_gqa=True`, so this variant passes the cache as is there, and hands every
+other call (no mask, a single query, any other device) to transformers' `sdpa` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+NAME = "wim_sdpa"
+
+
+def wim_sdpa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    groups = getattr(module, "num_key_value_groups", 1)
+    native_gqa = (
+        attention_mask is not None
+        and groups > 1
+        and query.shape[2] > 1
+        and query.device.type == "cpu"
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
+        and not kwargs.get("output_attentions", False)
+    )
+    if not native_gqa:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_wim_sdpa(model: Any) -> bool:
+    """Switch a model that runs transformers' `sdpa` to `wim_sdpa` (identical except as above); True if switched."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(NAME, wim_sdpa_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME

@@ -1,0 +1,86 @@
+"""Judging margins with a model (`same_model` or `auxiliary`): the question's prompt prefilled once per run.
+
+The classification prompt is the same up to the margin for every segment, so its head (chat prefix, instruction,
+question) is prefilled once into a classifier cache; each margin then costs only its own tail (margin text, closing
+instruction, chat suffix). One margin is generated on top of that cache and rolled back; a group goes through one
+packed pass whose rows all see the shared head. A reply stops as soon as its verdict is settled ("NO," cannot become
+anything else), so a chatty classifier does not decode its explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .backends.base import Backend, GenerationRequest, PackedRow
+from .classify import parse_verdict, verdict_is_settled
+from .config import SamplingConfig
+from .events import Verdict
+from .prompts import ChatFrame, render, split_at_placeholder
+
+
+class MarginClassifier:
+    """Classifies the margins of one run. Not thread-safe: each run owns one (its cache is per run)."""
+
+    def __init__(self, backend: Backend, frame: ChatFrame, template: str, question: str, max_new_tokens: int) -> None:
+        self.backend = backend
+        self.question = question
+        self.max_new_tokens = max_new_tokens
+        head, self._tail_template = split_at_placeholder(template, "margin")
+        self.head_ids = backend.encode_template(frame.prefix) + backend.encode_text(render(head, question=question))
+        self._suffix_ids = backend.encode_template(frame.suffix)
+        self._cache: Any = None
+        self.generated_tokens = 0
+
+    def prompt_ids(self, margin: str) -> list[int]:
+        """The whole classification prompt of `margin`, as the model sees it (shared head + own tail)."""
+        return self.head_ids + self._tail_ids(margin)
+
+    def _tail_ids(self, margin: str) -> list[int]:
+        tail = render(self._tail_template, question=self.question, margin=margin)
+        return self.backend.encode_text(tail) + self._suffix_ids
+
+    def _head_cache(self) -> Any:
+        if self._cache is None:
+            self._cache = self.backend.new_cache()
+            self.backend.prefill(self._cache, self.head_ids)
+        return self._cache
+
+    def classify(self, margins: Sequence[str], check: Callable[[], None]) -> list[tuple[Verdict, str]]:
+        """(verdict, reply) per margin; `check` runs between decoding steps (cancellation)."""
+        if not margins:
+            return []
+        b = self.backend
+        cache = self._head_cache()
+        if len(margins) > 1 and getattr(b, "supports_packed", False):
+            rows = [PackedRow(len(self.head_ids), self._tail_ids(m)) for m in margins]
+            outs: list[list[int]] = [[] for _ in rows]
+            settled = lambda i, toks: verdict_is_settled(b.decode(toks))  # noqa: E731
+            steps = b.generate_packed(cache, rows, self.max_new_tokens, SamplingConfig(), done=settled)
+            try:
+                for step in steps:
+                    check()
+                    for i, tok in step:
+                        outs[i].append(tok)
+            finally:
+                steps.close()
+        else:
+            outs = [self._generate_one(cache, m, check) for m in margins]
+        self.generated_tokens += sum(len(o) for o in outs)
+        replies = [b.decode(o).strip() for o in outs]
+        return [(parse_verdict(r), r) for r in replies]
+
+    def _generate_one(self, cache: Any, margin: str, check: Callable[[], None]) -> list[int]:
+        b, out = self.backend, []
+        request = GenerationRequest(self._tail_ids(margin), self.max_new_tokens)
+        tokens = b.generate(cache, request)
+        try:
+            for tok in tokens:
+                check()
+                out.append(tok)
+                if verdict_is_settled(b.decode(out)):
+                    break
+        finally:
+            tokens.close()
+            b.rollback(cache, len(self.head_ids))
+        return out
