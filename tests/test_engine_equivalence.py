@@ -100,15 +100,18 @@ def test_answer_now_answers_from_the_segments_read_so_far(tiny_backends):
 
 
 def test_auxiliary_classifier_reply_equals_its_plain_generation(tiny_backends):
+    from wim_integrations.classifier import MarginClassifier
+    from wim_integrations.prompts import render
+
     main, aux = tiny_backends["llama"], tiny_backends["qwen2"]
     wim = WiM(main, config=CFG.with_updates(classification="auxiliary", classifier_max_new_tokens=4), classifier=aux)
     result = wim.run(SAMPLE, QUESTION)
     frame = wim._classifier_frame
+    judge = MarginClassifier(aux, frame, wim.prompts.classification, QUESTION, 4)
     for m in result.margins:
-        from wim_integrations.prompts import render
-
-        body = render(wim.prompts.classification, question=QUESTION, margin=m.text)
-        ids = aux.encode_template(frame.prefix) + aux.encode_text(body) + aux.encode_template(frame.suffix)
+        ids = judge.prompt_ids(m.text)  # the whole prompt, tokenized as the run split it (shared head + tail)
+        whole = render(wim.prompts.classification, question=QUESTION, margin=m.text)
+        assert aux.decode(ids) == aux.decode(frame.user_turn_ids(aux, whole))
         assert m.classifier_output == plain_text(aux, ids, 4)
 
 

@@ -1,0 +1,103 @@
+"""`BufferedLayer` must hold exactly what transformers' `DynamicLayer` holds, write in place, and never write into
+a buffer a fork can see; `wim_sdpa` must compute what transformers' `sdpa` computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM
+from transformers.cache_utils import DynamicLayer
+
+from wim_integrations.backends.kv_buffer import BufferedLayer
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 90)),
+        st.tuples(st.just("crop"), st.integers(0, 40)),
+        st.tuples(st.just("fork"), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+def _kv(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 2, n, 4, generator=g), torch.randn(1, 2, n, 4, generator=g)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_buffered_layer_matches_dynamic_layer_and_forks_stay_intact(ops):
+    layer, reference = BufferedLayer(), DynamicLayer()
+    forks: list[tuple[BufferedLayer, torch.Tensor, torch.Tensor]] = []
+    for step, (op, n) in enumerate(ops):
+        if op == "append":
+            k, v = _kv(n, step)
+            got, want = layer.update(k, v), reference.update(k, v)
+            assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        elif op == "crop":
+            n = min(n, layer.get_seq_length())
+            layer.crop(-n)
+            reference.crop(-n)
+        elif layer.is_initialized:
+            twin = layer.fork()
+            forks.append((twin, twin.keys.clone(), twin.values.clone()))
+        assert layer.get_seq_length() == reference.get_seq_length()
+        if reference.get_seq_length():
+            assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+        for twin, keys, values in forks:
+            assert torch.equal(twin.keys, keys) and torch.equal(twin.values, values)
+
+
+def test_appends_within_the_spare_room_write_in_place():
+    layer = BufferedLayer()
+    layer.update(*_kv(300, 0))
+    storage = layer.keys.untyped_storage().data_ptr()
+    for step in range(20):  # decode steps: no reallocation, no copy of what is already cached
+        layer.update(*_kv(1, step + 1))
+        assert layer.keys.untyped_storage().data_ptr() == storage
+    assert layer.get_seq_length() == 320
+    twin = layer.fork()
+    layer.update(*_kv(1, 99))  # a fork shares the buffer: the next write goes to a new one
+    assert layer.keys.untyped_storage().data_ptr() != storage
+    assert twin.keys.untyped_storage().data_ptr() == storage and twin.get_seq_length() == 320
+
+
+def test_backend_caches_use_buffered_layers(tiny_backends):
+    for backend in tiny_backends.values():
+        cache = backend.new_cache()
+        assert all(type(layer) is BufferedLayer for layer in cache.layers)
+
+
+def test_backend_runs_wim_sdpa(tiny_backends):
+    assert {b.model.config._attn_implementation for b in tiny_backends.values()} == {"wim_sdpa"}
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "phi3"])
+def test_wim_sdpa_equals_sdpa_under_a_packed_mask(tiny_model_dirs, tiny_backends, name):
+    """A packed step (several queries, a 4D mask, grouped-query heads) with both implementations."""
+    backend = tiny_backends[name]
+    assert backend.model.config.num_key_value_heads < backend.model.config.num_attention_heads  # GQA is exercised
+    stock = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[name], attn_implementation="sdpa").eval()
+    ids = list(range(5, 85))
+    n_q, base = 6, 80
+    sees_prefix = torch.arange(base)[None, :] < torch.tensor([20, 20, 50, 50, 80, 80])[:, None]
+    allowed = torch.cat([sees_prefix, torch.eye(n_q, dtype=torch.bool)], dim=1)
+    allowed[1, base] = allowed[3, base + 2] = allowed[5, base + 4] = True  # each second query also sees its first
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
+    logits = []
+    for model in (backend.model, stock):
+        cache = backend.new_cache()
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[7, 8, 9, 10, 11, 12]]),
+                position_ids=torch.tensor([[20, 21, 50, 51, 80, 81]]),
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        logits.append(out.logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
