@@ -55,6 +55,46 @@ def test_packed_rows_equal_sequential_generate(tiny_backend):
         torch.testing.assert_close(la.values, lb.values)
 
 
+def test_rows_with_prompts_computed_aside_equal_rows_computed_packed(tiny_backend):
+    """The engine's path: each margin prompt computed right after its segment (cache cut there), packed later."""
+    b = tiny_backend
+    ids = b.encode_text(TEXT)
+    prompt = b.encode_text("Question: what is the secret code?") + b.encode_template("<|im_end|>\n")
+    cuts = [len(ids) // 3, 2 * len(ids) // 3, len(ids)]
+    cache = b.new_cache()
+    asides = []
+    for start, end in zip([0, *cuts[:-1]], cuts, strict=True):
+        b.prefill(cache, ids[start:end])
+        asides.append(b.prefill_aside(cache, prompt))
+        assert b.cache_length(cache) == end  # taken out again
+    got = _packed(b, cache, [PackedRow(c, prompt, a) for c, a in zip(cuts, asides, strict=True)], 10)
+    assert got == _packed(b, cache, [PackedRow(c, prompt) for c in cuts], 10)
+    assert got == [_reference(b, ids, c, prompt, 10) for c in cuts]
+    assert b.cache_length(cache) == len(ids)
+    with pytest.raises(ValueError, match="another prefix"):
+        list(b.generate_packed(cache, [PackedRow(cuts[1], prompt, asides[0])], 2, SamplingConfig()))
+    with pytest.raises(ValueError, match="every packed row"):
+        list(
+            b.generate_packed(cache, [PackedRow(cuts[0], prompt, asides[0]), PackedRow(5, prompt)], 2, SamplingConfig())
+        )
+
+
+def test_packed_rows_end_when_done_says_so(tiny_backends):
+    b = tiny_backends["llama"]
+    ids = b.encode_text(TEXT)
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    rows = [PackedRow(len(ids) // 2, ids[:5]), PackedRow(len(ids), ids[:5])]
+    full = _packed(b, cache, rows, 8)
+    assert all(len(f) >= 4 for f in full)
+    out: list[list[int]] = [[], []]
+    steps = b.generate_packed(cache, rows, 8, SamplingConfig(), done=lambda i, toks: i == 0 and len(toks) == 2)
+    for step in steps:
+        for i, tok in step:
+            out[i].append(tok)
+    assert out == [full[0][:2], full[1]]
+
+
 def test_packed_rows_stop_at_first_stop_token(tiny_backends):
     b = tiny_backends["llama"]
     ids = b.encode_text(TEXT)

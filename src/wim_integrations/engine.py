@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedRow
+from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
 from .classifier import MarginClassifier
 from .classify import split_inline
 from .config import WiMConfig
@@ -467,6 +467,8 @@ class WiMStream:
         size = cfg.margin_batch_size
         for g0 in range(0, n, size):
             group: list[tuple[Segment, float]] = []
+            asides: list[PromptAside] = []
+            t_asides = 0.0
             for seg in segments[g0 : g0 + size]:
                 if self._answer_now.is_set():
                     break
@@ -479,6 +481,17 @@ class WiMStream:
                     timings.prefill_seconds += dt
                     if store is not None and seg.index == n - 1:
                         store()
+                if not self._answer_now.is_set():
+                    # The margin prompt now, on a cache that ends at this segment: plain causal attention over exactly
+                    # its prefix, rather than a masked pass over the whole document with the other rows later. A
+                    # reused document cache is cut there in a fork (a copy of that prefix, dropped right after).
+                    t0 = time.perf_counter()
+                    at_segment_end = cache
+                    if prefilled:
+                        at_segment_end = b.fork_cache(cache)
+                        b.rollback(at_segment_end, ends[seg.index])
+                    asides.append(b.prefill_aside(at_segment_end, plan.margin_prompt_ids))
+                    t_asides += time.perf_counter() - t0
                 run.read += 1
                 group.append((seg, dt))
             if not group:
@@ -488,8 +501,11 @@ class WiMStream:
                     yield self._segment_read(seg, dt)
                 return
 
-            t0 = time.perf_counter()
-            rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids) for seg, _ in group]
+            t0 = time.perf_counter() - t_asides  # the margins' time includes their prompts computed aside
+            assert len(asides) == len(group)  # a prompt is only skipped once answer_now is set (handled above)
+            rows = [
+                PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for (seg, _), a in zip(group, asides, strict=True)
+            ]
             deltas = [TextDeltas(b.decode) for _ in rows]
             held: list[list[str]] = [[] for _ in rows]
             yield self._segment_read(*group[0])

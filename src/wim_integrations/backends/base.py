@@ -18,11 +18,25 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class PackedRow:
-    """One row of a packed generation: it sees the first `prefix_length` cache tokens, then its own prompt."""
+class PromptAside:
+    """A prompt computed on top of a cache prefix and taken out of the cache again: its keys/values (backend
+    specific) and the logits of its last token, kept to be packed into a later `generate_packed` call."""
 
     prefix_length: int
     prompt_ids: Sequence[int]
+    kv: Any
+    last_logits: Any
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """One row of a packed generation: it sees the first `prefix_length` cache tokens, then its own prompt.
+
+    With `aside` (from `prefill_aside` on that same prefix) the prompt is not computed again."""
+
+    prefix_length: int
+    prompt_ids: Sequence[int]
+    aside: PromptAside | None = None
 
 
 @runtime_checkable
@@ -75,6 +89,9 @@ class PackedBackend(Backend, Protocol):
         what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded), at
         its budget, or once `done(i, tokens of row i so far)` is true. The cache is back at its starting length once
         the iterator ends or is closed."""
+
+    def prefill_aside(self, cache: Any, prompt_ids: Sequence[int]) -> PromptAside:
+        """Compute `prompt_ids` on top of `cache` (attending to all of it) and leave the cache as it was."""
 
     def fork_cache(self, cache: Any) -> Any:
         """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""

@@ -21,7 +21,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
 from .attention import use_wim_sdpa
-from .base import GenerationRequest, PackedRow
+from .base import GenerationRequest, PackedRow, PromptAside
 from .kv_buffer import BufferedLayer
 
 
@@ -140,6 +140,20 @@ class HFBackend:
             if step + 1 < request.max_new_tokens:  # no forward pass after the last token
                 logits = self._forward(cache, [token])
 
+    def prefill_aside(self, cache: DynamicCache, prompt_ids: Sequence[int]) -> PromptAside:
+        """The prompt's forward on top of the cache (plain causal attention over exactly the prefix, the cheapest
+        way to compute it), its keys/values copied out, then the cache rolled back."""
+        if not prompt_ids:
+            raise ValueError("a prompt needs at least one token")
+        base = self.cache_length(cache)
+        try:
+            logits = self._forward(cache, prompt_ids)
+            # Copies: the cache's next writes go into the same buffer region once it is rolled back.
+            kv = [(layer.keys[..., base:, :].clone(), layer.values[..., base:, :].clone()) for layer in cache.layers]
+        finally:
+            self.rollback(cache, base)
+        return PromptAside(base, list(prompt_ids), kv, logits)
+
     def generate_packed(
         self,
         cache: DynamicCache,
@@ -162,6 +176,14 @@ class HFBackend:
                 raise ValueError("generation needs at least one prompt token")
             if not 0 <= r.prefix_length <= base:
                 raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
+            if r.aside is not None and (r.aside.prefix_length, list(r.aside.prompt_ids)) != (
+                r.prefix_length,
+                list(r.prompt_ids),
+            ):
+                raise ValueError("a row's prompt aside was computed for another prefix or prompt")
+        asides = [r.aside for r in rows if r.aside is not None]
+        if asides and len(asides) != len(rows):
+            raise ValueError("either every packed row has its prompt aside or none has")
         dev = self.device
         prefix = torch.tensor([r.prefix_length for r in rows], dtype=torch.long, device=dev)
         samplers = [_Sampler(sampling, dev) for _ in rows]
@@ -172,10 +194,15 @@ class HFBackend:
         try:
             # Step 0: all prompts at once; keep only the logits of each row's last prompt token.
             q_rows = [i for i, r in enumerate(rows) for _ in r.prompt_ids]
-            ids = [t for r in rows for t in r.prompt_ids]
-            pos = [r.prefix_length + k for r in rows for k in range(len(r.prompt_ids))]
-            ends = torch.tensor(list(_cumsum(len(r.prompt_ids) for r in rows)), device=dev) - 1
-            logits, appended_rows = self._packed_forward(cache, base, prefix, appended_rows, q_rows, ids, pos, ends)
+            if asides:  # computed already: append their keys/values as they are
+                self._append_asides(cache, asides)
+                logits = torch.cat([a.last_logits for a in asides])
+                appended_rows = torch.tensor(q_rows, dtype=torch.long, device=dev)
+            else:
+                ids = [t for r in rows for t in r.prompt_ids]
+                pos = [r.prefix_length + k for r in rows for k in range(len(r.prompt_ids))]
+                ends = torch.tensor(list(_cumsum(len(r.prompt_ids) for r in rows)), device=dev) - 1
+                logits, appended_rows = self._packed_forward(cache, base, prefix, appended_rows, q_rows, ids, pos, ends)
             active = list(range(len(rows)))
             while active:
                 step: list[tuple[int, int]] = []
@@ -202,6 +229,13 @@ class HFBackend:
                 )
         finally:
             self.rollback(cache, base)
+
+    def _append_asides(self, cache: DynamicCache, asides: Sequence[PromptAside]) -> None:
+        # Keys were rotated at their own positions when computed, so appended anywhere they stay what they were.
+        for i, layer in enumerate(cache.layers):
+            keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
+            values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
+            layer.update(keys, values)
 
     def _packed_forward(
         self,
