@@ -73,10 +73,14 @@ def test_rows_with_prompts_computed_aside_equal_rows_computed_packed(tiny_backen
     assert b.cache_length(cache) == len(ids)
     with pytest.raises(ValueError, match="another prefix"):
         list(b.generate_packed(cache, [PackedRow(cuts[1], prompt, asides[0])], 2, SamplingConfig()))
-    with pytest.raises(ValueError, match="every packed row"):
-        list(
-            b.generate_packed(cache, [PackedRow(cuts[0], prompt, asides[0]), PackedRow(5, prompt)], 2, SamplingConfig())
-        )
+    # Mixed rows: a whole prompt aside, only its head aside (the rest computed in the packed pass), none at all.
+    head = b.aside_head(asides[1], 4)
+    assert head.last_logits is None and list(head.prompt_ids) == prompt[:4]
+    mixed = [PackedRow(cuts[0], prompt, asides[0]), PackedRow(cuts[1], prompt, head), PackedRow(cuts[2], prompt)]
+    assert _packed(b, cache, mixed, 10) == got
+    with pytest.raises(ValueError, match="last logits"):
+        list(b.generate_packed(cache, [PackedRow(cuts[1], prompt[:4], head)], 2, SamplingConfig()))
+    assert b.cache_length(cache) == len(ids)
 
 
 def test_packed_rows_end_when_done_says_so(tiny_backends):

@@ -47,6 +47,36 @@ def test_second_question_reuses_cache_with_identical_results(tiny_backend):
     assert _summary(first) == _summary(plain.run(DOC, Q1))
 
 
+def test_margin_heads_are_stored_and_reused_with_identical_results(tiny_backend):
+    """A batched first run keeps each segment's margin-prompt head; later questions compute only the rest."""
+    plain = WiM(tiny_backend, config=CFG)
+    cached = WiM(tiny_backend, config=CFG.with_updates(margin_batch_size=4), document_cache=DocumentCache())
+    first = cached.run(DOC, Q1)
+    [entry] = [e.cache for e in cached.document_cache._entries.values()]
+    plan = cached.plan(DOC, Q2)
+    assert 0 < plan.margin_head_length < len(plan.margin_prompt_ids)
+    assert entry.margin_head_ids == tuple(plan.margin_head_ids)  # question-independent
+    assert sorted(entry.margin_heads) == plan.segment_ends
+    b = tiny_backend
+    assert cached.document_cache.nbytes == b.cache_nbytes(entry.cache) + sum(
+        b.aside_nbytes(h) for h in entry.margin_heads.values()
+    )
+    calls: list[int] = []
+    original = b.prefill_aside
+    b.prefill_aside = lambda cache, ids: (calls.append(len(ids)), original(cache, ids))[1]
+    try:
+        second = cached.run(DOC, Q2)
+    finally:
+        del b.prefill_aside
+    assert second.timings.context_cache == "hit" and calls == []  # nothing recomputed per segment
+    assert _summary(second) == _summary(plain.run(DOC, Q2))
+    assert _summary(first) == _summary(plain.run(DOC, Q1))
+    # Another margin instruction (inline mode) cannot use the stored heads: recomputed, still identical.
+    inline = cached.run(DOC, Q2, classification="inline")
+    assert inline.timings.context_cache == "hit"
+    assert _summary(inline) == _summary(plain.run(DOC, Q2, classification="inline"))
+
+
 def test_cache_invalidated_by_anything_that_changes_the_context(tiny_backends):
     shared = DocumentCache()
     wim = WiM(tiny_backends["llama"], config=CFG, document_cache=shared)

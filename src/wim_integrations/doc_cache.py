@@ -12,8 +12,8 @@ import hashlib
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -81,3 +81,13 @@ class DocumentCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+@dataclass(frozen=True)
+class PrefilledDocument:
+    """What a document cache entry holds: the prefilled context, and the keys/values of the margin prompt's
+    question-independent head after each segment (by cache position), computed for that `margin_head_ids`."""
+
+    cache: Any
+    margin_head_ids: tuple[int, ...] = ()
+    margin_heads: Mapping[int, Any] = field(default_factory=dict)

@@ -13,14 +13,14 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
 from .classifier import MarginClassifier
 from .classify import split_inline
 from .config import WiMConfig
-from .doc_cache import DocumentCache, document_key
+from .doc_cache import DocumentCache, PrefilledDocument, document_key
 from .errors import ContextTooLongError, WiMCancelled, WiMInputError
 from .events import (
     AnswerStarted,
@@ -35,7 +35,7 @@ from .events import (
     WiMEvent,
     WiMResult,
 )
-from .prompts import ChatFrame, PromptSet, render
+from .prompts import ChatFrame, PromptSet, render, split_at_placeholder
 from .segmenter import Context, Segment, segment_context
 from .textstream import TextDeltas
 
@@ -60,6 +60,13 @@ class Plan:
     head_ids: list[int]  # chat prefix + context opening
     margin_prompt_ids: list[int]  # instruction + question + chat suffix, appended after each segment
     segment_tokens: int
+    # The margin prompt's first tokens, before the question: the same for every question, so a document cache keeps
+    # their keys/values per segment and a later question computes only the rest.
+    margin_head_length: int = 0
+
+    @property
+    def margin_head_ids(self) -> list[int]:
+        return self.margin_prompt_ids[: self.margin_head_length]
 
     @property
     def n_segments(self) -> int:
@@ -87,6 +94,7 @@ class _RunState:
     margins: list[Margin]
     read: int = 0
     classifier: MarginClassifier | None = None  # created on the first margin to judge
+    margin_heads: dict[int, PromptAside] = field(default_factory=dict)  # segment end -> margin head keys/values
 
 
 class WiM:
@@ -163,7 +171,13 @@ class WiM:
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
         inline = cfg.classification == "inline"
         instruction = self.prompts.margin_instruction_inline if inline else self.prompts.margin_instruction
-        margin_prompt_ids = b.encode_text(render(instruction, question=question)) + b.encode_template(self.frame.suffix)
+        before_question, from_question = split_at_placeholder(instruction, "question")
+        margin_head_ids = b.encode_text(render(before_question, question=question))
+        margin_prompt_ids = (
+            margin_head_ids
+            + b.encode_text(render(from_question, question=question))
+            + b.encode_template(self.frame.suffix)
+        )
         budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
         if budget < len(margin_prompt_ids):
             raise WiMInputError(
@@ -173,7 +187,7 @@ class WiM:
         with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
             ctx = segment_context(b.tokenizer, context, budget)
         self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
-        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget)
+        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids))
 
     def _check_window(
         self, ctx: Context, question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
@@ -331,9 +345,11 @@ class WiMStream:
         packed = bool(getattr(b, "supports_packed", False))
         doc_cache = wim.document_cache if packed and cfg.reuse_document_cache else None
         key = document_key(b.cache_namespace, plan.full_ids) if doc_cache is not None else ""
-        stored = doc_cache.get(key) if doc_cache is not None else None
+        stored: PrefilledDocument | None = doc_cache.get(key) if doc_cache is not None else None
         if stored is not None:
-            cache = b.fork_cache(stored)
+            cache = b.fork_cache(stored.cache)
+            if stored.margin_head_ids == tuple(plan.margin_head_ids):
+                run.margin_heads = dict(stored.margin_heads)
             timings.context_cache = "hit"
         else:
             cache = b.new_cache()
@@ -342,9 +358,14 @@ class WiMStream:
             timings.prefill_seconds += time.perf_counter() - t0
             tokens.prompt += len(plan.head_ids)
             timings.context_cache = "miss" if doc_cache is not None else "off"
-        store = (
-            (lambda: doc_cache.put(key, b.fork_cache(cache), b.cache_nbytes(cache))) if doc_cache is not None else None
-        )
+        store: Callable[[], object] | None = None
+        if doc_cache is not None:
+
+            def store() -> None:  # the context as read, with the margin heads computed so far
+                heads = dict(run.margin_heads)
+                nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
+                entry = PrefilledDocument(b.fork_cache(cache), tuple(plan.margin_head_ids), heads)
+                doc_cache.put(key, entry, nbytes)
 
         if packed and (cfg.margin_batch_size > 1 or stored is not None):
             yield from self._read_batched(cache, run, prefilled=stored is not None, store=store)
@@ -479,19 +500,12 @@ class WiMStream:
                     b.prefill(cache, seg.token_ids)
                     dt = time.perf_counter() - t0
                     timings.prefill_seconds += dt
-                    if store is not None and seg.index == n - 1:
-                        store()
                 if not self._answer_now.is_set():
-                    # The margin prompt now, on a cache that ends at this segment: plain causal attention over exactly
-                    # its prefix, rather than a masked pass over the whole document with the other rows later. A
-                    # reused document cache is cut there in a fork (a copy of that prefix, dropped right after).
                     t0 = time.perf_counter()
-                    at_segment_end = cache
-                    if prefilled:
-                        at_segment_end = b.fork_cache(cache)
-                        b.rollback(at_segment_end, ends[seg.index])
-                    asides.append(b.prefill_aside(at_segment_end, plan.margin_prompt_ids))
+                    asides.append(self._margin_prompt_aside(cache, seg, run, prefilled))
                     t_asides += time.perf_counter() - t0
+                if store is not None and not prefilled and seg.index == n - 1:
+                    store()
                 run.read += 1
                 group.append((seg, dt))
             if not group:
@@ -545,6 +559,26 @@ class WiMStream:
                 margin = self._margin(seg, text, verdict, raw, len(deltas[i].ids), share)
                 run.margins.append(margin)
                 yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+
+    def _margin_prompt_aside(self, cache: Any, seg: Segment, run: _RunState, prefilled: bool) -> PromptAside:
+        """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over
+        exactly its prefix, rather than a masked pass over the whole document with the other rows later.
+
+        Reading, the cache does end there: the whole prompt is computed and its question-independent head kept for
+        the document cache. From a reused document the stored head is enough (the rest is computed in the packed
+        pass); without one, the document is cut at the segment in a fork (a copy of that prefix, dropped after)."""
+        plan, b = self.plan, self.wim.backend
+        end = plan.segment_ends[seg.index]
+        if not prefilled:
+            aside = b.prefill_aside(cache, plan.margin_prompt_ids)
+            if plan.margin_head_length:
+                run.margin_heads[end] = b.aside_head(aside, plan.margin_head_length)
+            return aside
+        if end in run.margin_heads:
+            return run.margin_heads[end]
+        at_segment_end = b.fork_cache(cache)
+        b.rollback(at_segment_end, end)
+        return b.prefill_aside(at_segment_end, plan.margin_prompt_ids)
 
     def _segment_read(self, seg: Segment, seconds: float) -> SegmentRead:
         return SegmentRead(

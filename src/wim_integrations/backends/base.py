@@ -20,19 +20,21 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class PromptAside:
     """A prompt computed on top of a cache prefix and taken out of the cache again: its keys/values (backend
-    specific) and the logits of its last token, kept to be packed into a later `generate_packed` call."""
+    specific) and the logits of its last token (None for a head cut from a longer prompt), kept to be packed into a
+    later `generate_packed` call."""
 
     prefix_length: int
     prompt_ids: Sequence[int]
     kv: Any
-    last_logits: Any
+    last_logits: Any | None
 
 
 @dataclass(frozen=True)
 class PackedRow:
     """One row of a packed generation: it sees the first `prefix_length` cache tokens, then its own prompt.
 
-    With `aside` (from `prefill_aside` on that same prefix) the prompt is not computed again."""
+    With `aside` (from `prefill_aside` on that same prefix, or its `aside_head`) the prompt's first
+    `len(aside.prompt_ids)` tokens are not computed again."""
 
     prefix_length: int
     prompt_ids: Sequence[int]
@@ -92,6 +94,11 @@ class PackedBackend(Backend, Protocol):
 
     def prefill_aside(self, cache: Any, prompt_ids: Sequence[int]) -> PromptAside:
         """Compute `prompt_ids` on top of `cache` (attending to all of it) and leave the cache as it was."""
+
+    def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
+        """The first `n_tokens` of `aside`, stored on their own (no logits)."""
+
+    def aside_nbytes(self, aside: PromptAside) -> int: ...
 
     def fork_cache(self, cache: Any) -> Any:
         """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""

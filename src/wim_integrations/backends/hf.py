@@ -176,33 +176,35 @@ class HFBackend:
                 raise ValueError("generation needs at least one prompt token")
             if not 0 <= r.prefix_length <= base:
                 raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
-            if r.aside is not None and (r.aside.prefix_length, list(r.aside.prompt_ids)) != (
-                r.prefix_length,
-                list(r.prompt_ids),
-            ):
-                raise ValueError("a row's prompt aside was computed for another prefix or prompt")
-        asides = [r.aside for r in rows if r.aside is not None]
-        if asides and len(asides) != len(rows):
-            raise ValueError("either every packed row has its prompt aside or none has")
+            a = r.aside
+            if a is not None:
+                if a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids):
+                    raise ValueError("a row's prompt aside was computed for another prefix or prompt")
+                if len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
+                    raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
         dev = self.device
         prefix = torch.tensor([r.prefix_length for r in rows], dtype=torch.long, device=dev)
         samplers = [_Sampler(sampling, dev) for _ in rows]
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
-        appended_rows = torch.empty(0, dtype=torch.long, device=dev)  # row of each token appended after `base`
         produced = [0] * len(rows)
         try:
-            # Step 0: all prompts at once; keep only the logits of each row's last prompt token.
-            q_rows = [i for i, r in enumerate(rows) for _ in r.prompt_ids]
-            if asides:  # computed already: append their keys/values as they are
-                self._append_asides(cache, asides)
-                logits = torch.cat([a.last_logits for a in asides])
-                appended_rows = torch.tensor(q_rows, dtype=torch.long, device=dev)
-            else:
-                ids = [t for r in rows for t in r.prompt_ids]
-                pos = [r.prefix_length + k for r in rows for k in range(len(r.prompt_ids))]
-                ends = torch.tensor(list(_cumsum(len(r.prompt_ids) for r in rows)), device=dev) - 1
-                logits, appended_rows = self._packed_forward(cache, base, prefix, appended_rows, q_rows, ids, pos, ends)
+            # Step 0: prompts. Parts computed aside are appended as they are; the rest of every prompt goes through
+            # one packed forward, keeping only the logits of each row's last prompt token.
+            asides = [(i, r.aside) for i, r in enumerate(rows) if r.aside is not None]
+            self._append_asides(cache, [a for _, a in asides])
+            appended_rows = torch.tensor([i for i, a in asides for _ in a.prompt_ids], dtype=torch.long, device=dev)
+            done_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in rows]
+            row_logits = {i: a.last_logits for i, a in asides if done_len[i] == len(rows[i].prompt_ids)}
+            rest = [i for i, r in enumerate(rows) if done_len[i] < len(r.prompt_ids)]
+            if rest:
+                q_rows = [i for i in rest for _ in rows[i].prompt_ids[done_len[i] :]]
+                ids = [t for i in rest for t in rows[i].prompt_ids[done_len[i] :]]
+                pos = [rows[i].prefix_length + k for i in rest for k in range(done_len[i], len(rows[i].prompt_ids))]
+                ends = torch.tensor(list(_cumsum(len(rows[i].prompt_ids) - done_len[i] for i in rest)), device=dev) - 1
+                fwd, appended_rows = self._packed_forward(cache, base, prefix, appended_rows, q_rows, ids, pos, ends)
+                row_logits.update({i: fwd[j : j + 1] for j, i in enumerate(rest)})
+            logits = torch.cat([row_logits[i] for i in range(len(rows))])
             active = list(range(len(rows)))
             while active:
                 step: list[tuple[int, int]] = []
@@ -230,8 +232,21 @@ class HFBackend:
         finally:
             self.rollback(cache, base)
 
+    def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
+        """The first `n_tokens` of a prompt aside (own copies), without logits: a prompt head to continue later."""
+        kv = [(k[..., :n_tokens, :].clone(), v[..., :n_tokens, :].clone()) for k, v in aside.kv]
+        return PromptAside(aside.prefix_length, list(aside.prompt_ids[:n_tokens]), kv, None)
+
+    def aside_nbytes(self, aside: PromptAside) -> int:
+        tensors = [t for kv in aside.kv for t in kv]
+        if aside.last_logits is not None:
+            tensors.append(aside.last_logits)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _append_asides(self, cache: DynamicCache, asides: Sequence[PromptAside]) -> None:
         # Keys were rotated at their own positions when computed, so appended anywhere they stay what they were.
+        if not asides:
+            return
         for i, layer in enumerate(cache.layers):
             keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
             values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
