@@ -175,3 +175,18 @@ def test_fork_shares_tensors_and_stays_intact(tiny_backends):
         assert torch.equal(layer.keys, keys)
     logical = sum(2 * t.numel() * t.element_size() for t in snapshot)
     assert logical < b.cache_nbytes(cache) <= 3 * logical  # filled part plus spare room, all counted
+
+
+def test_asides_appended_into_spare_room_of_the_cache(tiny_backends):
+    """Appending asides writes into the cache's own buffer (created under inference mode) when it has room."""
+    b = tiny_backends["qwen2"]
+    ids = b.encode_text(TEXT)
+    prompt = b.encode_text("Where is Mary?")
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    asides = [b.prefill_aside(cache, prompt), b.prefill_aside(cache, prompt[:-1])]
+    layer = cache.layers[0]
+    assert layer._key_buffer.shape[-2] - len(ids) >= 2 * len(prompt)  # fits: written in place, no reallocation
+    rows = [PackedRow(len(ids), prompt, asides[0]), PackedRow(len(ids), prompt[:-1], asides[1])]
+    got = _packed(b, cache, rows, 5)
+    assert got == [_reference(b, ids, len(ids), p, 5) for p in (prompt, prompt[:-1])]

@@ -247,10 +247,11 @@ class HFBackend:
         # Keys were rotated at their own positions when computed, so appended anywhere they stay what they were.
         if not asides:
             return
-        for i, layer in enumerate(cache.layers):
-            keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
-            values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
-            layer.update(keys, values)
+        with self.lock, torch.inference_mode():  # the cache's buffers are inference tensors, written in place
+            for i, layer in enumerate(cache.layers):
+                keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
+                values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
+                layer.update(keys, values)
 
     def _packed_forward(
         self,
