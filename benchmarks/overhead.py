@@ -133,6 +133,7 @@ def measure_memory(n_segments: int, args: argparse.Namespace) -> dict[str, dict[
         cmd = [sys.executable, __file__, "--child", mode, "--segments", str(n_segments)]
         cmd += ["--segment-tokens", str(args.segment_tokens), "--margin-tokens", str(args.margin_tokens)]
         cmd += ["--answer-tokens", str(args.answer_tokens), "--threads", str(args.threads)]
+        cmd += ["--classification", args.classification]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
@@ -150,6 +151,9 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared small CPU, more threads are slower)"
     )
+    ap.add_argument(
+        "--classification", choices=["same_model", "inline", "none"], default="same_model", help="margin judging mode"
+    )
     ap.add_argument("--child", choices=["plain", "sequential", "batched"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,7 +161,7 @@ def main() -> None:
         segment_tokens=args.segment_tokens,
         margin_max_new_tokens=args.margin_tokens,
         answer_max_new_tokens=args.answer_tokens,
-        classification="same_model",
+        classification=args.classification,
     )
     if args.child:
         child(args.child, args.segments[0], cfg)
@@ -167,7 +171,7 @@ def main() -> None:
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, model {wim.model_name}; segments of "
         f"{args.segment_tokens} tokens, margins {args.margin_tokens} tokens, answer {args.answer_tokens} tokens, "
-        "classification same_model, greedy, stop tokens ignored"
+        f"classification {args.classification}, greedy, stop tokens ignored"
     )
     warm = cfg.with_updates(margin_max_new_tokens=2, answer_max_new_tokens=2)
     wim.run(make_document(wim, 1, warm), QUESTION, config=warm)  # warm-up

@@ -102,3 +102,17 @@ def test_errors_are_clear(tiny_model_dirs, tmp_path):
     assert code == 2 and "could not load model" in err and "local model directory" in err
     code, _, err = run_cli("ask", "-f", __file__, "-q", " ", "-m", str(tiny_model_dirs["llama"]))
     assert code == 2 and "question is empty" in err
+
+
+def test_batched_margins_give_the_same_result(tiny_model_dirs, doc):
+    common = ["ask", "-f", str(doc), "-q", "Who?", "-m", str(tiny_model_dirs["phi3"]), "--segment-tokens", "150"]
+    common += ["--margin-tokens", "4", "--answer-tokens", "4", "--json"]
+    code, step_by_step, err = run_cli(*common)
+    assert code == 0, err
+    code, batched, err = run_cli(*common, "--batch", "4")
+    assert code == 0, err
+    one, four = json.loads(step_by_step), json.loads(batched)
+    assert [m["text"] for m in four["margins"]] == [m["text"] for m in one["margins"]] and len(one["margins"]) >= 3
+    assert four["answer"] == one["answer"]
+    code, _, err = run_cli(*common, "--batch", "0")
+    assert code == 2 and "margin_batch_size" in err and "greater than or equal to 1" in err

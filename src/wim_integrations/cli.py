@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from pydantic import ValidationError
+
 from .config import WiMConfig
 from .errors import WiMError
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
@@ -25,6 +27,13 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--margin-tokens", type=int, default=64, help="max new tokens per margin (default 64)")
     ask.add_argument("--answer-tokens", type=int, default=256, help="max new tokens of the answer (default 256)")
     ask.add_argument("--classification", choices=["same_model", "auxiliary", "inline", "none"], default="same_model")
+    ask.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="decode the margins of N segments together (faster; margins then appear N at a time; default 1)",
+    )
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
     return parser
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             margin_max_new_tokens=args.margin_tokens,
             answer_max_new_tokens=args.answer_tokens,
             classification=args.classification,
+            margin_batch_size=args.batch,
         )
         from .engine import WiM
 
@@ -119,6 +129,10 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return 0
     except WiMError as exc:
         err.write(f"wim: error: {exc}\n")
+        return 2
+    except ValidationError as exc:  # a setting out of range, e.g. --batch 0
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err.write(f"wim: error: invalid setting ({problems}); see `wim ask --help`.\n")
         return 2
     except KeyboardInterrupt:
         err.write("wim: interrupted\n")
