@@ -6,6 +6,7 @@ from importlib import import_module
 from typing import Any
 
 from .config import SamplingConfig, WiMConfig
+from .doc_cache import DocumentCache
 from .engine import WiM, WiMStream
 from .errors import ContextTooLongError, ModelLoadError, WiMCancelled, WiMError, WiMInputError
 from .events import (
@@ -53,6 +54,7 @@ __all__ = [
     "AnswerStarted",
     "AnswerToken",
     "ContextTooLongError",
+    "DocumentCache",
     "DocumentSpan",
     "Finished",
     "InputDocument",

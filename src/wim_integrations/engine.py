@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -358,15 +359,7 @@ class WiMStream:
             timings.prefill_seconds += time.perf_counter() - t0
             tokens.prompt += len(plan.head_ids)
             timings.context_cache = "miss" if doc_cache is not None else "off"
-        store: Callable[[], object] | None = None
-        if doc_cache is not None:
-
-            def store() -> None:  # the context as read, with the margin heads computed so far
-                heads = dict(run.margin_heads)
-                nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
-                entry = PrefilledDocument(b.fork_cache(cache), tuple(plan.margin_head_ids), heads)
-                doc_cache.put(key, entry, nbytes)
-
+        store = functools.partial(self._store_document, doc_cache, key, cache, run) if doc_cache is not None else None
         if packed and (cfg.margin_batch_size > 1 or stored is not None):
             yield from self._read_batched(cache, run, prefilled=stored is not None, store=store)
         else:
@@ -543,7 +536,11 @@ class WiMStream:
                         held[i].append(delta)
             t_margin = time.perf_counter() - t0
             timings.margin_seconds += t_margin
-            tokens.prompt += len(rows) * len(plan.margin_prompt_ids)
+            # Prompt tokens computed in this run: all of each margin prompt, but for heads reused from a document cache.
+            tokens.prompt += sum(
+                len(r.prompt_ids) - (len(a.prompt_ids) if a.last_logits is None else 0)
+                for r, a in zip(rows, asides, strict=True)
+            )
             tokens.margin_generated += sum(len(d.ids) for d in deltas)
 
             t0 = time.perf_counter()
@@ -559,6 +556,12 @@ class WiMStream:
                 margin = self._margin(seg, text, verdict, raw, len(deltas[i].ids), share)
                 run.margins.append(margin)
                 yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+
+    def _store_document(self, doc_cache: DocumentCache, key: str, cache: Any, run: _RunState) -> None:
+        """Keep the context as read (a fork: no copy), with the margin heads computed so far, for later questions."""
+        b, heads = self.wim.backend, dict(run.margin_heads)
+        nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
+        doc_cache.put(key, PrefilledDocument(b.fork_cache(cache), tuple(self.plan.margin_head_ids), heads), nbytes)
 
     def _margin_prompt_aside(self, cache: Any, seg: Segment, run: _RunState, prefilled: bool) -> PromptAside:
         """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over

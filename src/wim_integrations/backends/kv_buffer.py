@@ -1,10 +1,10 @@
 """A transformers cache layer that appends in place instead of concatenating.
 
 `DynamicLayer.update` concatenates the whole cache with each new token, so every decode step copies every key and
-value read so far (on the embedded model at 2.7k tokens, about 40% of a decode step on the CPU). WiM decodes many
-short margins over a long cache, so it pays this on every margin token. `BufferedLayer` keeps its keys and values in
-a buffer with spare room and writes new tokens into it; `keys`/`values` are views of the filled part, so the rest of
-transformers (masks, `crop`, `get_seq_length`) sees an ordinary `DynamicLayer`.
+value read so far (embedded model, 2.7k tokens, CPU: 123 ms per decode step with that copy, 91 ms without). WiM
+decodes many short margins over a long cache, so it pays this on every margin token. `BufferedLayer` keeps its keys
+and values in a buffer with spare room and writes new tokens into it; `keys`/`values` are views of the filled part, so
+the rest of transformers (masks, `crop`, `get_seq_length`) sees an ordinary `DynamicLayer`.
 
 Sharing: `fork` gives two layers the same buffer. A layer only writes into a buffer it owns alone, so after a fork
 both sides lose ownership and the first one to grow copies into a fresh buffer (copy on write). Stored document
