@@ -103,6 +103,8 @@ def run_benchmark(
         segment_tokens=preset.segment_tokens,
         margin_max_new_tokens=preset.margin_max_new_tokens,
         classifier_max_new_tokens=preset.classifier_max_new_tokens,
+        # All of a task's margins decoded in one packed batch: the step-by-step loop's results, at less cost.
+        margin_batch_size=64,
     )
     reader = Reader(backend, config)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,12 +126,15 @@ def test_memory_bound_and_lru(tiny_backends):
     assert len(tiny.document_cache) == 0 and tiny.run(DOC, Q1).timings.context_cache == "miss"
 
 
-def test_concurrent_questions_on_one_document(tiny_backends):
+@pytest.mark.parametrize("first_batch", [1, 3])  # a batched first read also stores margin heads, shared by all
+def test_concurrent_questions_on_one_document(tiny_backends, first_batch):
     b = tiny_backends["phi3"]
     plain = WiM(b, config=CFG)
     want = {q: _summary(plain.run(DOC, q)) for q in (Q1, Q2)}
     cached = WiM(b, config=CFG, document_cache=DocumentCache())
-    cached.run(DOC, Q1)
+    cached.run(DOC, Q1, margin_batch_size=first_batch)
+    [entry] = [e.cache for e in cached.document_cache._entries.values()]
+    assert bool(entry.margin_heads) == (first_batch > 1)
     results: dict[int, object] = {}
 
     def ask(i: int) -> None:

@@ -108,6 +108,20 @@ def test_with_margins_returns_result_with_source_metadata(chain, reference):
     assert stable(again) == stable(result)
 
 
+def test_batched_margins_and_a_document_cache_give_the_engine_result(tiny_wim, reference):
+    from wim_integrations import DocumentCache
+
+    cached = WiMChain(wim=WiM(tiny_wim.backend, config=tiny_wim.config, document_cache=DocumentCache()))
+    batched = cached.model_copy(update={"margin_batch_size": 3, "return_margins": True})
+    first = batched.invoke({"question": QUESTION, "context": DOCS})
+    second = batched.invoke({"question": QUESTION, "context": DOCS})
+    assert (first.timings.context_cache, second.timings.context_cache) == ("miss", "hit")
+    assert stable(first)["margins"] == stable(second)["margins"] == stable(reference)["margins"]
+    assert first.answer == second.answer == reference.answer
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        WiMChain(wim=tiny_wim, margin_batch_size=0)
+
+
 @pytest.mark.parametrize("key", ["input", "query"])
 def test_question_aliases(chain, reference, key):
     assert chain.invoke({key: QUESTION, "context": DOCS}) == reference.answer

@@ -32,6 +32,8 @@ WIM_SETTINGS = (
     "classifier_max_new_tokens",
     "keep_unknown_verdicts",
     "sampling",
+    "margin_batch_size",
+    "reuse_document_cache",
 )
 
 ContextInput = str | Sequence[Document | InputDocument | str | dict[str, Any]]
@@ -73,6 +75,8 @@ class WiMChain(RunnableSerializable[Input, Any]):
     classifier_max_new_tokens: int | None = None
     keep_unknown_verdicts: bool | None = None
     sampling: SamplingConfig | None = None
+    margin_batch_size: int | None = Field(None, ge=1, description="margins decoded together (see WiMConfig)")
+    reuse_document_cache: bool | None = None
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
