@@ -55,7 +55,10 @@ class MarginClassifier:
         if len(margins) > 1 and getattr(b, "supports_packed", False):
             rows = [PackedRow(len(self.head_ids), self._tail_ids(m)) for m in margins]
             outs: list[list[int]] = [[] for _ in rows]
-            settled = lambda i, toks: verdict_is_settled(b.decode(toks))  # noqa: E731
+
+            def settled(row: int, tokens: list[int]) -> bool:
+                return verdict_is_settled(b.decode(tokens))
+
             steps = b.generate_packed(cache, rows, self.max_new_tokens, SamplingConfig(), done=settled)
             try:
                 for step in steps:

@@ -34,7 +34,9 @@ class Margin(BaseModel):
     text: str
     relevant: bool
     verdict: Verdict
-    classifier_output: str | None = Field(None, description="raw classifier reply (same_model/auxiliary modes)")
+    classifier_output: str | None = Field(
+        None, description="raw classifier reply, up to where its verdict was settled (same_model/auxiliary modes)"
+    )
     char_span: tuple[int, int]
     token_span: tuple[int, int]
     documents: list[DocumentSpan] = Field(default_factory=list)

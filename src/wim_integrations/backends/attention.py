@@ -37,6 +37,7 @@ def wim_sdpa_attention_forward(
         and query.shape[2] > 1
         and query.device.type == "cpu"
         and kwargs.get("position_bias") is None
+        and kwargs.get("cache") is None  # a paged (continuous-batching) cache is transformers' business
         and kwargs.get("softcap") is None
         and not kwargs.get("output_attentions", False)
     )
