@@ -101,3 +101,25 @@ def test_wim_sdpa_equals_sdpa_under_a_packed_mask(tiny_model_dirs, tiny_backends
             )
         logits.append(out.logits)
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_eager_models_keep_their_attention_and_pack_correctly(tiny_model_dirs):
+    """`wim_sdpa` only replaces `sdpa`; packed margins under eager attention still equal the step-by-step loop."""
+    from helpers import SAMPLE
+
+    from wim_integrations import WiM, WiMConfig
+    from wim_integrations.models import load_backend
+
+    backend = load_backend(tiny_model_dirs["llama"], attn_implementation="eager")
+    assert backend.model.config._attn_implementation == "eager"
+    cfg = WiMConfig(segment_tokens=150, margin_max_new_tokens=6, answer_max_new_tokens=6, classifier_max_new_tokens=3)
+    wim = WiM(backend, config=cfg)
+    step_by_step, packed = (
+        wim.run(SAMPLE, "Who keeps the lighthouse?"),
+        wim.run(SAMPLE, "Who keeps the lighthouse?", margin_batch_size=4),
+    )
+    assert step_by_step.n_segments >= 3
+    assert [(m.text, m.verdict, m.classifier_output) for m in packed.margins] == [
+        (m.text, m.verdict, m.classifier_output) for m in step_by_step.margins
+    ]
+    assert packed.answer == step_by_step.answer
