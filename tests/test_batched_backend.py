@@ -190,3 +190,23 @@ def test_asides_appended_into_spare_room_of_the_cache(tiny_backends):
     rows = [PackedRow(len(ids), prompt, asides[0]), PackedRow(len(ids), prompt[:-1], asides[1])]
     got = _packed(b, cache, rows, 5)
     assert got == [_reference(b, ids, len(ids), p, 5) for p in (prompt, prompt[:-1])]
+
+
+def test_take_aside_copies_what_the_cache_holds(tiny_backends):
+    b = tiny_backends["llama"]
+    ids, prompt = b.encode_text(TEXT), b.encode_text("Where is Mary?")
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    computed = b.prefill_aside(cache, prompt)
+    b.prefill(cache, prompt)  # the same prompt, now left in the cache
+    taken = b.take_aside(cache, len(ids), prompt)
+    assert taken.last_logits is None and taken.prefix_length == len(ids)
+    for (k1, v1), (k2, v2) in zip(taken.kv, computed.kv, strict=True):
+        torch.testing.assert_close(k1, k2)
+        torch.testing.assert_close(v1, v2)
+    b.rollback(cache, len(ids))  # the copies do not change when the cache's buffer is written again
+    b.prefill(cache, ids[: len(prompt)])
+    assert not torch.equal(cache.layers[0].keys[..., len(ids) :, :], taken.kv[0][0])
+    torch.testing.assert_close(taken.kv[0][0], computed.kv[0][0])
+    with pytest.raises(ValueError, match="not the"):
+        b.take_aside(cache, len(ids) + 1, prompt)

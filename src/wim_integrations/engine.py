@@ -412,8 +412,6 @@ class WiMStream:
             dt = time.perf_counter() - t0
             timings.prefill_seconds += dt
             run.read += 1
-            if store is not None and seg.index == n - 1:
-                store()
             char_span, token_span = (seg.start_char, seg.end_char), (seg.start_token, seg.end_token)
             yield SegmentRead(
                 segment_index=seg.index,
@@ -439,6 +437,8 @@ class WiMStream:
                         yield MarginToken(segment_index=seg.index, text=delta)
                 if delta := deltas.flush():
                     yield MarginToken(segment_index=seg.index, text=delta)
+                if store is not None and plan.margin_head_length:  # kept for later questions (document cache)
+                    run.margin_heads[end_of_segment] = b.take_aside(cache, end_of_segment, plan.margin_head_ids)
             finally:
                 b.rollback(cache, end_of_segment)
             t_margin = time.perf_counter() - t0
@@ -465,6 +465,8 @@ class WiMStream:
             )
             margins.append(margin)
             yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+        if store is not None and run.read == n:  # the whole context read; the cache is back at its end
+            store()
 
     def _read_batched(
         self, cache: Any, run: _RunState, *, prefilled: bool, store: Callable[[], object] | None

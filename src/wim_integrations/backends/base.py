@@ -95,6 +95,9 @@ class PackedBackend(Backend, Protocol):
     def prefill_aside(self, cache: Any, prompt_ids: Sequence[int]) -> PromptAside:
         """Compute `prompt_ids` on top of `cache` (attending to all of it) and leave the cache as it was."""
 
+    def take_aside(self, cache: Any, start: int, prompt_ids: Sequence[int]) -> PromptAside:
+        """Copies of the keys/values of `prompt_ids`, already in `cache` at `start` (no logits)."""
+
     def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
         """The first `n_tokens` of `aside`, stored on their own (no logits)."""
 

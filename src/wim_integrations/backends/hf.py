@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -148,11 +149,21 @@ class HFBackend:
         base = self.cache_length(cache)
         try:
             logits = self._forward(cache, prompt_ids)
-            # Copies: the cache's next writes go into the same buffer region once it is rolled back.
-            kv = [(layer.keys[..., base:, :].clone(), layer.values[..., base:, :].clone()) for layer in cache.layers]
+            aside = self.take_aside(cache, base, prompt_ids)
         finally:
             self.rollback(cache, base)
-        return PromptAside(base, list(prompt_ids), kv, logits)
+        return dataclasses.replace(aside, last_logits=logits)
+
+    def take_aside(self, cache: DynamicCache, start: int, prompt_ids: Sequence[int]) -> PromptAside:
+        """Copies of the keys/values `prompt_ids` left in the cache at `start` (no logits)."""
+        end = start + len(prompt_ids)
+        if end > self.cache_length(cache):
+            raise ValueError(f"the cache holds {self.cache_length(cache)} tokens, not the {end} this prompt needs")
+        # Copies: once the cache is rolled back, its next writes go into the same buffer region.
+        kv = [
+            (layer.keys[..., start:end, :].clone(), layer.values[..., start:end, :].clone()) for layer in cache.layers
+        ]
+        return PromptAside(start, list(prompt_ids), kv, None)
 
     def generate_packed(
         self,
