@@ -22,6 +22,14 @@ def _reference(backend, context_ids, prefix, prompt, budget, sampling=None):
     return list(backend.generate(cache, req))
 
 
+def _prefilled(backend):
+    """The test text's ids and a cache holding them."""
+    ids = backend.encode_text(TEXT)
+    cache = backend.new_cache()
+    backend.prefill(cache, ids)
+    return ids, cache
+
+
 def _packed(backend, cache, rows, budget, sampling=None):
     out: list[list[int]] = [[] for _ in rows]
     for step in backend.generate_packed(cache, rows, budget, sampling or SamplingConfig()):
@@ -85,9 +93,7 @@ def test_rows_with_prompts_computed_aside_equal_rows_computed_packed(tiny_backen
 
 def test_packed_rows_end_when_done_says_so(tiny_backends):
     b = tiny_backends["llama"]
-    ids = b.encode_text(TEXT)
-    cache = b.new_cache()
-    b.prefill(cache, ids)
+    ids, cache = _prefilled(b)
     rows = [PackedRow(len(ids) // 2, ids[:5]), PackedRow(len(ids), ids[:5])]
     full = _packed(b, cache, rows, 8)
     assert all(len(f) >= 4 for f in full)
@@ -180,10 +186,8 @@ def test_fork_shares_tensors_and_stays_intact(tiny_backends):
 def test_asides_appended_into_spare_room_of_the_cache(tiny_backends):
     """Appending asides writes into the cache's own buffer (created under inference mode) when it has room."""
     b = tiny_backends["qwen2"]
-    ids = b.encode_text(TEXT)
+    ids, cache = _prefilled(b)
     prompt = b.encode_text("Where is Mary?")
-    cache = b.new_cache()
-    b.prefill(cache, ids)
     asides = [b.prefill_aside(cache, prompt), b.prefill_aside(cache, prompt[:-1])]
     layer = cache.layers[0]
     assert layer._key_buffer.shape[-2] - len(ids) >= 2 * len(prompt)  # fits: written in place, no reallocation
@@ -194,9 +198,8 @@ def test_asides_appended_into_spare_room_of_the_cache(tiny_backends):
 
 def test_take_aside_copies_what_the_cache_holds(tiny_backends):
     b = tiny_backends["llama"]
-    ids, prompt = b.encode_text(TEXT), b.encode_text("Where is Mary?")
-    cache = b.new_cache()
-    b.prefill(cache, ids)
+    ids, cache = _prefilled(b)
+    prompt = b.encode_text("Where is Mary?")
     computed = b.prefill_aside(cache, prompt)
     b.prefill(cache, prompt)  # the same prompt, now left in the cache
     taken = b.take_aside(cache, len(ids), prompt)
