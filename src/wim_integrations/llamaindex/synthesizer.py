@@ -154,6 +154,14 @@ class WiMSynthesizer(BaseSynthesizer):
         )
         return stream, tracer
 
+    def _prepare(
+        self, query: QueryTextType, nodes: list[NodeWithScore], additional: Sequence[NodeWithScore] | None
+    ) -> tuple[QueryBundle, list[NodeWithScore], dict[str, Any]]:
+        """The query bundle, the response's source nodes and its metadata (filled in as the run goes)."""
+        source_nodes = list(nodes) + list(additional or [])
+        query = QueryBundle(query_str=query) if isinstance(query, str) else query
+        return query, source_nodes, self._metadata(source_nodes)
+
     @staticmethod
     def _metadata(source_nodes: Sequence[NodeWithScore]) -> dict[str, Any]:
         meta: dict[str, Any] = {n.node.node_id: n.node.metadata for n in source_nodes}
@@ -162,49 +170,36 @@ class WiMSynthesizer(BaseSynthesizer):
         return meta
 
     # -- driving a run ---------------------------------------------------------------------------------
-    @staticmethod
-    def _record(event: Any, meta: dict[str, Any]) -> None:
-        if isinstance(event, MarginWritten):
-            meta["wim_margins"].append(margin_record(event.margin))
-        elif isinstance(event, Finished):
-            meta["wim_result"] = event.result.model_dump(mode="json")
-
     def _events(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> Iterator[Any]:
-        tracer.start(len(stream.plan.context.documents))
-        finished = False
+        run = _TracedRun(stream, tracer, meta)
         try:
             for event in stream:
-                self._record(event, meta)
-                tracer.on_event(event)
-                finished = isinstance(event, Finished)
-                yield event
+                yield run.see(event)
         except BaseException as exc:
             tracer.abort(exc)
             raise
         finally:
-            if not finished:
-                stream.close()
-                tracer.abort(None)
+            run.close()
 
     async def _aevents(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> AsyncGenerator[Any, None]:
-        tracer.start(len(stream.plan.context.documents))
-        finished = False
+        run = _TracedRun(stream, tracer, meta)
         try:
             async for event in stream.aiter():  # the core runs each step in a worker thread
-                self._record(event, meta)
-                tracer.on_event(event)
-                finished = isinstance(event, Finished)
-                yield event
+                yield run.see(event)
         except BaseException as exc:
             tracer.abort(exc)
             raise
         finally:
-            if not finished:
-                stream.close()
-                tracer.abort(None)
+            run.close()
 
     def _run(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> WiMResult:
         for _ in self._events(stream, tracer, meta):
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    async def _arun(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> WiMResult:
+        async for _ in self._aevents(stream, tracer, meta):
             pass
         assert stream.result is not None
         return stream.result
@@ -252,10 +247,7 @@ class WiMSynthesizer(BaseSynthesizer):
         meta = self._metadata([])
         if self._streaming:
             return self._atoken_gen(stream, tracer, meta)
-        async for _ in self._aevents(stream, tracer, meta):
-            pass
-        assert stream.result is not None
-        return stream.result.answer
+        return (await self._arun(stream, tracer, meta)).answer
 
     def _empty(self, query: QueryTextType, is_async: bool) -> RESPONSE_TYPE:
         meta = self._metadata([])
@@ -280,9 +272,7 @@ class WiMSynthesizer(BaseSynthesizer):
         dispatcher.event(SynthesizeStartEvent(query=query))
         if not nodes:
             return self._empty(query, is_async=False)
-        query = QueryBundle(query_str=query) if isinstance(query, str) else query
-        source_nodes = list(nodes) + list(additional_source_nodes or [])
-        meta = self._metadata(source_nodes)
+        query, source_nodes, meta = self._prepare(query, nodes, additional_source_nodes)
         stream, tracer = self._start(self._documents(nodes), query.query_str, response_kwargs)
         with self._callback_manager.event(
             CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}
@@ -308,9 +298,7 @@ class WiMSynthesizer(BaseSynthesizer):
         dispatcher.event(SynthesizeStartEvent(query=query))
         if not nodes:
             return self._empty(query, is_async=True)
-        query = QueryBundle(query_str=query) if isinstance(query, str) else query
-        source_nodes = list(nodes) + list(additional_source_nodes or [])
-        meta = self._metadata(source_nodes)
+        query, source_nodes, meta = self._prepare(query, nodes, additional_source_nodes)
         # Tokenizing a long context is real work too: keep it off the event loop.
         stream, tracer = await asyncio.to_thread(self._start, self._documents(nodes), query.query_str, response_kwargs)
         with self._callback_manager.event(
@@ -320,10 +308,32 @@ class WiMSynthesizer(BaseSynthesizer):
             if self._streaming:
                 response = AsyncStreamingResponse(self._atoken_gen(stream, tracer, meta), source_nodes, metadata=meta)
             else:
-                async for _ in self._aevents(stream, tracer, meta):
-                    pass
-                assert stream.result is not None
-                response = Response(stream.result.answer, source_nodes, metadata=meta)
+                result = await self._arun(stream, tracer, meta)
+                response = Response(result.answer, source_nodes, metadata=meta)
             cb_event.on_end(payload={EventPayload.RESPONSE: response})
         dispatcher.event(SynthesizeEndEvent(query=query, response=response))
         return response
+
+
+class _TracedRun:
+    """What the sync and async event loops share: record each event in the response metadata and the trace, and on
+    the way out close a run that did not finish (cancelled, failed or abandoned)."""
+
+    def __init__(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> None:
+        self.stream, self.tracer, self.meta = stream, tracer, meta
+        self.finished = False
+        tracer.start(len(stream.plan.context.documents))
+
+    def see(self, event: Any) -> Any:
+        if isinstance(event, MarginWritten):
+            self.meta["wim_margins"].append(margin_record(event.margin))
+        elif isinstance(event, Finished):
+            self.meta["wim_result"] = event.result.model_dump(mode="json")
+        self.tracer.on_event(event)
+        self.finished = isinstance(event, Finished)
+        return event
+
+    def close(self) -> None:
+        if not self.finished:
+            self.stream.close()
+            self.tracer.abort(None)
