@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 TokenCounter = Callable[[str], int]
 
@@ -211,6 +212,32 @@ def _rng(kind: str, length: int, depth: float | None, seed: int) -> random.Rando
     return random.Random(f"{kind}|{length}|{depth}|{seed}")  # str seeds are hashed with sha512: stable across runs
 
 
+def _task(
+    kind: str,
+    count: TokenCounter,
+    text: str,
+    *,
+    length: int,
+    seed: int,
+    depth: float | None = None,
+    answer_tokens: int = 20,
+    **fields: Any,
+) -> Task:
+    """A task with the fields every kind derives the same way: id, kind, measured length."""
+    at = f"-d{depth:g}" if depth is not None else ""
+    return Task(
+        id=f"{kind}-L{length}{at}-s{seed}",
+        kind=kind,
+        context=text,
+        length=length,
+        n_tokens=count(text),
+        depth=depth,
+        seed=seed,
+        answer_tokens=answer_tokens,
+        **fields,
+    )
+
+
 def needle_task(count: TokenCounter, length: int, depth: float, seed: int = 0) -> Task:
     """Single needle: one secret code planted at `depth`; the lost-in-the-middle probe."""
     rng = _rng("needle", length, depth, seed)
@@ -218,18 +245,16 @@ def needle_task(count: TokenCounter, length: int, depth: float, seed: int = 0) -
     code = str(rng.randint(1000, 9999))
     fact = f"The secret code for the {key} is {code}."
     text, planted = build_document(rng, count, length, [(depth, fact)])
-    return Task(
-        id=f"needle-L{length}-d{depth:g}-s{seed}",
-        kind="needle",
-        context=text,
+    return _task(
+        "needle",
+        count,
+        text,
+        length=length,
+        seed=seed,
+        depth=depth,
         question=f"What is the secret code for the {key}? Answer with the code only.",
         answers=(code,),
         candidates=(code,),
-        length=length,
-        n_tokens=count(text),
-        depth=depth,
-        seed=seed,
-        answer_tokens=20,
         facts=tuple(planted),
     )
 
@@ -248,18 +273,15 @@ def multihop_task(count: TokenCounter, length: int, seed: int = 0, depths: tuple
         (depths[1], f"{receiver} lives in the town of {town}."),
     ]
     text, planted = build_document(rng, count, length, facts)
-    return Task(
-        id=f"multihop-L{length}-s{seed}",
-        kind="multihop",
-        context=text,
+    return _task(
+        "multihop",
+        count,
+        text,
+        length=length,
+        seed=seed,
         question=f"{giver} gave the {item} to someone. In which town does that person live? Answer with the town only.",
         answers=(town,),
         candidates=(town, decoy),
-        length=length,
-        n_tokens=count(text),
-        depth=None,
-        seed=seed,
-        answer_tokens=20,
         facts=tuple(planted),
     )
 
@@ -280,18 +302,15 @@ def location_task(count: TokenCounter, length: int, seed: int = 0, n_moves: int 
         where[who] = room
         facts.append(((i + 0.5) / n_moves, f"{who} {rng.choice(verbs)} the {room}."))
     text, planted = build_document(rng, count, length, facts)
-    return Task(
-        id=f"location-L{length}-s{seed}",
-        kind="location",
-        context=text,
+    return _task(
+        "location",
+        count,
+        text,
+        length=length,
+        seed=seed,
         question=f"Where is {target} at the end of the text? Answer with the room only.",
         answers=(where[target],),
         candidates=_ROOMS,
-        length=length,
-        n_tokens=count(text),
-        depth=None,
-        seed=seed,
-        answer_tokens=20,
         facts=tuple(planted),
     )
 
@@ -322,21 +341,19 @@ def common_words_task(count: TokenCounter, length: int, seed: int = 0, n_common:
         text, common, vocab = build(n_entries)
         n_entries = max(20, round(n_entries * length / count(text)))
     text, common, vocab = build(n_entries)
-    return Task(
-        id=f"cwe-L{length}-s{seed}",
-        kind="cwe",
-        context=text,
+    return _task(
+        "cwe",
+        count,
+        text,
+        length=length,
+        seed=seed,
+        answer_tokens=32,
         question=(
             f"The text is a numbered list of words. Which {n_common} words appear most often in it? "
             f"Answer with the {n_common} words only, separated by commas."
         ),
         answers=tuple(common),
         candidates=tuple(vocab),
-        length=length,
-        n_tokens=count(text),
-        depth=None,
-        seed=seed,
-        answer_tokens=32,
     )
 
 
