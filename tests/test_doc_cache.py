@@ -165,3 +165,14 @@ def test_document_key_and_cache_unit():
     assert (c.hits, c.misses) == (1, 0)
     with pytest.raises(ValueError, match="max_bytes"):
         DocumentCache(max_bytes=-1)
+
+
+def test_margin_heads_are_only_kept_for_a_document_cache(tiny_backends, monkeypatch):
+    b = tiny_backends["qwen2"]
+    kept: list[int] = []
+    original = b.aside_head
+    monkeypatch.setattr(b, "aside_head", lambda aside, n: (kept.append(n), original(aside, n))[1])
+    WiM(b, config=CFG.with_updates(margin_batch_size=4)).run(DOC, Q1)
+    assert kept == []  # no cache to store them in: no copies
+    cached = WiM(b, config=CFG.with_updates(margin_batch_size=4), document_cache=DocumentCache())
+    assert cached.run(DOC, Q1).n_segments == len(kept) > 0

@@ -497,7 +497,7 @@ class WiMStream:
                     timings.prefill_seconds += dt
                 if not self._answer_now.is_set():
                     t0 = time.perf_counter()
-                    asides.append(self._margin_prompt_aside(cache, seg, run, prefilled))
+                    asides.append(self._margin_prompt_aside(cache, seg, run, prefilled, keep_head=store is not None))
                     t_asides += time.perf_counter() - t0
                 if store is not None and not prefilled and seg.index == n - 1:
                     store()
@@ -565,18 +565,21 @@ class WiMStream:
         nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
         doc_cache.put(key, PrefilledDocument(b.fork_cache(cache), tuple(self.plan.margin_head_ids), heads), nbytes)
 
-    def _margin_prompt_aside(self, cache: Any, seg: Segment, run: _RunState, prefilled: bool) -> PromptAside:
+    def _margin_prompt_aside(
+        self, cache: Any, seg: Segment, run: _RunState, prefilled: bool, *, keep_head: bool
+    ) -> PromptAside:
         """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over
         exactly its prefix, rather than a masked pass over the whole document with the other rows later.
 
-        Reading, the cache does end there: the whole prompt is computed and its question-independent head kept for
-        the document cache. From a reused document the stored head is enough (the rest is computed in the packed
-        pass); without one, the document is cut at the segment in a fork (a copy of that prefix, dropped after)."""
+        Reading, the cache does end there: the whole prompt is computed, and with `keep_head` (a document cache will
+        store this read) its question-independent head is kept. From a reused document the stored head is enough
+        (the rest is computed in the packed pass); without one, the document is cut at the segment in a fork (a copy
+        of that prefix, dropped after)."""
         plan, b = self.plan, self.wim.backend
         end = plan.segment_ends[seg.index]
         if not prefilled:
             aside = b.prefill_aside(cache, plan.margin_prompt_ids)
-            if plan.margin_head_length:
+            if keep_head and plan.margin_head_length:
                 run.margin_heads[end] = b.aside_head(aside, plan.margin_head_length)
             return aside
         if end in run.margin_heads:
