@@ -85,7 +85,11 @@ def test_the_result_keeps_the_read_text_segments_and_documents(result):
     for m in result.margins:
         assert m.char_span == result.segments[m.segment_index].char_span
     d0, d1 = result.documents
-    assert (d0.id, d0.metadata, d0.char_span) == ("harbor.txt", {"source": "guide/harbor.md", "page": 3}, (0, len(SAMPLE)))
+    assert (d0.id, d0.metadata, d0.char_span) == (
+        "harbor.txt",
+        {"source": "guide/harbor.md", "page": 3},
+        (0, len(SAMPLE)),
+    )
     assert result.context_text[d1.char_span[0] : d1.char_span[1]] == HOSTILE
     # the text is for rendering only: dumps (JSON, traces, event payloads) stay as small as before
     assert "context_text" not in result.model_dump() and "Untrusted notes" not in result.model_dump_json()
