@@ -12,17 +12,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLE
+from helpers import HOSTILE, SAMPLE
 
 from wim_integrations import InputDocument, MarginWritten, WiMInputError, WiMResult
 from wim_integrations.cli import main
 from wim_integrations.html_report import COLLAPSE_ABOVE_SEGMENTS, render_fragment, render_page
-
-HOSTILE = (
-    'Untrusted notes. <script>document.body.dataset.pwned = "1"</script> <b>not bold</b> '
-    '<img src=x onerror="document.body.dataset.pwned=1"> & "quotes" \'single\' </div></section>\n\n'
-    "The second paragraph of the untrusted document ends here."
-)
 
 
 class Tree(HTMLParser):
