@@ -128,6 +128,15 @@ def test_each_margin_is_in_its_segments_row_with_its_mark(result):
     assert "margin 1" in tree.find("a", "cite")[0]["text"]
 
 
+def test_scored_margins_show_their_score_instead_of_the_verdict(tiny_wim):
+    r = tiny_wim.run(SAMPLE, "Who keeps the lighthouse?", classification="lexical")
+    assert r.margins and all(m.score is not None for m in r.margins)
+    asides = parse(render_page(r)).find("aside", "margin")
+    for aside, m in zip(asides, r.margins, strict=True):
+        assert f"score {m.score:.2f}" in aside["text"] and "verdict" not in aside["text"]
+        assert ("kept" if m.relevant else "dropped") in aside["attrs"]["class"].split()
+
+
 def test_a_run_stopped_with_answer_now_shows_unread_segments(tiny_wim):
     stream = tiny_wim.stream(SAMPLE, "Who keeps the lighthouse?")
     for event in stream:
