@@ -11,6 +11,6 @@ trap 'rm -rf "$work"' EXIT
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --force-device-scale-factor=1 \
     --window-size=1280,"${HEIGHT:-1400}" --screenshot="$work/report.png" "file://$work/report.html" 2>/dev/null
 "$PY" -c 'import sys; from PIL import Image
-Image.open(sys.argv[1]).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(sys.argv[2], optimize=True)' \
+Image.open(sys.argv[1]).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(sys.argv[2], optimize=True)' \
     "$work/report.png" docs/img/reading-report.png
 echo "wrote docs/img/reading-report.png"
