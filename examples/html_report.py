@@ -6,9 +6,8 @@
 # notebook (`_repr_html_`) and writes the same page to an HTML file (`to_html`): the answer on top, the document cut
 # into its segments, each margin beside the segment it was written on, kept or dropped.
 #
-# `classification="pmi"` scores each margin by how much reading the text raised the model's likelihood of writing it
-# (a margin the model would have written without the text scores about 0) and keeps those at or above 0.5; the page
-# shows each margin's score.
+# The settings are the README's `wim ask` example (inline verdicts). With a score-based mode, e.g.
+# `classification="pmi"`, the page shows each margin's score instead of its verdict.
 
 # %%
 import sys
@@ -21,7 +20,7 @@ document = (HERE / "harbor_report.txt").read_text(encoding="utf-8")
 question = "Who is the new keeper of the Corran Point lighthouse?"
 
 wim = WiM.default()
-result = wim.run(document, question, segment_tokens=256, classification="pmi")
+result = wim.run(document, question, segment_tokens=256, classification="inline")
 
 # %% [markdown]
 # In a notebook, the last expression of a cell shows the report:
