@@ -86,7 +86,8 @@ def view_of_result(result: WiMResult) -> ReadingView:
         SegmentInfo(index=m.segment_index, char_span=m.char_span, token_span=m.token_span, read=True)
         for m in result.margins
     ]
-    digest = hashlib.sha1(f"{result.question}\0{result.answer}\0{result.context_text}".encode()).hexdigest()
+    ids_from = f"{result.question}\0{result.answer}\0{result.context_text}".encode()
+    digest = hashlib.sha1(ids_from, usedforsecurity=False).hexdigest()  # ids only, not security
     return ReadingView(
         title=f"WiM: {result.question}",
         leads=[Lead("Question", result.question), Lead("Answer", result.answer, emphasis=True)],
