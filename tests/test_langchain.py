@@ -52,7 +52,8 @@ QUESTION = "What is the secret code?"
 
 def stable(result: WiMResult) -> dict:
     """A result without its wall-clock fields."""
-    return result.model_dump(exclude={"timings": True, "margins": {"__all__": {"seconds"}}})
+    seconds = {"__all__": {"seconds"}}
+    return result.model_dump(exclude={"timings": True, "margins": seconds, "segments": seconds})
 
 
 def stable_margin(margin) -> dict:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .config import WiMConfig
 from .errors import WiMError
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
+from .html_report import check_report_path
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="decode the margins of N segments together (faster; margins then appear N at a time; default 1)",
     )
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
+    ask.add_argument("--html", metavar="PATH", help="also write the reading report (document + margins) as HTML")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
     return parser
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = _build_parser().parse_args(argv)
     try:
+        if args.html:
+            check_report_path(args.html)  # before any model work
         document = _read_document(args.file)
         if not document.strip():
             raise WiMError(f"the document {args.file or '(stdin)'} is empty; give WiM some text to read.")
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             if show:
                 show(event)
         assert stream.result is not None
+        if args.html:
+            stream.result.to_html(args.html)
+            err.write(f"Report written to {args.html}.\n")
         if args.json:
             out.write(stream.result.model_dump_json(indent=2) + "\n")
         elif args.quiet:
