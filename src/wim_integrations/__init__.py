@@ -31,6 +31,7 @@ _LAZY = {
     "WiMChain": ("wim_integrations.langchain", "langchain"),
     "WiMCallbackHandler": ("wim_integrations.langchain", "langchain"),
     "ChatWiM": ("wim_integrations.langchain", "langchain"),
+    "WiMDocumentCompressor": ("wim_integrations.langchain", "langchain"),
     "WiMSynthesizer": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMQueryEngine": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMLLM": ("wim_integrations.llamaindex", "llamaindex"),

@@ -4,6 +4,7 @@ tracing helpers."""
 from .callbacks import ConsoleProgressHandler, WiMCallbackHandler
 from .chain import WiMChain, WiMChainInput, WiMChainOutput, WiMQuestion
 from .chat import ChatWiM
+from .compressor import WiMDocumentCompressor
 from .events import ANSWER_RUN, CLASSIFY_RUN, EVENT_NAMES, MARGIN_RUN, event_name, event_payload, parse_event
 from .tracing import RecordingClient, langsmith_tracer, trace_tree
 
@@ -19,6 +20,7 @@ __all__ = [
     "WiMChain",
     "WiMChainInput",
     "WiMChainOutput",
+    "WiMDocumentCompressor",
     "WiMQuestion",
     "event_name",
     "event_payload",
