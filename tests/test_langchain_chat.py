@@ -119,11 +119,13 @@ def test_stream_and_astream_add_up_to_invoke(chat, reference):
     assert "".join(c.content for c in asyncio.run(collect())) == reference.answer
 
 
-def test_astream_events_in_a_chain_show_margins_while_streaming(chat, reference):
-    chain = RunnableLambda(lambda q: [HumanMessage(q)]) | chat.with_context(DOCS)
+@pytest.mark.parametrize("where", ["alone", "in_a_chain"])
+def test_astream_events_show_margins_while_streaming(chat, reference, where):
+    bound = chat.with_context(DOCS)
+    runnable = bound if where == "alone" else RunnableLambda(lambda q: [HumanMessage(q)]) | bound
 
     async def collect():
-        return [e async for e in chain.astream_events(QUESTION, version="v2")]
+        return [e async for e in runnable.astream_events(QUESTION, version="v2")]
 
     events = asyncio.run(collect())
     kinds = [(e["event"], e.get("name")) for e in events]
@@ -131,6 +133,18 @@ def test_astream_events_in_a_chain_show_margins_while_streaming(chat, reference)
     first_token = next(i for i, (k, _) in enumerate(kinds) if k == "on_chat_model_stream")
     assert first_margin < first_token  # margins arrive before the answer streams
     assert kinds.count(("on_custom_event", "wim_margin_written")) == reference.n_segments
+    chat_run = next(e for e in events if e["event"] == "on_chat_model_start")
+    custom = [e for e in events if e["event"] == "on_custom_event"]
+    assert {e["run_id"] for e in custom} == {chat_run["run_id"]}  # events of the chat-model run itself
+
+
+def test_sync_stream_sends_margins_to_the_chat_run(chat, reference):
+    handler = Events()
+    chunks = list(chat.with_context(DOCS).stream(QUESTION, {"callbacks": [handler]}))
+    assert "".join(c.content for c in chunks) == reference.answer
+    assert {r for _, _, r in handler.custom} == set(handler.llm_runs) and len(handler.llm_runs) == 1
+    names = [n for n, _, _ in handler.custom]
+    assert names.count("wim_margin_written") == reference.n_segments and names[-1] == "wim_finished"
 
 
 def test_stop_sequences_cut_the_answer(chat, reference):

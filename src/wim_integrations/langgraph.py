@@ -24,7 +24,7 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from .engine import WiM
 from .errors import WiMInputError
 from .langchain.chain import WiMChain
-from .langchain.events import EVENT_NAMES
+from .langchain.events import EVENT_NAMES, with_handler
 
 try:
     from langgraph.config import get_stream_writer
@@ -45,18 +45,6 @@ class _StreamWriterHandler(BaseCallbackHandler):
     def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
         if name in self.events:
             self.writer({"event": name, "data": data})
-
-
-def _with_handler(config: RunnableConfig, handler: BaseCallbackHandler) -> RunnableConfig:
-    callbacks = config.get("callbacks")
-    if callbacks is None:
-        callbacks = [handler]
-    elif isinstance(callbacks, list):
-        callbacks = [*callbacks, handler]
-    else:  # a callback manager (what LangGraph passes to nodes): add to a copy
-        callbacks = callbacks.copy()
-        callbacks.add_handler(handler, inherit=True)
-    return {**config, "callbacks": callbacks}
 
 
 def wim_node(
@@ -88,7 +76,7 @@ def wim_node(
                 "question_key=/context_key= naming the keys that hold the question and the context."
             )
         handler = _StreamWriterHandler(get_stream_writer(), wanted)
-        return {"question": state[question_key], "context": state[context_key]}, _with_handler(config, handler)
+        return {"question": state[question_key], "context": state[context_key]}, with_handler(config, handler)
 
     def update(out: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {answer_key: out["answer"]}

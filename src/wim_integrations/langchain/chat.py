@@ -9,23 +9,28 @@ run (margins, verdicts, timings) in ``response_metadata["wim"]``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
+from uuid import UUID
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManagerForLLMRun,
     adispatch_custom_event,
     dispatch_custom_event,
 )
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..config import SamplingConfig
@@ -34,7 +39,7 @@ from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
 from ..segmenter import InputDocument
 from .chain import ContextInput, to_engine_context
-from .events import event_name, event_payload
+from .events import event_name, event_payload, with_handler
 from .settings import WIM_SETTINGS, WiMSettings, check_known
 
 _CALL_KWARGS = (*WIM_SETTINGS, "context")
@@ -119,6 +124,41 @@ class ChatWiM(WiMSettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config = ensure_config(config)
+        capture = _RunCapture(config)
+        token = _STREAM_RUN.set(capture)
+        try:
+            yield from super().stream(input, with_handler(config, capture), stop=stop, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError):  # the consumer may close us from another context
+                _STREAM_RUN.reset(token)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config = ensure_config(config)
+        capture = _RunCapture(config)
+        token = _STREAM_RUN.set(capture)
+        try:
+            async for chunk in super().astream(input, with_handler(config, capture), stop=stop, **kwargs):
+                yield chunk
+        finally:
+            with contextlib.suppress(ValueError):
+                _STREAM_RUN.reset(token)
 
     def _stream(
         self,
@@ -244,9 +284,39 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return docs, question
 
 
-# `invoke`/`ainvoke` give `_generate` this run's manager; `stream`/`astream` (and so `astream_events`) call
-# `_stream` without one, so there the events go to the enclosing runnable's run (an LCEL chain, a LangGraph node,
-# an agent), as `dispatch_custom_event` does; a chat model streamed on its own has no run to carry them.
+# `invoke`/`ainvoke` give `_generate` this run's manager. `stream`/`astream` call `_stream` without one
+# (langchain-core's design), so ChatWiM's own `stream`/`astream` learn the run's id from a handler (`_RunCapture`)
+# and address the events to it. Other paths without a run manager (`invoke` with `streaming=True`) send the events
+# to the enclosing runnable's run, as `dispatch_custom_event` does.
+class _RunCapture(BaseCallbackHandler):
+    """Learns the id of the chat-model run a `stream`/`astream` call starts; holds that call's config."""
+
+    run_inline = True
+
+    def __init__(self, config: RunnableConfig) -> None:
+        self.config = config
+        self.run_id: UUID | None = None
+        self._manager: Any = None
+        self._amanager: Any = None
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if self.run_id is None:
+            self.run_id = run_id
+
+    def emit(self, name: str, data: Any) -> None:
+        if self._manager is None:
+            self._manager = get_callback_manager_for_config(self.config)
+        self._manager.on_custom_event(name, data, run_id=self.run_id)
+
+    async def aemit(self, name: str, data: Any) -> None:
+        if self._amanager is None:
+            self._amanager = get_async_callback_manager_for_config(self.config)
+        await self._amanager.on_custom_event(name, data, run_id=self.run_id)
+
+
+_STREAM_RUN: ContextVar[_RunCapture | None] = ContextVar("wim_chat_stream_run", default=None)
+
+
 def _parent_config() -> RunnableConfig | None:
     config = ensure_config()
     return config if getattr(config.get("callbacks"), "parent_run_id", None) is not None else None
@@ -255,7 +325,10 @@ def _parent_config() -> RunnableConfig | None:
 def _emit(run_manager: CallbackManagerForLLMRun | None, ev: Any) -> None:
     """A WiM event as a custom event of this chat-model run (what `CallbackManager.on_custom_event` sends)."""
     if run_manager is None:
-        if (config := _parent_config()) is not None:
+        capture = _STREAM_RUN.get()
+        if capture is not None and capture.run_id is not None:
+            capture.emit(event_name(ev), event_payload(ev))
+        elif (config := _parent_config()) is not None:
             dispatch_custom_event(event_name(ev), event_payload(ev), config=config)
         return
     handle_event(
@@ -272,7 +345,10 @@ def _emit(run_manager: CallbackManagerForLLMRun | None, ev: Any) -> None:
 
 async def _aemit(run_manager: AsyncCallbackManagerForLLMRun | None, ev: Any) -> None:
     if run_manager is None:
-        if (config := _parent_config()) is not None:
+        capture = _STREAM_RUN.get()
+        if capture is not None and capture.run_id is not None:
+            await capture.aemit(event_name(ev), event_payload(ev))
+        elif (config := _parent_config()) is not None:
             await adispatch_custom_event(event_name(ev), event_payload(ev), config=config)
         return
     await ahandle_event(

@@ -14,6 +14,7 @@ from typing import Any
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
     CallbackManagerForLLMRun,
     adispatch_custom_event,
@@ -62,6 +63,19 @@ def parse_event(name: str, data: Any) -> Any | None:
     if name not in EVENT_NAMES or not isinstance(data, dict):
         return None
     return _EVENT_ADAPTER.validate_python(data)
+
+
+def with_handler(config: RunnableConfig, handler: BaseCallbackHandler) -> RunnableConfig:
+    """`config` with one more inheritable callback handler (callbacks may be None, a list or a manager)."""
+    callbacks = config.get("callbacks")
+    if callbacks is None:
+        callbacks = [handler]
+    elif isinstance(callbacks, list):
+        callbacks = [*callbacks, handler]
+    else:  # a callback manager (what nested runnables and LangGraph nodes get): add to a copy
+        callbacks = callbacks.copy()
+        callbacks.add_handler(handler, inherit=True)
+    return {**config, "callbacks": callbacks}
 
 
 def _doc_ids(event: SegmentRead | MarginWritten) -> list[str | None]:
