@@ -44,9 +44,9 @@ def main() -> None:
     store = InMemoryVectorStore(embeddings())
     store.add_documents(DOCUMENTS)
     retriever = ContextualCompressionRetriever(
-        # ~one segment per document here, so each document is judged on its own margin
+        # segments must hold the 106-token margin prompt on SmolLM2: about two of these short documents each
         base_compressor=WiMDocumentCompressor(
-            wim=wim, segment_tokens=96, margin_max_new_tokens=32, keep_unknown_verdicts=True
+            wim=wim, segment_tokens=128, margin_max_new_tokens=32, keep_unknown_verdicts=True
         ),
         base_retriever=store.as_retriever(search_kwargs={"k": 4}),
     )
