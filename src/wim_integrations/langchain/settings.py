@@ -53,7 +53,10 @@ class WiMSettings(_WiMSettingsFields):  # type: ignore[misc,valid-type]
 
     @model_validator(mode="after")
     def _check_combination(self) -> WiMSettings:
-        WiMConfig().with_updates(**self.wim_overrides())  # cross-field rules of the core, at construction
+        # The core's cross-field rules, at construction, against the engine's own config (the settings override it).
+        engine = getattr(self, "wim", None)
+        base = engine.config if isinstance(getattr(engine, "config", None), WiMConfig) else WiMConfig()
+        base.with_updates(**self.wim_overrides())
         return self
 
     def wim_overrides(self, **per_call: Any) -> dict[str, Any]:
