@@ -151,9 +151,9 @@ def test_stop_sequences_cut_the_answer(chat, reference):
     stop = reference.answer[3:6]
     assert stop and reference.answer.find(stop) == 3
     cut = chat.with_context(DOCS).invoke(QUESTION, stop=[stop])
-    assert cut.content == reference.answer[:3].strip()
+    assert cut.content.strip() == reference.answer[:3].strip()  # text before the stop may end in a space
     streamed = "".join(c.content for c in chat.with_context(DOCS).bind(stop=[stop]).stream(QUESTION))
-    assert streamed == reference.answer[:3].strip()
+    assert streamed.strip() == reference.answer[:3].strip() and streamed == cut.content
 
 
 def test_standard_parameters_map_to_wim_settings(tiny_wim, reference):

@@ -120,3 +120,10 @@ def test_empty_input_bad_query_and_unknown_settings(tiny_wim):
 def test_default_engine_is_the_process_default(tiny_wim, monkeypatch):
     monkeypatch.setattr(WiM, "default", classmethod(lambda cls, **kw: tiny_wim))
     assert WiMDocumentCompressor().wim is tiny_wim
+
+
+def test_score_based_classification_scores_the_kept_documents(tiny_wim):
+    compressor = WiMDocumentCompressor(wim=tiny_wim, classification="lexical", relevance_threshold=0.0)
+    kept = compressor.compress_documents(DOCS, QUESTION)
+    assert [d.id for d in kept] == [d.id for d in DOCS]  # threshold 0: every margin is relevant
+    assert all(isinstance(d.metadata["wim_score"], float) for d in kept)

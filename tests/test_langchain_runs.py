@@ -160,3 +160,14 @@ def test_inheritable_handler_of_an_outer_chain_sees_child_runs(chain, reference)
     outer = RunnableLambda(lambda x: x) | chain
     outer.invoke(X, {"callbacks": [handler]})
     assert handler.llm_runs.count(MARGIN_RUN) == reference.n_segments and handler.llm_runs[-1] == ANSWER_RUN
+
+
+def test_score_based_settings_from_the_core_work_and_are_checked(chain, tiny_wim):
+    assert {"relevance_threshold", "margin_scope"} <= set(WiMChain.model_fields)  # added to WiMConfig, not here
+    scored = WiMChain(wim=tiny_wim, classification="lexical", relevance_threshold=0.0).with_margins().invoke(X)
+    margins = scored["margins"]
+    assert margins and all(m.score is not None and m.relevant for m in margins)
+    with pytest.raises(ValueError, match="relevance_threshold applies to the score-based"):
+        WiMChain(wim=tiny_wim, relevance_threshold=0.5)  # the engine's mode (same_model) has no threshold
+    with pytest.raises(ValueError, match="relevance_threshold applies"):  # WiMConfig's own check
+        chain.invoke(X, relevance_threshold=0.5)
