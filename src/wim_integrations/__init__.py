@@ -32,6 +32,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "WiMChain": ("wim_integrations.langchain", "langchain"),
     "WiMCallbackHandler": ("wim_integrations.langchain", "langchain"),
+    "ChatWiM": ("wim_integrations.langchain", "langchain"),
+    "WiMDocumentCompressor": ("wim_integrations.langchain", "langchain"),
     "WiMSynthesizer": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMQueryEngine": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMLLM": ("wim_integrations.llamaindex", "llamaindex"),
