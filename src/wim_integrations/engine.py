@@ -171,6 +171,9 @@ class WiM:
         if not question.strip():
             raise WiMInputError("question is empty; pass the question WiM should answer.")
         if cfg.classification == "segment_pmi" and not getattr(self.backend, "supports_packed", False):
+            if "classification" not in cfg.model_fields_set:  # the default: the closest score this model supports
+                cfg = cfg.with_updates(classification="pmi")
+                return self.plan(context, question, cfg)
             raise WiMInputError(
                 f"classification='segment_pmi' scores each margin on the cache cut before its segment, which model "
                 f"{self.backend.name!r} cannot do (sliding-window layers); use classification='pmi' instead."
