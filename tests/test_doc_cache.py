@@ -171,7 +171,9 @@ def test_margin_heads_are_only_kept_for_a_document_cache(tiny_backends, monkeypa
     b = tiny_backends["qwen2"]
     kept: list[int] = []
     original = b.aside_head
-    monkeypatch.setattr(b, "aside_head", lambda aside, n: (kept.append(n), original(aside, n))[1])
+    head = WiM(b, config=CFG).plan(DOC, Q1).margin_head_length
+    # Only cuts of the head's length count (segment_pmi scoring cuts prompts too, for its own use, not to store).
+    monkeypatch.setattr(b, "aside_head", lambda aside, n: (n == head and kept.append(n), original(aside, n))[1])
     WiM(b, config=CFG.with_updates(margin_batch_size=4)).run(DOC, Q1)
     assert kept == []  # no cache to store them in: no copies
     cached = WiM(b, config=CFG.with_updates(margin_batch_size=4), document_cache=DocumentCache())
