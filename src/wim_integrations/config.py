@@ -32,10 +32,14 @@ class WiMConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
-    margin_max_new_tokens: int = Field(64, ge=1)
-    answer_max_new_tokens: int = Field(256, ge=1)
-    classification: ClassificationMode = "same_model"
-    classifier_max_new_tokens: int = Field(8, ge=1)
+    margin_max_new_tokens: int = Field(64, ge=1, description="max new tokens per margin")
+    answer_max_new_tokens: int = Field(256, ge=1, description="max new tokens of the answer")
+    classification: ClassificationMode = Field(
+        "same_model",
+        description="how margins are judged relevant: same_model (a classification prompt), auxiliary (the same on "
+        "another model), inline (the margin starts with YES#/NO#) or none (keep every margin)",
+    )
+    classifier_max_new_tokens: int = Field(8, ge=1, description="max new tokens of a classifier reply")
     keep_unknown_verdicts: bool = Field(
         False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
     )
