@@ -6,10 +6,12 @@ import io
 import shutil
 import sys
 import threading
+import warnings
 
 import pytest
+from helpers import SAMPLE
 
-from wim_integrations import ModelLoadError, WiMConfig, WiMInputError
+from wim_integrations import ModelLoadError, WiM, WiMConfig, WiMInputError
 from wim_integrations.cli import CONFIG_OPTIONS, _build_parser, _config, main
 from wim_integrations.doc_cache import DocumentCache
 from wim_integrations.models import load_backend
@@ -149,3 +151,19 @@ def test_a_truncated_weights_file_is_a_model_load_error(tiny_model_dirs, tmp_pat
     doc.write_text("Some text to read.")
     code, _, err = run_cli("ask", "-f", str(doc), "-q", "who?", "-m", str(broken))
     assert code == 2 and "could not load model" in err and "Traceback" not in err
+
+
+# -- transformers: no deprecated calls, the user's model left as given ------------------------------------------------
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "phi3"])
+def test_runs_emit_no_deprecation_warnings(tiny_backends, kind):
+    """Deprecated calls break on the next transformers release: every path (step by step, packed, document cache hit,
+    same-model classification) runs with no FutureWarning or DeprecationWarning."""
+    cfg = WiMConfig(segment_tokens=150, margin_max_new_tokens=4, answer_max_new_tokens=4, classifier_max_new_tokens=3)
+    wim = WiM(tiny_backends[kind], config=cfg, document_cache=DocumentCache())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wim.run(SAMPLE, "Who keeps the lighthouse?")
+        wim.run(SAMPLE, "Who keeps the lighthouse?", margin_batch_size=3)  # a document cache hit, packed
+        wim.run(SAMPLE, "Where?", reuse_document_cache=False, margin_batch_size=3)
+    deprecated = [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not deprecated, [str(w.message) for w in deprecated]

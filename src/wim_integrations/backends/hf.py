@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
-from .attention import use_wim_sdpa
+from .attention import wim_sdpa
 from .base import GenerationRequest, PackedRow, PromptAside
 from .kv_buffer import BufferedLayer
 
@@ -37,13 +38,15 @@ class HFBackend:
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None) -> None:
         self.model = model.eval()
-        use_wim_sdpa(self.model)  # faster packed steps on the CPU; same attention otherwise (see attention.py)
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
         # A fast tokenizer call sets flags on the shared Rust tokenizer (encode_special_tokens, truncation) before
         # encoding, so concurrent calls can encode with each other's flags: every tokenizer call holds this lock.
         self.tokenizer_lock = threading.RLock()
+        # transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns, then goes away in
+        # 5.40): pass the cache under the name the installed version's model takes.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         cfg = model.config
         self.max_context_tokens: int | None = getattr(cfg, "max_position_embeddings", None)
         gen = getattr(model, "generation_config", None)
@@ -119,7 +122,7 @@ class HFBackend:
         """Append `ids` to `cache`; return the logits of the last position only."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         with self.lock, torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
         return out.logits[:, -1, :]
 
     def prefill(self, cache: DynamicCache, ids: Sequence[int]) -> None:
@@ -287,12 +290,13 @@ class HFBackend:
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
         input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
         position_ids = torch.tensor([positions], dtype=torch.long, device=dev)
-        with self.lock, torch.inference_mode():
+        # wim_sdpa: native grouped-query attention under this mask on the CPU, for this call only (see attention.py).
+        with self.lock, torch.inference_mode(), wim_sdpa(self.model):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 attention_mask=mask[None, None],
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
                 logits_to_keep=keep if keep is not None else 0,
             )
