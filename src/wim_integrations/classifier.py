@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backends.base import Backend, GenerationRequest, PackedRow
-from .classify import parse_verdict, verdict_is_settled
 from .config import SamplingConfig
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
+from .verdicts import parse_verdict, verdict_is_settled
 
 
 class MarginClassifier:

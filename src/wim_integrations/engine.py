@@ -20,7 +20,6 @@ from typing import Any
 
 from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
 from .classifier import MarginClassifier
-from .classify import split_inline
 from .config import WiMConfig
 from .doc_cache import DocumentCache, PrefilledDocument, document_key
 from .errors import ContextTooLongError, WiMCancelled, WiMInputError
@@ -49,6 +48,7 @@ from .segmenter import (
     segment_context,
 )
 from .textstream import TextDeltas
+from .verdicts import split_inline
 
 # A run's settings: the WiM's own (None), a WiMConfig, or a mapping of WiMConfig fields.
 ConfigInput = WiMConfig | Mapping[str, Any] | None

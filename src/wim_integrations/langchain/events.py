@@ -123,12 +123,48 @@ def _child(manager: Any, tags: list[str], meta: dict[str, Any]) -> Any:
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
-class EventRelay:
+# One callback action of a relay, for the open child run: ("start", prompts, meta, tags) opens it, ("token", text)
+# streams into it, ("end", result) ends it, ("child", prompts, meta, tags, result) is a whole child run of its own.
+_Action = tuple[Any, ...]
+
+
+class _Relay:
+    """Which callbacks each engine event makes, once for the sync and the async relay (which only execute them)."""
+
+    def __init__(self, config: RunnableConfig, plan: Plan) -> None:
+        self.config, self.specs = config, _RunSpecs(plan)
+        self.open: Any = None  # the child run (margin or answer) events are streaming into
+
+    def actions(self, ev: Any) -> list[_Action]:
+        if isinstance(ev, SegmentRead):
+            return [("start", *self.specs.margin_start(ev))]
+        if isinstance(ev, AnswerStarted):
+            return [("start", *self.specs.answer_start(ev))]
+        if self.open is None:
+            return []
+        if isinstance(ev, MarginToken | AnswerToken):
+            return [("token", ev.text)]
+        if isinstance(ev, MarginWritten):
+            actions: list[_Action] = [("end", self.specs.margin_end(ev))]
+            if spec := self.specs.classify(ev):
+                prompts, meta, out = spec
+                actions.append(("child", prompts, meta, ["wim", CLASSIFY_RUN], out))
+            return actions
+        if isinstance(ev, Finished):
+            return [("end", self.specs.answer_end(ev))]
+        return []
+
+    @staticmethod
+    def stopped(error: BaseException | None) -> BaseException:
+        return error or RuntimeError("WiM run stopped before this step finished")
+
+
+class EventRelay(_Relay):
     """Turns one run's engine events into custom events and child runs (sync callbacks)."""
 
     def __init__(self, run_manager: CallbackManagerForChainRun, config: RunnableConfig, plan: Plan) -> None:
-        self.rm, self.config, self.specs = run_manager, config, _RunSpecs(plan)
-        self.open: CallbackManagerForLLMRun | None = None
+        super().__init__(config, plan)
+        self.rm = run_manager
 
     def _start(self, prompts: list[str], meta: dict[str, Any], tags: list[str]) -> CallbackManagerForLLMRun:
         cm: CallbackManager = _child(self.rm, tags, meta)
@@ -136,38 +172,30 @@ class EventRelay:
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        if isinstance(ev, SegmentRead):
-            self.open = self._start(*self.specs.margin_start(ev))
-        elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
-            self.open.on_llm_new_token(ev.text)
-        elif isinstance(ev, MarginWritten) and self.open is not None:
-            if spec := self.specs.classify(ev):
-                prompts, meta, out = spec
-                self.open.on_llm_end(self.specs.margin_end(ev))
+        for kind, *args in self.actions(ev):
+            if kind == "start":
+                self.open = self._start(*args)
+            elif kind == "token":
+                self.open.on_llm_new_token(*args)
+            elif kind == "end":
+                self.open.on_llm_end(*args)
                 self.open = None
-                self._start(prompts, meta, ["wim", CLASSIFY_RUN]).on_llm_end(out)
             else:
-                self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
-        elif isinstance(ev, AnswerStarted):
-            self.open = self._start(*self.specs.answer_start(ev))
-        elif isinstance(ev, Finished) and self.open is not None:
-            self.open.on_llm_end(self.specs.answer_end(ev))
-            self.open = None
+                self._start(*args[:3]).on_llm_end(args[3])
 
     def close(self, error: BaseException | None) -> None:
         """End a child run left open by an error or an early stop."""
         if self.open is not None:
-            self.open.on_llm_error(error or RuntimeError("WiM run stopped before this step finished"))
+            self.open.on_llm_error(self.stopped(error))
             self.open = None
 
 
-class AsyncEventRelay:
-    """The async twin of `EventRelay` (async callback managers, `adispatch_custom_event`)."""
+class AsyncEventRelay(_Relay):
+    """`EventRelay` on async callback managers (`adispatch_custom_event`)."""
 
     def __init__(self, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, plan: Plan) -> None:
-        self.rm, self.config, self.specs = run_manager, config, _RunSpecs(plan)
-        self.open: AsyncCallbackManagerForLLMRun | None = None
+        super().__init__(config, plan)
+        self.rm = run_manager
 
     async def _start(self, prompts: list[str], meta: dict[str, Any], tags: list[str]) -> AsyncCallbackManagerForLLMRun:
         cm: AsyncCallbackManager = _child(self.rm, tags, meta)
@@ -175,26 +203,19 @@ class AsyncEventRelay:
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        if isinstance(ev, SegmentRead):
-            self.open = await self._start(*self.specs.margin_start(ev))
-        elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
-            await self.open.on_llm_new_token(ev.text)
-        elif isinstance(ev, MarginWritten) and self.open is not None:
-            if spec := self.specs.classify(ev):
-                prompts, meta, out = spec
-                await self.open.on_llm_end(self.specs.margin_end(ev))
+        for kind, *args in self.actions(ev):
+            if kind == "start":
+                self.open = await self._start(*args)
+            elif kind == "token":
+                await self.open.on_llm_new_token(*args)
+            elif kind == "end":
+                await self.open.on_llm_end(*args)
                 self.open = None
-                await (await self._start(prompts, meta, ["wim", CLASSIFY_RUN])).on_llm_end(out)
             else:
-                await self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
-        elif isinstance(ev, AnswerStarted):
-            self.open = await self._start(*self.specs.answer_start(ev))
-        elif isinstance(ev, Finished) and self.open is not None:
-            await self.open.on_llm_end(self.specs.answer_end(ev))
-            self.open = None
+                await (await self._start(*args[:3])).on_llm_end(args[3])
 
     async def close(self, error: BaseException | None) -> None:
+        """End a child run left open by an error or an early stop."""
         if self.open is not None:
-            await self.open.on_llm_error(error or RuntimeError("WiM run stopped before this step finished"))
+            await self.open.on_llm_error(self.stopped(error))
             self.open = None
