@@ -11,7 +11,7 @@ import warnings
 import pytest
 from helpers import SAMPLE
 
-from wim_integrations import ModelLoadError, WiM, WiMConfig, WiMInputError
+from wim_integrations import ModelLoadError, WiM, WiMConfig
 from wim_integrations.cli import CONFIG_OPTIONS, _build_parser, _config, main
 from wim_integrations.doc_cache import DocumentCache
 from wim_integrations.models import load_backend
@@ -45,26 +45,6 @@ def test_document_cache_nbytes_is_safe_while_another_thread_stores():
         sys.setswitchinterval(old)
     assert not errors, errors[0]
     assert cache.nbytes == len(cache) == 5000
-
-
-# -- LlamaIndex: bad input reaches a clear error, not the tokenizer ---------------------------------------------------
-def test_llamaindex_adapters_refuse_lone_surrogates_and_bad_budgets(tiny_wim):
-    pytest.importorskip("llama_index.core")
-    from llama_index.core.base.llms.types import ChatMessage
-
-    from wim_integrations import WiMLLM, WiMSynthesizer
-
-    with pytest.raises(WiMInputError, match="lone surrogate"):
-        WiMSynthesizer(tiny_wim).get_response("who?", ["abc \ud800 def"])
-    llm = WiMLLM(tiny_wim, max_new_tokens=4)
-    with pytest.raises(WiMInputError, match="prompt contains a lone surrogate"):
-        llm.complete("abc \ud800 def")
-    with pytest.raises(WiMInputError, match="message 0 contains a lone surrogate"):
-        llm.chat([ChatMessage(role="user", content="abc \ud800")])
-    with pytest.raises(WiMInputError, match="max_new_tokens must be a positive integer, not -3"):
-        llm.complete("hi", max_new_tokens=-3)
-    with pytest.raises(WiMInputError, match="prompt is empty and formatted=True"):
-        llm.complete("", formatted=True)
 
 
 # -- CLI: every check that needs no model comes before loading it; clear errors for misuse ---------------------------

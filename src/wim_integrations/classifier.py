@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedRow
+from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow
 from .config import SamplingConfig
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
@@ -52,7 +52,7 @@ class MarginClassifier:
             return []
         b = self.backend
         cache = self._head_cache()
-        if len(margins) > 1 and getattr(b, "supports_packed", False):
+        if len(margins) > 1 and isinstance(b, PackedBackend) and b.supports_packed:
             rows = [PackedRow(len(self.head_ids), self._tail_ids(m)) for m in margins]
             outs: list[list[int]] = [[] for _ in rows]
 

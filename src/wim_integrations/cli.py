@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             backend = load_backend(args.model)
         else:
             err.write("Loading the embedded SmolLM2-135M-Instruct...\n")
-            backend = load_default_backend(progress=lambda msg: err.write(msg + "\n"))
+            backend = load_default_backend(progress=lambda msg: print(msg, file=err))
         wim = WiM(backend, config=config, classifier=classifier)
         err.write(f"Model ready in {time.perf_counter() - t0:.1f}s.\n")
         stream = wim.stream(document, args.question)

@@ -14,11 +14,11 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
+from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow, PromptAside
 from .classifier import MarginClassifier
 from .config import WiMConfig
 from .doc_cache import DocumentCache, PrefilledDocument, document_key
@@ -133,7 +133,9 @@ class WiM:
         classifier: Backend | None = None,
         document_cache: DocumentCache | None = None,
     ) -> None:
-        self.backend = backend
+        # Typed as the packed protocol: the engine calls its packed methods only where `supports_packed` is true (and
+        # the document cache only with it), checked at run time, so those calls are checked against the protocol.
+        self.backend = cast(PackedBackend, backend)
         # Prefilled contexts kept for later questions on the same document (None: every run prefills).
         self.document_cache = document_cache
         self.config = config or WiMConfig()
@@ -369,7 +371,7 @@ class WiMStream:
         self._cancel.set()
         self._events.close()
 
-    async def aiter(self) -> AsyncIterator[WiMEvent]:
+    async def aiter(self) -> AsyncGenerator[WiMEvent, None]:
         """Drive this stream from a worker thread, one event at a time; cancelling the task cancels the run."""
         done = object()
         loop = asyncio.get_running_loop()
@@ -398,7 +400,7 @@ class WiMStream:
         if self._cancel.is_set():
             raise WiMCancelled()
 
-    def _run(self) -> Iterator[WiMEvent]:
+    def _run(self) -> Generator[WiMEvent, None, None]:
         try:
             yield from self._steps()
         except WiMCancelled:

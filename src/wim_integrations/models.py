@@ -98,6 +98,8 @@ def load_model_and_tokenizer(
 
     name = str(name_or_path)
     _check_local_path(name)
+    if device:
+        kwargs.setdefault("device_map", device)  # loaded onto the device directly
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -108,8 +110,6 @@ def load_model_and_tokenizer(
             f"could not load model {name!r}: {exc}\nPass a local model directory or a model id already in the "
             "Hugging Face cache (downloads are off: local_files_only=True), or omit --model for the embedded default."
         ) from exc
-    if device:
-        model = model.to(device)
     return model, tokenizer
 
 

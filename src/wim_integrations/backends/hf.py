@@ -7,8 +7,8 @@ import dataclasses
 import inspect
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -129,7 +129,7 @@ class HFBackend:
         if ids:
             self._forward(cache, ids)
 
-    def generate(self, cache: DynamicCache, request: GenerationRequest) -> Iterator[int]:
+    def generate(self, cache: DynamicCache, request: GenerationRequest) -> Generator[int, None, None]:
         if not request.prompt_ids:
             raise ValueError("generation needs at least one prompt token")
         sampler = _Sampler(request.sampling, self.device)
@@ -163,9 +163,7 @@ class HFBackend:
         if end > self.cache_length(cache):
             raise ValueError(f"the cache holds {self.cache_length(cache)} tokens, not the {end} this prompt needs")
         # Copies: once the cache is rolled back, its next writes go into the same buffer region.
-        kv = [
-            (layer.keys[..., start:end, :].clone(), layer.values[..., start:end, :].clone()) for layer in cache.layers
-        ]
+        kv = [(keys[..., start:end, :].clone(), values[..., start:end, :].clone()) for keys, values in _kv(cache)]
         return PromptAside(start, list(prompt_ids), kv, None)
 
     def generate_packed(
@@ -175,7 +173,7 @@ class HFBackend:
         max_new_tokens: int,
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
-    ) -> Iterator[list[tuple[int, int]]]:
+    ) -> Generator[list[tuple[int, int]], None, None]:
         """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
 
         Each forward appends the running rows' tokens; a 4D additive mask lets a token see the cache up to its row's
@@ -209,7 +207,11 @@ class HFBackend:
             self._append_asides(cache, [a for _, a in asides])
             appended_rows = torch.tensor([i for i, a in asides for _ in a.prompt_ids], dtype=torch.long, device=dev)
             done_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in rows]
-            row_logits = {i: a.last_logits for i, a in asides if done_len[i] == len(rows[i].prompt_ids)}
+            row_logits: dict[int, torch.Tensor] = {
+                i: a.last_logits
+                for i, a in asides
+                if done_len[i] == len(rows[i].prompt_ids) and a.last_logits is not None  # checked above
+            }
             rest = [i for i, r in enumerate(rows) if done_len[i] < len(r.prompt_ids)]
             if rest:
                 q_rows = [i for i in rest for _ in rows[i].prompt_ids[done_len[i] :]]
@@ -262,7 +264,7 @@ class HFBackend:
         if not asides:
             return
         with self.lock, torch.inference_mode():  # the cache's buffers are inference tensors, written in place
-            for i, layer in enumerate(cache.layers):
+            for i, layer in enumerate(_dynamic_layers(cache)):
                 keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
                 values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
                 layer.update(keys, values)
@@ -303,6 +305,24 @@ class HFBackend:
         return out.logits[0], all_rows
 
 
+def _dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers, all key/value layers (`new_cache` builds no other kind; linear-attention ones would fail)."""
+    layers = list(cache.layers)
+    if not all(isinstance(layer, DynamicLayer) for layer in layers):
+        raise TypeError("WiM needs key/value cache layers; recurrent/linear-attention caches are not supported")
+    return cast(list[DynamicLayer], layers)
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer of a cache that holds tokens."""
+    out = []
+    for layer in _dynamic_layers(cache):
+        if layer.keys is None or layer.values is None:
+            raise ValueError("the cache layer holds no tokens yet")
+        out.append((layer.keys, layer.values))
+    return out
+
+
 def _cumsum(values: Iterator[int] | Sequence[int]) -> Iterator[int]:
     total = 0
     for v in values:
@@ -333,7 +353,7 @@ class _Sampler:
     def next_token(self, history: list[int], logits: torch.Tensor) -> int:
         scores = logits.float()
         if self.procs:
-            ids = torch.tensor([history], dtype=torch.long, device=logits.device)
+            ids = cast(torch.LongTensor, torch.tensor([history], dtype=torch.long, device=logits.device))
             scores = self.procs(ids, scores)
         if not self.cfg.do_sample:
             return int(scores.argmax(dim=-1).item())
