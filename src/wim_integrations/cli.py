@@ -23,26 +23,33 @@ CONFIG_OPTIONS = {
     "--margin-tokens": "margin_max_new_tokens",
     "--answer-tokens": "answer_max_new_tokens",
     "--classification": "classification",
+    "--relevance-threshold": "relevance_threshold",
+    "--margin-scope": "margin_scope",
     "--classifier-tokens": "classifier_max_new_tokens",
     "--batch": "margin_batch_size",
     "--keep-unknown": "keep_unknown_verdicts",
 }
 
 
+# What a field's None default means, where its description does not say.
+_NONE_MEANS = {"segment_tokens": "sized for the model"}
+
+
 def _add_config_option(parser: argparse.ArgumentParser, flag: str, name: str) -> None:
     field = WiMConfig.model_fields[name]
-    default = "sized for the model" if field.default is None else field.default
+    default = field.default if field.default is not None else _NONE_MEANS.get(name, "None")
     help_text = f"{field.description or name} (WiMConfig.{name}; default: {default})"
-    dest = name
     annotation = field.annotation
     if annotation is bool:
-        parser.add_argument(flag, dest=dest, action="store_true", default=None, help=help_text)
+        parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
         return
     choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
     if choices:
-        parser.add_argument(flag, dest=dest, choices=choices, default=None, help=help_text)
-    else:  # int or int | None
-        parser.add_argument(flag, dest=dest, type=int, metavar="N", default=None, help=help_text)
+        parser.add_argument(flag, dest=name, choices=choices, default=None, help=help_text)
+        return
+    # int, float, or either | None: the non-None type parses the value
+    kind = next(t for t in (*typing.get_args(annotation), annotation) if t in (int, float))
+    parser.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", default=None, help=help_text)
 
 
 def _build_parser() -> argparse.ArgumentParser:
