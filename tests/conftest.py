@@ -134,3 +134,16 @@ def default_wim():
     from wim_integrations import WiM
 
     return WiM.default()
+
+
+# The backends the fault suite (tests/test_faults.py) runs on: name -> factory(request) -> backend. A new backend
+# (e.g. an OpenAI-compatible server) plugs in with one entry here.
+FAULT_BACKENDS = {
+    "hf-llama": lambda request: request.getfixturevalue("tiny_backends")["llama"],
+    "hf-qwen2": lambda request: request.getfixturevalue("tiny_backends")["qwen2"],
+}
+
+
+@pytest.fixture(params=sorted(FAULT_BACKENDS))
+def fault_backend(request: pytest.FixtureRequest):
+    return FAULT_BACKENDS[request.param](request)

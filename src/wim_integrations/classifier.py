@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedRow
-from .classify import parse_verdict, verdict_is_settled
+from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow
 from .config import SamplingConfig
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
 from .relevance import CONTENT_FREE_MARGIN, logsumexp
+from .verdicts import parse_verdict, verdict_is_settled
 
 _YES_WORDS = ("YES", "Yes", "yes", " YES", " Yes", " yes")
 _NO_WORDS = ("NO", "No", "no", " NO", " No", " no")
@@ -56,7 +56,7 @@ class MarginClassifier:
             return []
         b = self.backend
         cache = self._head_cache()
-        if len(margins) > 1 and getattr(b, "supports_packed", False):
+        if len(margins) > 1 and isinstance(b, PackedBackend) and b.supports_packed:
             rows = [PackedRow(len(self.head_ids), self._tail_ids(m)) for m in margins]
             outs: list[list[int]] = [[] for _ in rows]
 

@@ -5,15 +5,52 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 from pathlib import Path
-from typing import TextIO, get_args
+from typing import TextIO
 
 from pydantic import ValidationError
 
-from .config import ClassificationMode, WiMConfig
+from .config import WiMConfig
 from .errors import WiMError
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
 from .html_report import check_report_path
+from .segmenter import check_text
+
+# `wim ask` options that set a `WiMConfig` field: flag -> field. Type, choices, default and help come from the field,
+# so the CLI cannot drift from the config; an option left out keeps the config's default.
+CONFIG_OPTIONS = {
+    "--segment-tokens": "segment_tokens",
+    "--margin-tokens": "margin_max_new_tokens",
+    "--answer-tokens": "answer_max_new_tokens",
+    "--classification": "classification",
+    "--relevance-threshold": "relevance_threshold",
+    "--margin-scope": "margin_scope",
+    "--classifier-tokens": "classifier_max_new_tokens",
+    "--batch": "margin_batch_size",
+    "--keep-unknown": "keep_unknown_verdicts",
+}
+
+
+# What a field's None default means, where its description does not say.
+_NONE_MEANS = {"segment_tokens": "sized for the model"}
+
+
+def _add_config_option(parser: argparse.ArgumentParser, flag: str, name: str) -> None:
+    field = WiMConfig.model_fields[name]
+    default = field.default if field.default is not None else _NONE_MEANS.get(name, "None")
+    help_text = f"{field.description or name} (WiMConfig.{name}; default: {default})"
+    annotation = field.annotation
+    if annotation is bool:
+        parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        return
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+    if choices:
+        parser.add_argument(flag, dest=name, choices=choices, default=None, help=help_text)
+        return
+    # int, float, or either | None: the non-None type parses the value
+    kind = next(t for t in (*typing.get_args(annotation), annotation) if t in (int, float))
+    parser.add_argument(flag, dest=name, type=kind, metavar="N" if kind is int else "X", default=None, help=help_text)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -24,40 +61,51 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--question", "-q", required=True)
     ask.add_argument("--model", "-m", help="local HF model directory or cached hub id (default: embedded SmolLM2)")
     ask.add_argument("--classifier-model", help="auxiliary classifier model (with --classification auxiliary)")
-    ask.add_argument("--segment-tokens", type=int, help="segment size in model tokens (default: sized for the model)")
-    ask.add_argument("--margin-tokens", type=int, default=64, help="max new tokens per margin (default 64)")
-    ask.add_argument("--answer-tokens", type=int, default=256, help="max new tokens of the answer (default 256)")
-    ask.add_argument(
-        "--classification",
-        choices=list(get_args(ClassificationMode)),
-        help="how margins are judged (default: segment_pmi, scored from the model's probabilities)",
-    )
-    ask.add_argument("--relevance-threshold", type=float, help="score-based modes keep margins scoring at least this")
-    ask.add_argument(
-        "--batch",
-        type=int,
-        default=1,
-        metavar="N",
-        help="decode the margins of N segments together (faster; margins then appear N at a time; default 1)",
-    )
+    for flag, name in CONFIG_OPTIONS.items():
+        _add_config_option(ask, flag, name)
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
     ask.add_argument("--html", metavar="PATH", help="also write the reading report (document + margins) as HTML")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
     return parser
 
 
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WiMError(
+            f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it first, e.g. "
+            "`iconv -f latin1 -t utf-8`."
+        ) from exc
+
+
 def _read_document(path: str | None) -> str:
     if path in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
             raise WiMError("no document: pass --file PATH or pipe the text on standard input.")
-        return sys.stdin.read()
+        # Bytes, decoded strictly: text-mode stdin may decode with surrogateescape (C/POSIX locale) and let
+        # undecodable bytes through as lone surrogates.
+        buffer = getattr(sys.stdin, "buffer", None)
+        return _decode(buffer.read(), "standard input") if buffer is not None else sys.stdin.read()
     p = Path(path)
+    if p.is_dir():
+        raise WiMError(f"{path} is a directory; pass a text file with --file.")
     if not p.is_file():
         raise WiMError(f"document not found: {path} (pass an existing text file with --file).")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise WiMError(f"{path} is not UTF-8 text ({exc.reason}); convert it to text first.") from exc
+    return _decode(p.read_bytes(), path)
+
+
+def _config(args: argparse.Namespace) -> WiMConfig:
+    """The run's settings from the options given (the others keep WiMConfig's defaults); checks that need no model."""
+    config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n)) is not None})
+    if config.classification == "auxiliary" and not args.classifier_model:
+        raise WiMError("--classification auxiliary needs --classifier-model PATH (the model that judges margins).")
+    if args.classifier_model and config.classification != "auxiliary":
+        raise WiMError(
+            f"--classifier-model is only used with --classification auxiliary (got {config.classification}); "
+            "add --classification auxiliary or drop --classifier-model."
+        )
+    return config
 
 
 class _Progress:
@@ -107,26 +155,26 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     try:
         if args.html:
             check_report_path(args.html)  # before any model work
-        document = _read_document(args.file)
+        # Everything that can be checked without the model is checked before loading it.
+        config = _config(args)
+        check_text(args.question, "question")
+        if not args.question.strip():
+            raise WiMError("the question is empty; pass the question WiM should answer with -q.")
+        document = check_text(_read_document(args.file), f"the document {args.file or '(stdin)'}")
         if not document.strip():
             raise WiMError(f"the document {args.file or '(stdin)'} is empty; give WiM some text to read.")
-        chosen = {"classification": args.classification, "relevance_threshold": args.relevance_threshold}
-        config = WiMConfig(
-            segment_tokens=args.segment_tokens,
-            margin_max_new_tokens=args.margin_tokens,
-            answer_max_new_tokens=args.answer_tokens,
-            margin_batch_size=args.batch,
-            **{k: v for k, v in chosen.items() if v is not None},  # unset: WiMConfig's defaults
-        )
         from .engine import WiM
+        from .models import load_backend, load_default_backend
 
         t0 = time.perf_counter()
+        classifier = load_backend(args.classifier_model) if args.classifier_model else None
         if args.model:
             err.write(f"Loading {args.model}...\n")
-            wim = WiM.from_pretrained(args.model, classifier_model=args.classifier_model, config=config)
+            backend = load_backend(args.model)
         else:
             err.write("Loading the embedded SmolLM2-135M-Instruct...\n")
-            wim = WiM.default(config=config, progress=lambda msg: err.write(msg + "\n"))
+            backend = load_default_backend(progress=lambda msg: print(msg, file=err))
+        wim = WiM(backend, config=config, classifier=classifier)
         err.write(f"Model ready in {time.perf_counter() - t0:.1f}s.\n")
         stream = wim.stream(document, args.question)
         show = None if (args.json or args.quiet) else _Progress(err, out)

@@ -39,8 +39,8 @@ class WiMConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
-    margin_max_new_tokens: int = Field(64, ge=1)
-    answer_max_new_tokens: int = Field(256, ge=1)
+    margin_max_new_tokens: int = Field(64, ge=1, description="max new tokens per margin")
+    answer_max_new_tokens: int = Field(256, ge=1, description="max new tokens of the answer")
     classification: ClassificationMode = Field(
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
@@ -56,7 +56,7 @@ class WiMConfig(BaseModel):
         description="what a margin is written about: 'segment' (the part just read, with the earlier text in view) or "
         "'so_far' (everything read so far)",
     )
-    classifier_max_new_tokens: int = Field(8, ge=1)
+    classifier_max_new_tokens: int = Field(8, ge=1, description="max new tokens of a classifier reply")
     keep_unknown_verdicts: bool = Field(
         False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
     )

@@ -42,6 +42,7 @@ class DocumentCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._nbytes = 0  # sum of the entries' nbytes, kept with them under the lock
         self.hits = 0
         self.misses = 0
 
@@ -58,12 +59,14 @@ class DocumentCache:
     def put(self, key: str, cache: Any, nbytes: int) -> bool:
         """Store `cache` (which the caller must never mutate afterwards); False if it alone exceeds the bound."""
         with self._lock:
-            self._entries.pop(key, None)
+            if (old := self._entries.pop(key, None)) is not None:
+                self._nbytes -= old.nbytes
             if nbytes > self.max_bytes:
                 return False
             self._entries[key] = _Entry(cache, nbytes)
-            while self.nbytes > self.max_bytes:
-                self._entries.popitem(last=False)
+            self._nbytes += nbytes
+            while self._nbytes > self.max_bytes:
+                self._nbytes -= self._entries.popitem(last=False)[1].nbytes
             return True
 
     def __contains__(self, key: str) -> bool:
@@ -76,11 +79,13 @@ class DocumentCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        with self._lock:
+            return self._nbytes
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._nbytes = 0
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
+from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow, PromptAside
 from .classifier import MarginClassifier
-from .classify import split_inline
 from .config import WiMConfig
 from .doc_cache import DocumentCache, PrefilledDocument, document_key
 from .errors import ContextTooLongError, WiMCancelled, WiMInputError
@@ -41,8 +41,21 @@ from .events import (
 )
 from .prompts import ChatFrame, PromptSet, render, split_at_placeholder
 from .relevance import MarginDraft, PMIScorer, SegmentPMIScorer, lexical_score
-from .segmenter import Context, Segment, segment_context
+from .segmenter import (
+    DOCUMENT_SEPARATOR,
+    Context,
+    InputDocument,
+    Segment,
+    as_documents,
+    check_text,
+    min_tokens,
+    segment_context,
+)
 from .textstream import TextDeltas
+from .verdicts import split_inline
+
+# A run's settings: the WiM's own (None), a WiMConfig, or a mapping of WiMConfig fields.
+ConfigInput = WiMConfig | Mapping[str, Any] | None
 
 # Tokens a margin's label ("Margin note 3 (part 5 of 9):") adds in the final prompt; used for the budget check.
 _LABEL_TOKENS = 16
@@ -105,6 +118,17 @@ class _RunState:
     margin_heads: dict[int, PromptAside] = field(default_factory=dict)  # segment end -> margin head keys/values
 
 
+def _as_config(config: object, default: WiMConfig) -> WiMConfig:
+    """`config` as a `WiMConfig`: None is the WiM's own, a mapping is validated into one."""
+    if config is None:
+        return default
+    if isinstance(config, WiMConfig):
+        return config
+    if isinstance(config, Mapping):
+        return WiMConfig.model_validate(dict(config))
+    raise WiMInputError(f"config must be a WiMConfig or a mapping of its fields, not {type(config).__name__}.")
+
+
 class WiM:
     """A WiM reader on one model. Build once, reuse for many calls; thread-safe."""
 
@@ -116,7 +140,9 @@ class WiM:
         classifier: Backend | None = None,
         document_cache: DocumentCache | None = None,
     ) -> None:
-        self.backend = backend
+        # Typed as the packed protocol: the engine calls its packed methods only where `supports_packed` is true (and
+        # the document cache only with it), checked at run time, so those calls are checked against the protocol.
+        self.backend = cast(PackedBackend, backend)
         # Prefilled contexts kept for later questions on the same document (None: every run prefills).
         self.document_cache = document_cache
         self.config = config or WiMConfig()
@@ -163,11 +189,11 @@ class WiM:
         return self.backend.name
 
     # -- planning --------------------------------------------------------------------------------------
-    def plan(self, context: object, question: object, config: WiMConfig | None = None) -> Plan:
+    def plan(self, context: object, question: object, config: ConfigInput = None) -> Plan:
         """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix."""
-        cfg = config or self.config
-        if not isinstance(question, str):
-            raise WiMInputError(f"question must be a string, not {type(question).__name__}.")
+        cfg = _as_config(config, self.config)
+        check_text(question, "question")
+        assert isinstance(question, str)
         if not question.strip():
             raise WiMInputError("question is empty; pass the question WiM should answer.")
         if cfg.classification == "segment_pmi" and not getattr(self.backend, "supports_packed", False):
@@ -183,6 +209,7 @@ class WiM:
                 "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
                 "WiM.from_pretrained(..., classifier_model=...), or pick 'same_model', 'inline' or 'none'."
             )
+        docs = as_documents(context)  # type and text checks before any tokenization
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
         instruction = self.prompts.margin_instruction_for(inline=cfg.classification == "inline", scope=cfg.margin_scope)
@@ -193,22 +220,34 @@ class WiM:
             + b.encode_text(render(from_question, question=question))
             + b.encode_template(self.frame.suffix)
         )
+        # The question's own size first: with a long question no segment size or context can fit.
+        question_tokens = len(b.encode_text(question))
+        for limit, what in self._limits():
+            need = len(head_ids) + len(margin_prompt_ids) + cfg.margin_max_new_tokens
+            if need > limit:
+                raise ContextTooLongError(
+                    f"the question is too long: it is {question_tokens} tokens, and its margin prompt alone "
+                    f"({len(margin_prompt_ids)} tokens) with the chat prefix and margin_max_new_tokens="
+                    f"{cfg.margin_max_new_tokens} needs {need} tokens, more than model {b.name!r}'s {what} of "
+                    f"{limit}. Shorten the question (put long material in the context instead)."
+                )
         budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
         if budget < len(margin_prompt_ids):
             raise WiMInputError(
-                f"segment_tokens={budget} is smaller than the margin instruction ({len(margin_prompt_ids)} tokens); "
-                f"use segment_tokens of at least {len(margin_prompt_ids)} (a few times more is sensible)."
+                f"segment_tokens={budget} is smaller than the margin instruction with the question "
+                f"({len(margin_prompt_ids)} tokens, {question_tokens} of them the question); use segment_tokens of at "
+                f"least {len(margin_prompt_ids)} (a few times more is sensible), or shorten the question."
             )
+        self._check_window_early(docs, question, cfg, head_ids, margin_prompt_ids)
         with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
-            ctx = segment_context(b.tokenizer, context, budget)
-        self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
+            ctx = segment_context(b.tokenizer, docs, budget)
+        self._check_window(ctx.n_tokens, len(ctx.segments), question, cfg, head_ids, margin_prompt_ids)
         return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids))
 
-    def _check_window(
-        self, ctx: Context, question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
-    ) -> None:
+    def _limits(self) -> list[tuple[int, str]]:
+        """(tokens, what) of every length limit of the backend."""
         b = self.backend
-        limits = [
+        return [
             (n, what)
             for n, what in (
                 (b.max_context_tokens, "context window"),
@@ -219,23 +258,53 @@ class WiM:
             )
             if n
         ]
+
+    def _check_window_early(
+        self, docs: Sequence[InputDocument], question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
+    ) -> None:
+        """Refuse a context that cannot fit from its byte length alone, before tokenizing it (seconds per MB)."""
+        limits = self._limits()
         if not limits:
             return
-        final_prompt = self._final_prompt_ids(question, [], len(ctx.segments))
-        margins_worst = len(ctx.segments) * (cfg.margin_max_new_tokens + _LABEL_TOKENS)
-        reading = len(head) + ctx.n_tokens
+        text_bytes = sum(len(d.text.encode("utf-8")) for d in docs) + len(DOCUMENT_SEPARATOR) * (len(docs) - 1)
+        at_least = min_tokens(self.backend.tokenizer, text_bytes)
+        if at_least is not None and at_least > min(limit for limit, _ in limits):
+            self._check_window(at_least, 1, question, cfg, head, margin_prompt, lower_bound=True)
+
+    def _check_window(
+        self,
+        n_tokens: int,
+        n_segments: int,
+        question: str,
+        cfg: WiMConfig,
+        head: list[int],
+        margin_prompt: list[int],
+        *,
+        lower_bound: bool = False,
+    ) -> None:
+        b = self.backend
+        final_prompt = self._final_prompt_ids(question, [], n_segments)
+        margins_worst = n_segments * (cfg.margin_max_new_tokens + _LABEL_TOKENS)
+        reading = len(head) + n_tokens
         need = reading + max(
             len(margin_prompt) + cfg.margin_max_new_tokens,
             len(final_prompt) + margins_worst + cfg.answer_max_new_tokens,
         )
-        for limit, what in limits:
+        at_least = "at least " if lower_bound else ""
+        for limit, what in self._limits():
             if need > limit:
                 raise ContextTooLongError(
-                    f"WiM needs up to {need} tokens for this input but model {b.name!r} has a {what} of {limit} "
-                    f"(over by {need - limit}): context {ctx.n_tokens}, prompts {len(head) + len(final_prompt)}, "
-                    f"margins up to {margins_worst} ({len(ctx.segments)} x margin_max_new_tokens="
-                    f"{cfg.margin_max_new_tokens} + labels), answer {cfg.answer_max_new_tokens}. Shorten the context, "
-                    "lower margin_max_new_tokens/answer_max_new_tokens, or use a model with a longer window."
+                    f"WiM needs {at_least or 'up to '}{need} tokens for this input but model {b.name!r} has a {what} "
+                    f"of {limit} (over by {need - limit}{' or more' if lower_bound else ''}): context "
+                    + (
+                        f"at least {n_tokens} (from its byte length, before tokenizing)"
+                        if lower_bound
+                        else f"{n_tokens}"
+                    )
+                    + f", prompts {len(head) + len(final_prompt)}, margins up to {margins_worst} ({n_segments} x "
+                    f"margin_max_new_tokens={cfg.margin_max_new_tokens} + labels), answer {cfg.answer_max_new_tokens}. "
+                    "Shorten the context, lower margin_max_new_tokens/answer_max_new_tokens, or use a model with a "
+                    "longer window."
                 )
 
     def _final_prompt_ids(self, question: str, margins: Sequence[Margin], n_segments: int) -> list[int]:
@@ -251,14 +320,12 @@ class WiM:
         return b.encode_text(body) + b.encode_template(self.frame.suffix)
 
     # -- running ---------------------------------------------------------------------------------------
-    def stream(
-        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
-    ) -> WiMStream:
+    def stream(self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any) -> WiMStream:
         """Start a run. Inputs are validated now (errors raise here); work happens as the stream is read."""
-        cfg = (config or self.config).with_updates(**overrides) if overrides else (config or self.config)
-        return WiMStream(self, self.plan(context, question, cfg))
+        cfg = _as_config(config, self.config)
+        return WiMStream(self, self.plan(context, question, cfg.with_updates(**overrides) if overrides else cfg))
 
-    def run(self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any) -> WiMResult:
+    def run(self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any) -> WiMResult:
         stream = self.stream(context, question, config=config, **overrides)
         for _ in stream:
             pass
@@ -266,7 +333,7 @@ class WiM:
         return stream.result
 
     async def astream(
-        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
+        self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any
     ) -> AsyncIterator[WiMEvent]:
         """Async events: the model runs in a worker thread (contextvars copied), the event loop stays free."""
         stream = self.stream(context, question, config=config, **overrides)
@@ -274,7 +341,7 @@ class WiM:
             yield event
 
     async def arun(
-        self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
+        self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any
     ) -> WiMResult:
         stream = self.stream(context, question, config=config, **overrides)
         async for _ in stream.aiter():
@@ -318,13 +385,17 @@ class WiMStream:
         self._cancel.set()
         self._events.close()
 
-    async def aiter(self) -> AsyncIterator[WiMEvent]:
+    async def aiter(self) -> AsyncGenerator[WiMEvent, None]:
         """Drive this stream from a worker thread, one event at a time; cancelling the task cancels the run."""
         done = object()
+        loop = asyncio.get_running_loop()
         pending: asyncio.Future[Any] | None = None
         try:
             while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(next, self._events, done))
+                # A plain executor future, not a task: `asyncio.run` cancels every pending task at shutdown, and a
+                # cancelled `to_thread` task looks done while its thread is still inside the generator.
+                step = functools.partial(contextvars.copy_context().run, next, self._events, done)
+                pending = loop.run_in_executor(None, step)
                 event = await asyncio.shield(pending)
                 pending = None
                 if event is done:
@@ -332,16 +403,18 @@ class WiMStream:
                 yield event
         finally:
             self._cancel.set()
-            if pending is not None and not pending.done():
-                await asyncio.wait([pending])  # let the in-flight step finish before closing the generator
-            self._events.close()
+            if pending is None or pending.done():
+                self._events.close()
+            else:  # the generator is executing in the worker: close it once that step returns, even if cancelled again
+                pending.add_done_callback(lambda _: self._events.close())
+                await asyncio.wait([pending])
 
     # -- the algorithm ---------------------------------------------------------------------------------
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
             raise WiMCancelled()
 
-    def _run(self) -> Iterator[WiMEvent]:
+    def _run(self) -> Generator[WiMEvent, None, None]:
         try:
             yield from self._steps()
         except WiMCancelled:

@@ -93,22 +93,40 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local directory or the local HF cache (no download by default)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    _check_local_path(name)
+    if device:
+        kwargs.setdefault("device_map", device)  # loaded onto the device directly
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         model = AutoModelForCausalLM.from_pretrained(
             name, local_files_only=local_files_only, dtype=dtype or torch.float32, **kwargs
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weights file
         raise ModelLoadError(
             f"could not load model {name!r}: {exc}\nPass a local model directory or a model id already in the "
             "Hugging Face cache (downloads are off: local_files_only=True), or omit --model for the embedded default."
         ) from exc
-    if device:
-        model = model.to(device)
     return model, tokenizer
+
+
+def _check_local_path(name: str) -> None:
+    """A name that can only be a path gets a plain "not found" instead of Hugging Face's repo-id format error."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelLoadError(
+            f"could not load model {name!r}: it is a file; pass the local model directory (config.json and weights)."
+        )
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path and not path.exists():
+        raise ModelLoadError(
+            f"could not load model {name!r}: no such directory. Pass an existing local model directory, a model id "
+            "already in the Hugging Face cache (e.g. HuggingFaceTB/SmolLM2-135M-Instruct), or omit --model for the "
+            "embedded default."
+        )
 
 
 def load_backend(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:

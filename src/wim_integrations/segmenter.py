@@ -6,7 +6,10 @@ concatenated are exactly the tokens of the whole context, and their texts concat
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,24 @@ _GAPS: tuple[tuple[int, re.Pattern[str]], ...] = (
 )
 
 
+def check_text(value: object, what: str) -> str:
+    """`value` if it is a str that encodes as UTF-8; else a `WiMInputError` naming `what`, the problem and the fix.
+
+    Lone surrogates (from `errors="surrogateescape"` decoding or broken JSON escapes) are not text: tokenizers reject
+    them with an unrelated TypeError, so they are refused here, at the input boundary, before any model work."""
+    if not isinstance(value, str):
+        raise WiMInputError(f"{what} must be a string, not {type(value).__name__}; convert it to text first.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise WiMInputError(
+            f"{what} contains a lone surrogate {value[exc.start]!r} at character {exc.start}, which is not valid "
+            "Unicode (bytes decoded with errors='surrogateescape'?); decode the bytes with their real encoding, or "
+            "with errors='replace'."
+        ) from None
+    return value
+
+
 @dataclass(frozen=True)
 class InputDocument:
     """One document of a multi-document context; `id` and `metadata` travel to the events."""
@@ -33,6 +54,16 @@ class InputDocument:
     text: str
     id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_text(self.text, "document text")
+        if self.id is not None and not isinstance(self.id, str):
+            raise WiMInputError(f"document id must be a string or None, not {type(self.id).__name__}.")
+        if not isinstance(self.metadata, Mapping):
+            raise WiMInputError(
+                f"document metadata must be a mapping (dict), not {type(self.metadata).__name__}; "
+                "wrap the value, e.g. metadata={'tags': [...]}."
+            )
 
 
 @dataclass(frozen=True)
@@ -69,18 +100,18 @@ class Context:
 def as_documents(context: object) -> tuple[InputDocument, ...]:
     """Normalize a string or a list of strings / `InputDocument` / {"text", "id", "metadata"} mappings."""
     if isinstance(context, str):
-        return (InputDocument(context),)
+        return (InputDocument(check_text(context, "context")),)
     if isinstance(context, InputDocument):
         return (context,)
     if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
         docs = []
         for i, item in enumerate(context):
             if isinstance(item, str):
-                docs.append(InputDocument(item))
+                docs.append(_document(i, item))
             elif isinstance(item, InputDocument):
                 docs.append(item)
             elif isinstance(item, Mapping) and isinstance(item.get("text"), str):
-                docs.append(InputDocument(item["text"], item.get("id"), dict(item.get("metadata") or {})))
+                docs.append(_document(i, item["text"], item.get("id"), item.get("metadata") or {}))
             else:
                 raise WiMInputError(
                     f"context item {i} is a {type(item).__name__}; pass str, InputDocument or a mapping with a "
@@ -93,6 +124,13 @@ def as_documents(context: object) -> tuple[InputDocument, ...]:
         f"context must be a string or a list of documents, not {type(context).__name__}; "
         "decode bytes and convert other objects to text first."
     )
+
+
+def _document(i: int, text: str, doc_id: object = None, metadata: object = None) -> InputDocument:
+    try:
+        return InputDocument(text, doc_id, {} if metadata is None else metadata)  # type: ignore[arg-type]
+    except WiMInputError as exc:
+        raise WiMInputError(f"context item {i}: {exc}") from None
 
 
 def join_documents(docs: Sequence[InputDocument]) -> tuple[str, tuple[int, ...]]:
@@ -141,6 +179,46 @@ def _choose_cuts(strengths: Sequence[int], budget: int) -> list[int]:
         s = best if best is not None else hi
         cuts.append(s)
     return cuts
+
+
+def min_tokens(tokenizer: Any, n_bytes: int) -> int | None:
+    """A lower bound on the tokens of any text of `n_bytes` UTF-8 bytes, without tokenizing it: no token covers more
+    bytes than the longest vocabulary entry (its string's UTF-8 length, an over-estimate for byte-level and
+    byte-fallback vocabularies), and Unicode normalization shrinks text by at most `_NORMALIZATION_SHRINK`. None when
+    no bound is known: another normalizer may delete characters."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        per_token = _LONGEST[backend]
+    except (KeyError, TypeError):
+        per_token = _bytes_per_token(backend)
+        with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time (tens of ms)
+            _LONGEST[backend] = per_token
+    return -(-n_bytes // per_token) if per_token else None
+
+
+# Composition shrinks UTF-8 text at most 3x (three Hangul jamo, 9 bytes, become one syllable of 3); 4 leaves margin.
+_NORMALIZATION_SHRINK = 4
+_UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
+_LONGEST: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _bytes_per_token(backend: Any) -> int:
+    """Most input bytes one token can stand for; 0 when unknown."""
+    shrink = 1
+    if backend.normalizer is not None:
+        spec = json.loads(backend.to_str()).get("normalizer") or {}
+        kinds = (
+            [n.get("type") for n in spec.get("normalizers", [])]
+            if spec.get("type") == "Sequence"
+            else [spec.get("type")]
+        )
+        if not set(kinds) <= _UNICODE_FORMS:
+            return 0
+        shrink = _NORMALIZATION_SHRINK
+    longest = max((len(t.encode("utf-8")) for t in backend.get_vocab(with_added_tokens=True)), default=0)
+    return longest * shrink
 
 
 def segment_context(tokenizer: Any, context: object, budget: int) -> Context:

@@ -9,6 +9,8 @@ other call (no mask, a single query, any other device) to transformers' `sdpa` u
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,11 +53,20 @@ def wim_sdpa_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_wim_sdpa(model: Any) -> bool:
-    """Switch a model that runs transformers' `sdpa` to `wim_sdpa` (identical except as above); True if switched."""
+@contextlib.contextmanager
+def wim_sdpa(model: Any) -> Iterator[bool]:
+    """Run the block with a model that uses transformers' `sdpa` switched to `wim_sdpa`, then switch it back.
+
+    The model may be shared with other pipelines, so it is never left switched; callers hold the backend's lock for
+    the block. Registering the name in transformers' attention registry is global but changes no other model. Yields
+    whether the model was switched (models on eager, flash or other attention keep theirs)."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
+        yield False
+        return
     AttentionInterface.register(NAME, wim_sdpa_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-    model.set_attn_implementation(NAME)
-    return model.config._attn_implementation == NAME
+    model.set_attn_implementation(NAME)  # about 1 ms a pair on a 30-layer model, against a packed step of 10s of ms
+    try:
+        yield model.config._attn_implementation == NAME
+    finally:
+        model.set_attn_implementation("sdpa")

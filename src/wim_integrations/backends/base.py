@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,7 +75,7 @@ class Backend(Protocol):
     def prefill(self, cache: Any, ids: Sequence[int]) -> None:
         """Append `ids` to `cache` without computing logits for them."""
 
-    def generate(self, cache: Any, request: GenerationRequest) -> Iterator[int]:
+    def generate(self, cache: Any, request: GenerationRequest) -> Generator[int, None, None]:
         """Prefill the prompt, then yield new tokens until a stop id (not yielded) or the budget.
 
         The last yielded token is never fed back, so the cache ends one token short of prompt + output."""
@@ -97,6 +97,9 @@ class Backend(Protocol):
 class PackedBackend(Backend, Protocol):
     """A backend that decodes several rows at once over one shared cache (batched margins, document cache)."""
 
+    supports_packed: bool  # False where a model cannot pack (e.g. sliding-window layers): the engine reads step by step
+    cache_namespace: str  # identifies the loaded model in document-cache keys
+
     def generate_packed(
         self,
         cache: Any,
@@ -105,7 +108,7 @@ class PackedBackend(Backend, Protocol):
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
         logprobs: Sequence[list[float]] | None = None,
-    ) -> Iterator[list[tuple[int, int]]]:
+    ) -> Generator[list[tuple[int, int]], None, None]:
         """Yield, per decoding step, the (row index, token) pairs of the rows still running.
 
         Row i attends to the first `rows[i].prefix_length` cache tokens and to its own tokens only, so its output is

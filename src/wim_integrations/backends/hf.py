@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -21,7 +22,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
-from .attention import use_wim_sdpa
+from .attention import wim_sdpa
 from .base import GenerationRequest, PackedRow, PromptAside, RowScores
 from .kv_buffer import BufferedLayer
 
@@ -37,13 +38,15 @@ class HFBackend:
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None) -> None:
         self.model = model.eval()
-        use_wim_sdpa(self.model)  # faster packed steps on the CPU; same attention otherwise (see attention.py)
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
         # A fast tokenizer call sets flags on the shared Rust tokenizer (encode_special_tokens, truncation) before
         # encoding, so concurrent calls can encode with each other's flags: every tokenizer call holds this lock.
         self.tokenizer_lock = threading.RLock()
+        # transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns, then goes away in
+        # 5.40): pass the cache under the name the installed version's model takes.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         cfg = model.config
         self.max_context_tokens: int | None = getattr(cfg, "max_position_embeddings", None)
         gen = getattr(model, "generation_config", None)
@@ -119,14 +122,14 @@ class HFBackend:
         """Append `ids` to `cache`; return the logits of the last position only."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         with self.lock, torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
         return out.logits[:, -1, :]
 
     def prefill(self, cache: DynamicCache, ids: Sequence[int]) -> None:
         if ids:
             self._forward(cache, ids)
 
-    def generate(self, cache: DynamicCache, request: GenerationRequest) -> Iterator[int]:
+    def generate(self, cache: DynamicCache, request: GenerationRequest) -> Generator[int, None, None]:
         if not request.prompt_ids:
             raise ValueError("generation needs at least one prompt token")
         sampler = _Sampler(request.sampling, self.device)
@@ -162,9 +165,7 @@ class HFBackend:
         if end > self.cache_length(cache):
             raise ValueError(f"the cache holds {self.cache_length(cache)} tokens, not the {end} this prompt needs")
         # Copies: once the cache is rolled back, its next writes go into the same buffer region.
-        kv = [
-            (layer.keys[..., start:end, :].clone(), layer.values[..., start:end, :].clone()) for layer in cache.layers
-        ]
+        kv = [(keys[..., start:end, :].clone(), values[..., start:end, :].clone()) for keys, values in _kv(cache)]
         return PromptAside(start, list(prompt_ids), kv, None)
 
     def generate_packed(
@@ -175,7 +176,7 @@ class HFBackend:
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
         logprobs: Sequence[list[float]] | None = None,
-    ) -> Iterator[list[tuple[int, int]]]:
+    ) -> Generator[list[tuple[int, int]], None, None]:
         """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
 
         Each forward appends the running rows' tokens; a 4D additive mask lets a token see the cache up to its row's
@@ -203,7 +204,11 @@ class HFBackend:
             self._append_asides(cache, [a for _, a in asides])
             appended_rows = torch.tensor([i for i, a in asides for _ in a.prompt_ids], dtype=torch.long, device=dev)
             done_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in rows]
-            row_logits = {i: a.last_logits for i, a in asides if done_len[i] == len(rows[i].prompt_ids)}
+            row_logits: dict[int, torch.Tensor] = {
+                i: a.last_logits
+                for i, a in asides
+                if done_len[i] == len(rows[i].prompt_ids) and a.last_logits is not None  # checked above
+            }
             rest = [i for i, r in enumerate(rows) if done_len[i] < len(r.prompt_ids)]
             if rest:
                 q_rows = [i for i in rest for _ in rows[i].prompt_ids[done_len[i] :]]
@@ -284,7 +289,7 @@ class HFBackend:
         input_ids = torch.tensor([list(row)], dtype=torch.long, device=self.device)
         try:
             with self.lock, torch.inference_mode():
-                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0]
+                logits = self.model(input_ids=input_ids, use_cache=True, **{self._cache_kwarg: cache}).logits[0]
         finally:
             self.rollback(cache, base)
         return _row_scores(logits, row, next_ids)
@@ -318,7 +323,7 @@ class HFBackend:
         if not asides:
             return
         with self.lock, torch.inference_mode():  # the cache's buffers are inference tensors, written in place
-            for i, layer in enumerate(cache.layers):
+            for i, layer in enumerate(_dynamic_layers(cache)):
                 keys = torch.cat([a.kv[i][0] for a in asides], dim=-2)
                 values = torch.cat([a.kv[i][1] for a in asides], dim=-2)
                 layer.update(keys, values)
@@ -346,16 +351,35 @@ class HFBackend:
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
         input_ids = torch.tensor([ids], dtype=torch.long, device=dev)
         position_ids = torch.tensor([positions], dtype=torch.long, device=dev)
-        with self.lock, torch.inference_mode():
+        # wim_sdpa: native grouped-query attention under this mask on the CPU, for this call only (see attention.py).
+        with self.lock, torch.inference_mode(), wim_sdpa(self.model):
             out = self.model(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 attention_mask=mask[None, None],
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
                 logits_to_keep=keep if keep is not None else 0,
             )
         return out.logits[0], all_rows
+
+
+def _dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers, all key/value layers (`new_cache` builds no other kind; linear-attention ones would fail)."""
+    layers = list(cache.layers)
+    if not all(isinstance(layer, DynamicLayer) for layer in layers):
+        raise TypeError("WiM needs key/value cache layers; recurrent/linear-attention caches are not supported")
+    return cast(list[DynamicLayer], layers)
+
+
+def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer of a cache that holds tokens."""
+    out = []
+    for layer in _dynamic_layers(cache):
+        if layer.keys is None or layer.values is None:
+            raise ValueError("the cache layer holds no tokens yet")
+        out.append((layer.keys, layer.values))
+    return out
 
 
 def _logprob(logits: torch.Tensor, token: int) -> float:
@@ -401,7 +425,7 @@ class _Sampler:
     def next_token(self, history: list[int], logits: torch.Tensor) -> int:
         scores = logits.float()
         if self.procs:
-            ids = torch.tensor([history], dtype=torch.long, device=logits.device)
+            ids = cast(torch.LongTensor, torch.tensor([history], dtype=torch.long, device=logits.device))
             scores = self.procs(ids, scores)
         if not self.cfg.do_sample:
             return int(scores.argmax(dim=-1).item())

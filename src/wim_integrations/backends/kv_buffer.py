@@ -54,6 +54,7 @@ class BufferedLayer(DynamicLayer):
         new_keys = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
         new_values = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
         if length:
+            assert self.keys is not None and self.values is not None  # length > 0: the layer holds tokens
             new_keys[..., :length, :] = self.keys
             new_values[..., :length, :] = self.values
         self._key_buffer, self._value_buffer, self._owns_buffer = new_keys, new_values, True

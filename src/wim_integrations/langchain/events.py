@@ -13,10 +13,8 @@ from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
-    AsyncCallbackManagerForLLMRun,
     BaseCallbackHandler,
     CallbackManager,
-    CallbackManagerForLLMRun,
     adispatch_custom_event,
     dispatch_custom_event,
 )
@@ -205,8 +203,14 @@ class _RunSpecs:
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
-class EventRelay:
-    """Turns one run's engine events into custom events and child runs (sync callbacks).
+# One callback action of a relay: ("start", prompts, meta, name, params) opens the child run events stream into,
+# ("token", text) streams into it, ("end", result) ends it, ("child", prompts, meta, name, params, result) is a whole
+# child run of its own (the classification).
+_Action = tuple[Any, ...]
+
+
+class _Relay:
+    """Which callbacks each engine event makes, once for the sync and the async relay (which only execute them).
 
     Child runs get their callback manager from the run's config like any nested runnable
     (`get_callback_manager_for_config`), so configure hooks such as `collect_runs()` and tracing from the
@@ -215,73 +219,94 @@ class EventRelay:
 
     def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
         self.config, self.specs = config, _RunSpecs(stream)
-        self.manager: CallbackManager = get_callback_manager_for_config(config)
-        self.open: CallbackManagerForLLMRun | None = None
+        self.open: Any = None  # the child run (margin or answer) events are streaming into
 
-    def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
-        cm = self.manager.copy()
+    def actions(self, ev: Any) -> list[_Action]:
+        if isinstance(ev, SegmentRead):
+            return [("start", *self.specs.margin_start(ev))]
+        if isinstance(ev, AnswerStarted):
+            return [("start", *self.specs.answer_start(ev))]
+        if self.open is None:
+            return []
+        if isinstance(ev, MarginToken | AnswerToken):
+            return [("token", ev.text)]
+        if isinstance(ev, MarginWritten):
+            actions: list[_Action] = [("end", self.specs.margin_end(ev))]
+            if spec := self.specs.classify(ev):
+                actions.append(("child", *spec))
+            return actions
+        if isinstance(ev, Finished):
+            return [("end", self.specs.answer_end(ev))]
+        return []
+
+    @staticmethod
+    def _child_manager(manager: Any, meta: dict[str, Any], name: str) -> Any:
+        cm = manager.copy()
         cm.add_tags(["wim", name], inherit=False)
         cm.add_metadata(meta, inherit=False)
+        return cm
+
+    @staticmethod
+    def stopped(error: BaseException | None) -> BaseException:
+        return error or RuntimeError("WiM run stopped before this step finished")
+
+
+class EventRelay(_Relay):
+    """Turns one run's engine events into custom events and child runs (sync callbacks)."""
+
+    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
+        super().__init__(config, stream)
+        self.manager: CallbackManager = get_callback_manager_for_config(config)
+
+    def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
+        cm = self._child_manager(self.manager, meta, name)
         return cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params)[0]
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        if isinstance(ev, SegmentRead):
-            self.open = self._start(*self.specs.margin_start(ev))
-        elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
-            self.open.on_llm_new_token(ev.text)
-        elif isinstance(ev, MarginWritten) and self.open is not None:
-            self.open.on_llm_end(self.specs.margin_end(ev))
-            self.open = None
-            if spec := self.specs.classify(ev):
-                *start, out = spec
-                self._start(*start).on_llm_end(out)
-        elif isinstance(ev, AnswerStarted):
-            self.open = self._start(*self.specs.answer_start(ev))
-        elif isinstance(ev, Finished) and self.open is not None:
-            self.open.on_llm_end(self.specs.answer_end(ev))
-            self.open = None
+        for kind, *args in self.actions(ev):
+            if kind == "start":
+                self.open = self._start(*args)
+            elif kind == "token":
+                self.open.on_llm_new_token(*args)
+            elif kind == "end":
+                self.open.on_llm_end(*args)
+                self.open = None
+            else:
+                self._start(*args[:4]).on_llm_end(args[4])
 
     def close(self, error: BaseException | None) -> None:
         """End a child run left open by an error or an early stop."""
         if self.open is not None:
-            self.open.on_llm_error(error or RuntimeError("WiM run stopped before this step finished"))
+            self.open.on_llm_error(self.stopped(error))
             self.open = None
 
 
-class AsyncEventRelay:
-    """The async twin of `EventRelay` (async callback managers, `adispatch_custom_event`)."""
+class AsyncEventRelay(_Relay):
+    """`EventRelay` on async callback managers (`adispatch_custom_event`)."""
 
     def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
-        self.config, self.specs = config, _RunSpecs(stream)
+        super().__init__(config, stream)
         self.manager: AsyncCallbackManager = get_async_callback_manager_for_config(config)
-        self.open: AsyncCallbackManagerForLLMRun | None = None
 
     async def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
-        cm = self.manager.copy()
-        cm.add_tags(["wim", name], inherit=False)
-        cm.add_metadata(meta, inherit=False)
+        cm = self._child_manager(self.manager, meta, name)
         return (await cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params))[0]
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        if isinstance(ev, SegmentRead):
-            self.open = await self._start(*self.specs.margin_start(ev))
-        elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
-            await self.open.on_llm_new_token(ev.text)
-        elif isinstance(ev, MarginWritten) and self.open is not None:
-            await self.open.on_llm_end(self.specs.margin_end(ev))
-            self.open = None
-            if spec := self.specs.classify(ev):
-                *start, out = spec
-                await (await self._start(*start)).on_llm_end(out)
-        elif isinstance(ev, AnswerStarted):
-            self.open = await self._start(*self.specs.answer_start(ev))
-        elif isinstance(ev, Finished) and self.open is not None:
-            await self.open.on_llm_end(self.specs.answer_end(ev))
-            self.open = None
+        for kind, *args in self.actions(ev):
+            if kind == "start":
+                self.open = await self._start(*args)
+            elif kind == "token":
+                await self.open.on_llm_new_token(*args)
+            elif kind == "end":
+                await self.open.on_llm_end(*args)
+                self.open = None
+            else:
+                await (await self._start(*args[:4])).on_llm_end(args[4])
 
     async def close(self, error: BaseException | None) -> None:
         if self.open is not None:
-            await self.open.on_llm_error(error or RuntimeError("WiM run stopped before this step finished"))
+            await self.open.on_llm_error(self.stopped(error))
             self.open = None

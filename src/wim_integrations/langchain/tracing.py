@@ -31,10 +31,10 @@ class RecordingClient(langsmith.Client):
                 self.order.append(key)
             self.recorded[key].update({k: v for k, v in fields.items() if v is not None})
 
-    def create_run(self, name: str, inputs: dict[str, Any], run_type: str, **kwargs: Any) -> None:  # type: ignore[override]
+    def create_run(self, name: str, inputs: dict[str, Any], run_type: str, **kwargs: Any) -> None:
         self._record(kwargs.get("id"), {**kwargs, "name": name, "inputs": inputs, "run_type": run_type})
 
-    def update_run(self, run_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update_run(self, run_id: Any, **kwargs: Any) -> None:
         self._record(run_id, {**kwargs, "id": run_id})
 
     def children(self, run_id: Any) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pydantic import Field, PrivateAttr
 from ..backends.base import GenerationRequest
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
+from ..segmenter import check_text
 from ..textstream import TextDeltas
 
 
@@ -59,6 +60,9 @@ class WiMLLM(CustomLLM):
     # -- prompt building -------------------------------------------------------------------------------
     def _completion_ids(self, prompt: str, formatted: bool) -> list[int]:
         b, frame = self._wim.backend, self._wim.frame
+        check_text(prompt, "prompt")
+        if formatted and not prompt:
+            raise WiMInputError("prompt is empty and formatted=True, so there is nothing to continue; pass a prompt.")
         if formatted:  # already in the model's chat format
             return b.encode_template(prompt)
         return frame.user_turn_ids(b, prompt)
@@ -70,6 +74,8 @@ class WiMLLM(CustomLLM):
         if not self._wim.frame.native:
             body = "\n\n".join(f"{m.role.value}: {m.content or ''}" for m in messages)
             return self._completion_ids(body, formatted=False)
+        for i, m in enumerate(messages):
+            check_text(m.content or "", f"message {i}")
         roles = {MessageRole.SYSTEM, MessageRole.USER, MessageRole.ASSISTANT}
         msgs = [{"role": m.role.value if m.role in roles else "user", "content": m.content or ""} for m in messages]
         text = b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -78,7 +84,9 @@ class WiMLLM(CustomLLM):
     def _generate(self, ids: list[int], **kwargs: Any) -> Iterator[tuple[str, str]]:
         """(text so far, delta) pairs."""
         b = self._wim.backend
-        max_new = int(kwargs.get("max_new_tokens", self.max_new_tokens))
+        max_new = kwargs.get("max_new_tokens", self.max_new_tokens)
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+            raise WiMInputError(f"max_new_tokens must be a positive integer, not {max_new!r}.")
         window = b.max_context_tokens
         if window and len(ids) + max_new > window:
             raise ContextTooLongError(

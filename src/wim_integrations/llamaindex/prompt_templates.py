@@ -67,7 +67,7 @@ def from_prompt_template(name: str, template: BasePromptTemplate | str) -> str:
     return _LI_PLACEHOLDER.sub(convert, text)
 
 
-def prompt_templates(prompts: PromptSet) -> dict[str, PromptTemplate]:
+def prompt_templates(prompts: PromptSet) -> dict[str, BasePromptTemplate]:
     return {k: to_prompt_template(v) for k, v in prompts.as_dict().items()}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any, Literal
 
 from llama_index.core.base.response.schema import (
@@ -52,7 +52,11 @@ def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "documen
     if order not in ("document", "score"):
         raise ValueError(f"order must be 'document' or 'score', not {order!r}")
     seen: set[str] = set()
-    unique = [n for n in nodes if not (n.node.node_id in seen or seen.add(n.node.node_id))]
+    unique: list[NodeWithScore] = []
+    for n in nodes:  # the first occurrence of each node
+        if n.node.node_id not in seen:
+            seen.add(n.node.node_id)
+            unique.append(n)
     if order == "score":
         return unique
     groups: dict[str, int] = {}
@@ -61,7 +65,8 @@ def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "documen
 
     def key(item: tuple[int, NodeWithScore]) -> tuple[int, float, int]:
         i, n = item
-        start = n.node.start_char_idx if isinstance(getattr(n.node, "start_char_idx", None), int) else math.inf
+        idx = getattr(n.node, "start_char_idx", None)  # text nodes have it, other nodes do not
+        start = idx if isinstance(idx, int) else math.inf
         return groups[n.node.ref_doc_id or f"node:{n.node.node_id}"], start, i
 
     return [n for _, n in sorted(enumerate(unique), key=key)]
@@ -193,7 +198,7 @@ class WiMSynthesizer(BaseSynthesizer):
         return meta
 
     # -- driving a run ---------------------------------------------------------------------------------
-    def _events(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> Iterator[Any]:
+    def _events(self, stream: WiMStream, tracer: RunTracer, meta: dict[str, Any]) -> Generator[Any, None, None]:
         run = _TracedRun(stream, tracer, meta)
         try:
             for event in stream:

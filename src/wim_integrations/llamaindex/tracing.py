@@ -77,7 +77,7 @@ class RunTracer:
         self._step_id, self._step_args = self._enter(fn, self.run_id, **args)
 
     def _close_step(self, result: Any) -> None:
-        if self._step_id is not None:
+        if self._step_id is not None and self._step_args is not None:
             self.dispatcher.span_exit(
                 id_=self._step_id, bound_args=self._step_args, instance=self.instance, result=result
             )
@@ -93,7 +93,7 @@ class RunTracer:
         """The run failed or was abandoned: drop the open spans and end an open legacy event."""
         err = err or RuntimeError("WiM run stopped before it finished")
         for span_id, args in ((self._step_id, self._step_args), (self.run_id, getattr(self, "_run_args", None))):
-            if span_id is not None:
+            if span_id is not None and args is not None:
                 self.dispatcher.span_drop(id_=span_id, bound_args=args, instance=self.instance, err=err)
         self._step_id = self.run_id = None
         self._cb_end({EventPayload.EXCEPTION: err})

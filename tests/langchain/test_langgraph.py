@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import pytest
 from langgraph.graph import END, START, StateGraph
+from tests.test_langchain import DOCS, QUESTION
 from typing_extensions import TypedDict
 
-from tests.test_langchain import DOCS, QUESTION
 from wim_integrations import InputDocument, WiMInputError
 from wim_integrations.langgraph import wim_node
 

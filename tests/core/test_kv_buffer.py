@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 from transformers.cache_utils import DynamicLayer
 
+from wim_integrations.backends.attention import wim_sdpa
 from wim_integrations.backends.kv_buffer import BufferedLayer
 
 OPS = st.lists(
@@ -71,8 +72,23 @@ def test_backend_caches_use_buffered_layers(tiny_backends):
         assert all(type(layer) is BufferedLayer for layer in cache.layers)
 
 
-def test_backend_runs_wim_sdpa(tiny_backends):
-    assert {b.model.config._attn_implementation for b in tiny_backends.values()} == {"wim_sdpa"}
+def test_wim_sdpa_only_during_packed_forwards_and_the_model_is_left_as_given(tiny_backends):
+    """A model shared with another pipeline keeps its attention: `wim_sdpa` is switched on for WiM's packed calls."""
+    from helpers import SAMPLE
+
+    from wim_integrations import WiM, WiMConfig
+
+    backend = tiny_backends["llama"]
+    assert backend.model.config._attn_implementation == "sdpa"  # building the backend changed nothing
+    seen: list[str] = []
+    hook = backend.model.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    try:
+        cfg = WiMConfig(segment_tokens=150, margin_max_new_tokens=4, answer_max_new_tokens=4, margin_batch_size=4)
+        WiM(backend, config=cfg).run(SAMPLE, "Who keeps the lighthouse?")
+    finally:
+        hook.remove()
+    assert "wim_sdpa" in seen and "sdpa" in seen  # packed steps, then plain prefill/decode
+    assert backend.model.config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "phi3"])
@@ -90,7 +106,8 @@ def test_wim_sdpa_equals_sdpa_under_a_packed_mask(tiny_model_dirs, tiny_backends
     logits = []
     for model in (backend.model, stock):
         cache = backend.new_cache()
-        with torch.inference_mode():
+        with torch.inference_mode(), wim_sdpa(backend.model) as switched:
+            assert switched or model is stock
             model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
             out = model(
                 input_ids=torch.tensor([[7, 8, 9, 10, 11, 12]]),

@@ -18,7 +18,7 @@ from helpers import HOSTILE
 
 from wim_integrations import InputDocument, MarginWritten
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "Who is the new keeper of the Corran Point lighthouse?"
 KEPT_BG, DROPPED_BG = (231, 244, 236), (241, 241, 239)  # --kept-bg and --drop-bg in html_report's CSS
 

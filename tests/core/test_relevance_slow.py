@@ -10,7 +10,7 @@ import pytest
 from wim_integrations.config import WiMConfig
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).parents[1] / "examples" / "harbor_report.txt"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "harbor_report.txt"
 QUESTION = "Who is the new keeper of the Corran Point lighthouse?"
 FACT = "The new keeper of the Corran Point lighthouse is Ines Marlowe, a former pilot of the harbor."
 FILLER = (

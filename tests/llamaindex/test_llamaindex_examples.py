@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llama_index.core.base.response.schema import Response
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load(name: str):

@@ -9,7 +9,7 @@ import pytest
 from wim_integrations.cli import main
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).parents[1] / "examples" / "harbor_report.txt"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "harbor_report.txt"
 QUESTION = "Who is the new keeper of the Corran Point lighthouse?"
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from wim_integrations.classify import parse_verdict, split_inline, verdict_is_settled
+from wim_integrations.verdicts import parse_verdict, split_inline, verdict_is_settled
 
 
 @pytest.mark.parametrize(
