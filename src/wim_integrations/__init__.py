@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .analysis import Analysis, WiMSummary
 from .config import SamplingConfig, WiMConfig
 from .doc_cache import DocumentCache
 from .engine import WiM, WiMStream
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Analysis",
     "AnswerStarted",
     "AnswerToken",
     "ContextTooLongError",
@@ -73,5 +75,6 @@ __all__ = [
     "WiMInputError",
     "WiMResult",
     "WiMStream",
+    "WiMSummary",
     *_LAZY,
 ]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .analysis import Analysis, WiMSummary
 from .backends.base import Backend, GenerationRequest, PackedRow, PromptAside
 from .classifier import MarginClassifier
 from .classify import split_inline
@@ -58,7 +59,7 @@ class Plan:
     """Everything a run needs, validated and tokenized before any forward pass."""
 
     context: Context
-    question: str
+    question: str  # for an analysis: its instruction
     config: WiMConfig
     head_ids: list[int]  # chat prefix + context opening
     margin_prompt_ids: list[int]  # instruction + question + chat suffix, appended after each segment
@@ -66,6 +67,7 @@ class Plan:
     # The margin prompt's first tokens, before the question: the same for every question, so a document cache keeps
     # their keys/values per segment and a later question computes only the rest.
     margin_head_length: int = 0
+    analysis: Analysis | None = None  # a summary / analysis: notes instead of margins, a report instead of an answer
 
     @property
     def margin_head_ids(self) -> list[int]:
@@ -160,12 +162,29 @@ class WiM:
 
     # -- planning --------------------------------------------------------------------------------------
     def plan(self, context: object, question: object, config: WiMConfig | None = None) -> Plan:
-        """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix."""
+        """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix.
+
+        `question` is a question string, or an `Analysis` (summary / document analysis: no question)."""
         cfg = config or self.config
-        if not isinstance(question, str):
-            raise WiMInputError(f"question must be a string, not {type(question).__name__}.")
-        if not question.strip():
+        analysis = question if isinstance(question, Analysis) else None
+        if analysis is not None:
+            # Notes are all kept: the margin prompt is the note instruction, the final prompt the task's.
+            cfg = cfg.with_updates(classification="none", relevance_threshold=None)
+            instruction = self.prompts.note_instruction
+            placeholder = "instruction"
+            values = {"instruction": analysis.note_instruction, "format": analysis.format_text()}
+            question = analysis.instruction
+        elif not isinstance(question, str):
+            raise WiMInputError(
+                f"question must be a string (or an Analysis for a summary), not {type(question).__name__}."
+            )
+        elif not question.strip():
             raise WiMInputError("question is empty; pass the question WiM should answer.")
+        else:
+            instruction = self.prompts.margin_instruction_for(
+                inline=cfg.classification == "inline", scope=cfg.margin_scope
+            )
+            placeholder, values = "question", {"question": question}
         if cfg.classification == "auxiliary" and self.classifier is None:
             raise WiMInputError(
                 "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
@@ -173,14 +192,13 @@ class WiM:
             )
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
-        instruction = self.prompts.margin_instruction_for(inline=cfg.classification == "inline", scope=cfg.margin_scope)
-        before_question, from_question = split_at_placeholder(instruction, "question")
-        margin_head_ids = b.encode_text(render(before_question, question=question))
+        before_question, from_question = split_at_placeholder(instruction, placeholder)
+        margin_head_ids = b.encode_text(render(before_question, **values))
         margin_prompt_ids = (
-            margin_head_ids
-            + b.encode_text(render(from_question, question=question))
-            + b.encode_template(self.frame.suffix)
+            margin_head_ids + b.encode_text(render(from_question, **values)) + b.encode_template(self.frame.suffix)
         )
+        if analysis is not None and analysis.schema is not None:
+            self._check_note_budget(analysis, cfg)
         budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
         if budget < len(margin_prompt_ids):
             raise WiMInputError(
@@ -189,11 +207,21 @@ class WiM:
             )
         with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
             ctx = segment_context(b.tokenizer, context, budget)
-        self._check_window(ctx, question, cfg, head_ids, margin_prompt_ids)
-        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids))
+        self._check_window(ctx, analysis or question, cfg, head_ids, margin_prompt_ids)
+        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis)
+
+    def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
+        """A note under a schema needs room for at least the JSON skeleton with short values."""
+        need = len(self.backend.encode_text(analysis.note_skeleton()))
+        if cfg.margin_max_new_tokens < need:
+            raise WiMInputError(
+                f"margin_max_new_tokens={cfg.margin_max_new_tokens} is too small for notes in schema "
+                f"{analysis.schema_name}: its bare JSON form already takes {need} tokens. Raise margin_max_new_tokens "
+                f"(at least {need}, better {2 * need}) or use a schema with fewer fields."
+            )
 
     def _check_window(
-        self, ctx: Context, question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
+        self, ctx: Context, question: str | Analysis, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
     ) -> None:
         b = self.backend
         limits = [
@@ -226,16 +254,18 @@ class WiM:
                     "lower margin_max_new_tokens/answer_max_new_tokens, or use a model with a longer window."
                 )
 
-    def _final_prompt_ids(self, question: str, margins: Sequence[Margin], n_segments: int) -> list[int]:
+    def _final_prompt_ids(self, question: str | Analysis, margins: Sequence[Margin], n_segments: int) -> list[int]:
         b = self.backend
-        if margins:
-            block = "\n\n".join(
-                f"Margin note {i} (part {m.segment_index + 1} of {n_segments}):\n{m.text}"
-                for i, m in enumerate(margins, 1)
+        label = "Note" if isinstance(question, Analysis) else "Margin note"
+        block = "\n\n".join(
+            f"{label} {i} (part {m.segment_index + 1} of {n_segments}):\n{m.text}" for i, m in enumerate(margins, 1)
+        )
+        if isinstance(question, Analysis):
+            body = render(
+                self.prompts.final_report, notes=block or self.prompts.no_notes, instruction=question.instruction
             )
         else:
-            block = self.prompts.no_margins
-        body = render(self.prompts.final_answer, margins=block, question=question)
+            body = render(self.prompts.final_answer, margins=block or self.prompts.no_margins, question=question)
         return b.encode_text(body) + b.encode_template(self.frame.suffix)
 
     # -- running ---------------------------------------------------------------------------------------
@@ -252,6 +282,33 @@ class WiM:
             pass
         assert stream.result is not None
         return stream.result
+
+    def summarize(
+        self, context: object, instruction: str | None = None, *, config: WiMConfig | None = None, **overrides: Any
+    ) -> WiMSummary:
+        """Summarise a long context: a note of each part's key facts (with the earlier text in view), then the summary
+        from the whole context and the notes. `instruction` replaces the default summary instruction."""
+        result = self.run(context, Analysis.summary(instruction), config=config, **overrides)
+        assert isinstance(result, WiMSummary)
+        return result
+
+    def analyze(
+        self,
+        context: object,
+        instruction: str,
+        *,
+        schema: type | None = None,
+        note_instruction: str | None = None,
+        config: WiMConfig | None = None,
+        **overrides: Any,
+    ) -> WiMSummary:
+        """Carry out `instruction` ("list every obligation and its deadline") over a long context: notes under the
+        instruction (or `note_instruction`) after each part, each validated against `schema` when given, then the
+        report from the whole context and the notes."""
+        task = Analysis.create(instruction, schema=schema, note_instruction=note_instruction)
+        result = self.run(context, task, config=config, **overrides)
+        assert isinstance(result, WiMSummary)
+        return result
 
     async def astream(
         self, context: object, question: object, *, config: WiMConfig | None = None, **overrides: Any
@@ -375,7 +432,7 @@ class WiMStream:
         relevant = [m for m in margins if m.relevant]
         yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
         t0 = time.perf_counter()
-        final_ids = wim._final_prompt_ids(plan.question, relevant, n)
+        final_ids = wim._final_prompt_ids(plan.analysis or plan.question, relevant, n)
         tokens.answer_prompt = len(final_ids)
         deltas = TextDeltas(b.decode)
         for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
@@ -387,9 +444,8 @@ class WiMStream:
         timings.answer_seconds = time.perf_counter() - t0
         tokens.answer_generated = len(deltas.ids)
         timings.total_seconds = time.perf_counter() - t_start
-        self.result = WiMResult(
+        outcome = dict(
             answer=deltas.text.strip(),
-            question=plan.question,
             margins=margins,
             n_segments=n,
             segments_read=read,
@@ -398,6 +454,11 @@ class WiMStream:
             tokens=tokens,
             model=b.name,
         )
+        if plan.analysis is not None:
+            task = plan.analysis
+            self.result = WiMSummary(question="", instruction=task.instruction, schema_name=task.schema_name, **outcome)
+        else:
+            self.result = WiMResult(question=plan.question, **outcome)
         yield Finished(result=self.result)
 
     def _read_sequential(self, cache: Any, run: _RunState, store: Callable[[], object] | None) -> Iterator[WiMEvent]:
@@ -602,6 +663,8 @@ class WiMStream:
             documents=list(seg.documents),
             n_tokens=n_tokens,
             seconds=secs,
+            data=judged.data,
+            parse_error=judged.parse_error,
         )
 
     def _margin_classifier(self, cfg: WiMConfig) -> MarginClassifier:
@@ -616,8 +679,10 @@ class WiMStream:
 
     def _judge(self, drafts: list[MarginDraft], run: _RunState) -> list[_Judgement]:
         """Verdict (and score) per margin; a group is judged in one pass."""
-        cfg = self.plan.config
+        cfg, task = self.plan.config, self.plan.analysis
         mode = cfg.classification
+        if task is not None:  # notes: all kept; validated against the schema when there is one
+            return [_Judgement(d.text, "unclassified", None, None, *task.parse(d.text)) for d in drafts]
         if mode == "none":
             return [_Judgement(d.text, "unclassified") for d in drafts]
         if mode == "inline":
@@ -656,3 +721,5 @@ class _Judgement:
     verdict: Verdict
     reply: str | None = None  # the classifier's reply (same_model / auxiliary)
     score: float | None = None  # score-based modes
+    data: dict[str, Any] | None = None  # an analysis note validated against its schema
+    parse_error: str | None = None  # why it did not validate

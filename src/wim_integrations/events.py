@@ -26,7 +26,7 @@ class DocumentSpan(BaseModel):
 
 
 class Margin(BaseModel):
-    """A margin note written after one segment, with its relevance verdict."""
+    """A margin note written after one segment, with its relevance verdict (in a summary or analysis: a note)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -46,6 +46,8 @@ class Margin(BaseModel):
     token_span: tuple[int, int]
     documents: list[DocumentSpan] = Field(default_factory=list)
     n_tokens: int = Field(description="tokens generated for the margin")
+    data: dict[str, Any] | None = Field(None, description="an analysis note validated against its schema")
+    parse_error: str | None = Field(None, description="why an analysis note did not validate against its schema")
     seconds: float = Field(description="time to write and classify this margin")
 
 
