@@ -36,7 +36,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
+    _add_summarize(sub)
     return parser
+
+
+def _add_summarize(sub: argparse._SubParsersAction) -> None:
+    summ = sub.add_parser(
+        "summarize", help="summarise a document (or carry out --instruction over it) with notes after each part"
+    )
+    summ.add_argument("--file", "-f", help="document to read (UTF-8 text); '-' or omitted reads standard input")
+    summ.add_argument(
+        "--instruction", "-i", help="what to write from the whole document (default: a summary of its key facts)"
+    )
+    summ.add_argument("--note-instruction", help="what each note records (default: the part's key facts)")
+    summ.add_argument("--model", "-m", help="local HF model directory or cached hub id (default: embedded SmolLM2)")
+    summ.add_argument("--segment-tokens", type=int, help="segment size in model tokens (default: sized for the model)")
+    summ.add_argument("--margin-tokens", type=int, default=64, help="max new tokens per note (default 64)")
+    summ.add_argument("--answer-tokens", type=int, default=256, help="max new tokens of the summary (default 256)")
+    summ.add_argument("--batch", type=int, default=1, metavar="N", help="decode the notes of N segments together")
+    summ.add_argument("--json", action="store_true", help="print the full result (summary, notes) as JSON")
+    summ.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
 def _read_document(path: str | None) -> str:
@@ -103,20 +122,28 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             segment_tokens=args.segment_tokens,
             margin_max_new_tokens=args.margin_tokens,
             answer_max_new_tokens=args.answer_tokens,
-            classification=args.classification,
+            classification=getattr(args, "classification", "none"),  # `summarize` keeps every note
             margin_batch_size=args.batch,
         )
+        from .analysis import Analysis
         from .engine import WiM
+
+        task = (
+            args.question
+            if args.command == "ask"
+            else Analysis.summary(args.instruction, note_instruction=args.note_instruction)
+        )
 
         t0 = time.perf_counter()
         if args.model:
             err.write(f"Loading {args.model}...\n")
-            wim = WiM.from_pretrained(args.model, classifier_model=args.classifier_model, config=config)
+            classifier = getattr(args, "classifier_model", None)
+            wim = WiM.from_pretrained(args.model, classifier_model=classifier, config=config)
         else:
             err.write("Loading the embedded SmolLM2-135M-Instruct...\n")
             wim = WiM.default(config=config, progress=lambda msg: err.write(msg + "\n"))
         err.write(f"Model ready in {time.perf_counter() - t0:.1f}s.\n")
-        stream = wim.stream(document, args.question)
+        stream = wim.stream(document, task)
         show = None if (args.json or args.quiet) else _Progress(err, out)
         for event in stream:
             if show:
@@ -132,7 +159,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return 2
     except ValidationError as exc:  # a setting out of range, e.g. --batch 0
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err.write(f"wim: error: invalid setting ({problems}); see `wim ask --help`.\n")
+        err.write(f"wim: error: invalid setting ({problems}); see `wim {args.command} --help`.\n")
         return 2
     except KeyboardInterrupt:
         err.write("wim: interrupted\n")
