@@ -21,6 +21,7 @@ from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
 from ..segmenter import InputDocument
 from .events import AsyncEventRelay, EventRelay
+from .summary import analysis_from_input
 
 QUESTION_KEYS = ("question", "input", "query")
 # Chain fields that override the engine's WiMConfig for each call (None keeps the engine's setting).
@@ -48,6 +49,10 @@ class WiMChainInput(BaseModel):
     context: str | list[Document] | list[str] | None = Field(
         None, description="the long context: a string or documents (defaults to the chain's bound context)"
     )
+    # Reading without a question (langchain/summary.py); a dict input may also carry "schema", a pydantic model.
+    summarize: bool | str | None = Field(None, description="True or a summary instruction: summarise the context")
+    analyze: str | None = Field(None, description="an analysis instruction, e.g. 'list every obligation'")
+    note_instruction: str | None = Field(None, description="what each note records (summaries and analyses)")
 
 
 @functools.cache
@@ -122,10 +127,14 @@ class WiMChain(RunnableSerializable[Input, Any]):
             question, context = value, None
         elif isinstance(value, dict):
             found = [k for k in QUESTION_KEYS if value.get(k) is not None]
+            if not found and (task := analysis_from_input(value)) is not None:  # a summary / analysis (summary.py)
+                value = {**value, "question": task}
+                found = ["question"]
             if not found:
                 raise WiMInputError(
                     f"WiMChain input has no question: expected one of {list(QUESTION_KEYS)} among keys "
-                    f"{sorted(value)}. Pass {{'question': ..., 'context': ...}}."
+                    f"{sorted(value)}. Pass {{'question': ..., 'context': ...}} (or {{'summarize': True, "
+                    "'context': ...}} for a summary)."
                 )
             question, context = value[found[0]], value.get("context")
         else:
