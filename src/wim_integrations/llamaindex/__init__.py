@@ -17,6 +17,7 @@ from .events import (
 from .handlers import WiMMarginCollector, WiMProgressHandler
 from .llm import WiMLLM
 from .query_engine import WholeDocumentsRetriever, WiMQueryEngine
+from .summary import WiMSummarySynthesizer, summary_query_engine
 from .synthesizer import WiMSynthesizer, reading_order
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "WiMProgressHandler",
     "WiMQueryEngine",
     "WiMSegmentReadEvent",
+    "WiMSummarySynthesizer",
     "WiMSynthesizer",
     "reading_order",
+    "summary_query_engine",
 ]
