@@ -87,6 +87,7 @@ def test_notes_carry_spans_and_document_ids(wim):
     assert {d.doc_id for n in result.notes for d in n.documents} == {"a", "b"}
     for r, note in zip(reads, result.notes, strict=True):
         assert (r.char_span, r.token_span, r.documents) == (note.char_span, note.token_span, note.documents)
+    assert events[-1].model_dump(mode="json")["result"]["instruction"] == DEFAULT_SUMMARY_INSTRUCTION  # payloads
     started = next(e for e in events if e.type == "answer_started")
     assert started.n_relevant_margins == len(result.notes)  # every note is used
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
 Verdict = Literal["yes", "no", "unknown", "unclassified"]
 
@@ -137,7 +137,7 @@ class AnswerToken(_Event):
 
 class Finished(_Event):
     type: Literal["finished"] = "finished"
-    result: WiMResult
+    result: SerializeAsAny[WiMResult]  # a WiMSummary keeps its own fields (instruction) in payloads
 
 
 WiMEvent = Annotated[
