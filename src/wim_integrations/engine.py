@@ -192,10 +192,10 @@ class WiM:
             )
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
-        before_question, from_question = split_at_placeholder(instruction, placeholder)
-        margin_head_ids = b.encode_text(render(before_question, **values))
+        shared, varying = split_at_placeholder(instruction, placeholder)
+        margin_head_ids = b.encode_text(render(shared, **values))
         margin_prompt_ids = (
-            margin_head_ids + b.encode_text(render(from_question, **values)) + b.encode_template(self.frame.suffix)
+            margin_head_ids + b.encode_text(render(varying, **values)) + b.encode_template(self.frame.suffix)
         )
         if analysis is not None and analysis.schema is not None:
             self._check_note_budget(analysis, cfg)
@@ -682,7 +682,11 @@ class WiMStream:
         cfg, task = self.plan.config, self.plan.analysis
         mode = cfg.classification
         if task is not None:  # notes: all kept; validated against the schema when there is one
-            return [_Judgement(d.text, "unclassified", None, None, *task.parse(d.text)) for d in drafts]
+            parsed = [task.parse(d.text) for d in drafts]
+            return [
+                _Judgement(d.text, "unclassified", data=data, parse_error=error)
+                for d, (data, error) in zip(drafts, parsed, strict=True)
+            ]
         if mode == "none":
             return [_Judgement(d.text, "unclassified") for d in drafts]
         if mode == "inline":
