@@ -50,7 +50,12 @@ def _build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(
         vocab_size=1000, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    templates = [f.read_text() for f in sorted((Path(__file__).parents[1] / "templates").glob("*.txt"))]
+    # The summary templates came later: leaving them out keeps this tokenizer, and so every tiny model's greedy
+    # output that other tests pin down, as it was.
+    later = {"note_instruction", "final_report", "no_notes"}
+    templates = [
+        f.read_text() for f in sorted((Path(__file__).parents[1] / "templates").glob("*.txt")) if f.stem not in later
+    ]
     tok.train_from_iterator((CORPUS + templates) * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .analysis import Analysis, WiMSummary
 from .config import SamplingConfig, WiMConfig
 from .doc_cache import DocumentCache
 from .engine import WiM, WiMStream
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Analysis",
     "AnswerStarted",
     "AnswerToken",
     "ContextDocument",
@@ -79,5 +81,6 @@ __all__ = [
     "WiMInputError",
     "WiMResult",
     "WiMStream",
+    "WiMSummary",
     *_LAZY,
 ]

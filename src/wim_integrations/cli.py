@@ -11,6 +11,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
+from .analysis import Analysis
 from .config import WiMConfig
 from .errors import WiMError
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
@@ -66,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
     ask.add_argument("--html", metavar="PATH", help="also write the reading report (document + margins) as HTML")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
+    _add_summarize(sub)
     return parser
 
 
@@ -77,6 +79,27 @@ def _decode(data: bytes, source: str) -> str:
             f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it first, e.g. "
             "`iconv -f latin1 -t utf-8`."
         ) from exc
+
+
+# The settings `wim summarize` takes (notes are all kept, so no classification options).
+SUMMARY_OPTIONS = ("--segment-tokens", "--margin-tokens", "--answer-tokens", "--batch")
+
+
+def _add_summarize(sub: argparse._SubParsersAction) -> None:
+    summ = sub.add_parser(
+        "summarize", help="summarise a document (or carry out --instruction over it) with notes after each part"
+    )
+    summ.add_argument("--file", "-f", help="document to read (UTF-8 text); '-' or omitted reads standard input")
+    summ.add_argument(
+        "--instruction", "-i", help="what to write from the whole document (default: a summary of its key facts)"
+    )
+    summ.add_argument("--note-instruction", help="what each note records (default: the part's key facts)")
+    summ.add_argument("--model", "-m", help="local HF model directory or cached hub id (default: embedded SmolLM2)")
+    for flag in SUMMARY_OPTIONS:
+        _add_config_option(summ, flag, CONFIG_OPTIONS[flag])
+    summ.add_argument("--json", action="store_true", help="print the full result (summary, notes) as JSON")
+    summ.add_argument("--html", metavar="PATH", help="also write the reading report (document + notes) as HTML")
+    summ.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
 def _read_document(path: str | None) -> str:
@@ -97,7 +120,9 @@ def _read_document(path: str | None) -> str:
 
 def _config(args: argparse.Namespace) -> WiMConfig:
     """The run's settings from the options given (the others keep WiMConfig's defaults); checks that need no model."""
-    config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n)) is not None})
+    config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n, None)) is not None})
+    if args.command != "ask":
+        return config
     if config.classification == "auxiliary" and not args.classifier_model:
         raise WiMError("--classification auxiliary needs --classifier-model PATH (the model that judges margins).")
     if args.classifier_model and config.classification != "auxiliary":
@@ -157,9 +182,14 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             check_report_path(args.html)  # before any model work
         # Everything that can be checked without the model is checked before loading it.
         config = _config(args)
-        check_text(args.question, "question")
-        if not args.question.strip():
-            raise WiMError("the question is empty; pass the question WiM should answer with -q.")
+        task: str | Analysis
+        if args.command == "ask":
+            check_text(args.question, "question")
+            if not args.question.strip():
+                raise WiMError("the question is empty; pass the question WiM should answer with -q.")
+            task = args.question
+        else:
+            task = Analysis.summary(args.instruction, note_instruction=args.note_instruction)
         document = check_text(_read_document(args.file), f"the document {args.file or '(stdin)'}")
         if not document.strip():
             raise WiMError(f"the document {args.file or '(stdin)'} is empty; give WiM some text to read.")
@@ -167,7 +197,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         from .models import load_backend, load_default_backend
 
         t0 = time.perf_counter()
-        classifier = load_backend(args.classifier_model) if args.classifier_model else None
+        classifier_model = getattr(args, "classifier_model", None)
+        classifier = load_backend(classifier_model) if classifier_model else None
         if args.model:
             err.write(f"Loading {args.model}...\n")
             backend = load_backend(args.model)
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             backend = load_default_backend(progress=lambda msg: print(msg, file=err))
         wim = WiM(backend, config=config, classifier=classifier)
         err.write(f"Model ready in {time.perf_counter() - t0:.1f}s.\n")
-        stream = wim.stream(document, args.question)
+        stream = wim.stream(document, task)
         show = None if (args.json or args.quiet) else _Progress(err, out)
         for event in stream:
             if show:
@@ -195,7 +226,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return 2
     except ValidationError as exc:  # a setting out of range, e.g. --batch 0
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err.write(f"wim: error: invalid setting ({problems}); see `wim ask --help`.\n")
+        err.write(f"wim: error: invalid setting ({problems}); see `wim {args.command} --help`.\n")
         return 2
     except KeyboardInterrupt:
         err.write("wim: interrupted\n")

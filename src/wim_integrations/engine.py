@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from .analysis import Analysis, WiMSummary
 from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow, PromptAside
 from .classifier import MarginClassifier
 from .config import WiMConfig
@@ -73,7 +74,7 @@ class Plan:
     """Everything a run needs, validated and tokenized before any forward pass."""
 
     context: Context
-    question: str
+    question: str  # for an analysis: its instruction
     config: WiMConfig
     head_ids: list[int]  # chat prefix + context opening
     margin_prompt_ids: list[int]  # instruction + question + chat suffix, appended after each segment
@@ -81,6 +82,7 @@ class Plan:
     # The margin prompt's first tokens, before the question: the same for every question, so a document cache keeps
     # their keys/values per segment and a later question computes only the rest.
     margin_head_length: int = 0
+    analysis: Analysis | None = None  # a summary / analysis: notes instead of margins, a report instead of an answer
 
     @property
     def margin_head_ids(self) -> list[int]:
@@ -190,16 +192,33 @@ class WiM:
 
     # -- planning --------------------------------------------------------------------------------------
     def plan(self, context: object, question: object, config: ConfigInput = None) -> Plan:
-        """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix."""
+        """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix.
+
+        `question` is a question string, or an `Analysis` (summary / document analysis: no question)."""
         cfg = _as_config(config, self.config)
-        check_text(question, "question")
-        assert isinstance(question, str)
-        if not question.strip():
-            raise WiMInputError("question is empty; pass the question WiM should answer.")
+        analysis = question if isinstance(question, Analysis) else None
+        if analysis is not None:
+            # Notes are all kept: the margin prompt is the note instruction, the final prompt the task's.
+            cfg = cfg.with_updates(classification="none", relevance_threshold=None)
+            instruction = self.prompts.note_instruction
+            placeholder = "instruction"
+            values = {"instruction": analysis.note_instruction, "format": analysis.format_text()}
+            question = analysis.instruction
+        else:
+            check_text(question, "question")
+            if not isinstance(question, str):
+                raise WiMInputError(
+                    f"question must be a string (or an Analysis for a summary), not {type(question).__name__}."
+                )
+            if not question.strip():
+                raise WiMInputError("question is empty; pass the question WiM should answer.")
+            instruction = self.prompts.margin_instruction_for(
+                inline=cfg.classification == "inline", scope=cfg.margin_scope
+            )
+            placeholder, values = "question", {"question": question}
         if cfg.classification == "segment_pmi" and not getattr(self.backend, "supports_packed", False):
             if "classification" not in cfg.model_fields_set:  # the default: the closest score this model supports
-                cfg = cfg.with_updates(classification="pmi")
-                return self.plan(context, question, cfg)
+                return self.plan(context, analysis or question, cfg.with_updates(classification="pmi"))
             raise WiMInputError(
                 f"classification='segment_pmi' scores each margin on the cache cut before its segment, which model "
                 f"{self.backend.name!r} cannot do (sliding-window layers); use classification='pmi' instead."
@@ -212,13 +231,10 @@ class WiM:
         docs = as_documents(context)  # type and text checks before any tokenization
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
-        instruction = self.prompts.margin_instruction_for(inline=cfg.classification == "inline", scope=cfg.margin_scope)
-        before_question, from_question = split_at_placeholder(instruction, "question")
-        margin_head_ids = b.encode_text(render(before_question, question=question))
+        shared, varying = split_at_placeholder(instruction, placeholder)
+        margin_head_ids = b.encode_text(render(shared, **values))
         margin_prompt_ids = (
-            margin_head_ids
-            + b.encode_text(render(from_question, question=question))
-            + b.encode_template(self.frame.suffix)
+            margin_head_ids + b.encode_text(render(varying, **values)) + b.encode_template(self.frame.suffix)
         )
         # The question's own size first: with a long question no segment size or context can fit.
         question_tokens = len(b.encode_text(question))
@@ -231,6 +247,8 @@ class WiM:
                     f"{cfg.margin_max_new_tokens} needs {need} tokens, more than model {b.name!r}'s {what} of "
                     f"{limit}. Shorten the question (put long material in the context instead)."
                 )
+        if analysis is not None and analysis.schema is not None:
+            self._check_note_budget(analysis, cfg)
         budget = cfg.segment_tokens or default_segment_tokens(b.max_context_tokens)
         if budget < len(margin_prompt_ids):
             raise WiMInputError(
@@ -238,11 +256,22 @@ class WiM:
                 f"({len(margin_prompt_ids)} tokens, {question_tokens} of them the question); use segment_tokens of at "
                 f"least {len(margin_prompt_ids)} (a few times more is sensible), or shorten the question."
             )
-        self._check_window_early(docs, question, cfg, head_ids, margin_prompt_ids)
+        task = analysis or question
+        self._check_window_early(docs, task, cfg, head_ids, margin_prompt_ids)
         with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
             ctx = segment_context(b.tokenizer, docs, budget)
-        self._check_window(ctx.n_tokens, len(ctx.segments), question, cfg, head_ids, margin_prompt_ids)
-        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids))
+        self._check_window(ctx.n_tokens, len(ctx.segments), task, cfg, head_ids, margin_prompt_ids)
+        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis)
+
+    def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
+        """A note under a schema needs room for at least the JSON skeleton with short values."""
+        need = len(self.backend.encode_text(analysis.note_skeleton()))
+        if cfg.margin_max_new_tokens < need:
+            raise WiMInputError(
+                f"margin_max_new_tokens={cfg.margin_max_new_tokens} is too small for notes in schema "
+                f"{analysis.schema_name}: its bare JSON form already takes {need} tokens. Raise margin_max_new_tokens "
+                f"(at least {need}, better {2 * need}) or use a schema with fewer fields."
+            )
 
     def _limits(self) -> list[tuple[int, str]]:
         """(tokens, what) of every length limit of the backend."""
@@ -260,7 +289,12 @@ class WiM:
         ]
 
     def _check_window_early(
-        self, docs: Sequence[InputDocument], question: str, cfg: WiMConfig, head: list[int], margin_prompt: list[int]
+        self,
+        docs: Sequence[InputDocument],
+        question: str | Analysis,
+        cfg: WiMConfig,
+        head: list[int],
+        margin_prompt: list[int],
     ) -> None:
         """Refuse a context that cannot fit from its byte length alone, before tokenizing it (seconds per MB)."""
         limits = self._limits()
@@ -275,7 +309,7 @@ class WiM:
         self,
         n_tokens: int,
         n_segments: int,
-        question: str,
+        question: str | Analysis,
         cfg: WiMConfig,
         head: list[int],
         margin_prompt: list[int],
@@ -307,16 +341,18 @@ class WiM:
                     "longer window."
                 )
 
-    def _final_prompt_ids(self, question: str, margins: Sequence[Margin], n_segments: int) -> list[int]:
+    def _final_prompt_ids(self, question: str | Analysis, margins: Sequence[Margin], n_segments: int) -> list[int]:
         b = self.backend
-        if margins:
-            block = "\n\n".join(
-                f"Margin note {i} (part {m.segment_index + 1} of {n_segments}):\n{m.text}"
-                for i, m in enumerate(margins, 1)
+        label = "Note" if isinstance(question, Analysis) else "Margin note"
+        block = "\n\n".join(
+            f"{label} {i} (part {m.segment_index + 1} of {n_segments}):\n{m.text}" for i, m in enumerate(margins, 1)
+        )
+        if isinstance(question, Analysis):
+            body = render(
+                self.prompts.final_report, notes=block or self.prompts.no_notes, instruction=question.instruction
             )
         else:
-            block = self.prompts.no_margins
-        body = render(self.prompts.final_answer, margins=block, question=question)
+            body = render(self.prompts.final_answer, margins=block or self.prompts.no_margins, question=question)
         return b.encode_text(body) + b.encode_template(self.frame.suffix)
 
     # -- running ---------------------------------------------------------------------------------------
@@ -331,6 +367,33 @@ class WiM:
             pass
         assert stream.result is not None
         return stream.result
+
+    def summarize(
+        self, context: object, instruction: str | None = None, *, config: WiMConfig | None = None, **overrides: Any
+    ) -> WiMSummary:
+        """Summarise a long context: a note of each part's key facts (with the earlier text in view), then the summary
+        from the whole context and the notes. `instruction` replaces the default summary instruction."""
+        result = self.run(context, Analysis.summary(instruction), config=config, **overrides)
+        assert isinstance(result, WiMSummary)
+        return result
+
+    def analyze(
+        self,
+        context: object,
+        instruction: str,
+        *,
+        schema: type | None = None,
+        note_instruction: str | None = None,
+        config: WiMConfig | None = None,
+        **overrides: Any,
+    ) -> WiMSummary:
+        """Carry out `instruction` ("list every obligation and its deadline") over a long context: notes under the
+        instruction (or `note_instruction`) after each part, each validated against `schema` when given, then the
+        report from the whole context and the notes."""
+        task = Analysis.create(instruction, schema=schema, note_instruction=note_instruction)
+        result = self.run(context, task, config=config, **overrides)
+        assert isinstance(result, WiMSummary)
+        return result
 
     async def astream(
         self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any
@@ -466,7 +529,7 @@ class WiMStream:
         relevant = [m for m in margins if m.relevant]
         yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
         t0 = time.perf_counter()
-        final_ids = wim._final_prompt_ids(plan.question, relevant, n)
+        final_ids = wim._final_prompt_ids(plan.analysis or plan.question, relevant, n)
         tokens.answer_prompt = len(final_ids)
         deltas = TextDeltas(b.decode)
         for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
@@ -478,9 +541,8 @@ class WiMStream:
         timings.answer_seconds = time.perf_counter() - t0
         tokens.answer_generated = len(deltas.ids)
         timings.total_seconds = time.perf_counter() - t_start
-        self.result = WiMResult(
+        outcome = dict(
             answer=deltas.text.strip(),
-            question=plan.question,
             margins=margins,
             n_segments=n,
             segments_read=read,
@@ -492,6 +554,11 @@ class WiMStream:
             documents=_document_records(plan.context),
             context_text=plan.context.text,
         )
+        if plan.analysis is not None:
+            task = plan.analysis
+            self.result = WiMSummary(question="", instruction=task.instruction, schema_name=task.schema_name, **outcome)
+        else:
+            self.result = WiMResult(question=plan.question, **outcome)
         yield Finished(result=self.result)
 
     def _read_sequential(self, cache: Any, run: _RunState, store: Callable[[], object] | None) -> Iterator[WiMEvent]:
@@ -701,6 +768,8 @@ class WiMStream:
             documents=list(seg.documents),
             n_tokens=n_tokens,
             seconds=secs,
+            data=judged.data,
+            parse_error=judged.parse_error,
         )
 
     def _margin_classifier(self, cfg: WiMConfig) -> MarginClassifier:
@@ -715,8 +784,14 @@ class WiMStream:
 
     def _judge(self, drafts: list[MarginDraft], run: _RunState, cache: Any) -> list[_Judgement]:
         """Verdict (and score) per margin; a group is judged in one pass. `cache` holds the text read so far."""
-        cfg = self.plan.config
+        cfg, task = self.plan.config, self.plan.analysis
         mode = cfg.classification
+        if task is not None:  # notes: all kept; validated against the schema when there is one
+            parsed = [task.parse(d.text) for d in drafts]
+            return [
+                _Judgement(d.text, "unclassified", data=data, parse_error=error)
+                for d, (data, error) in zip(drafts, parsed, strict=True)
+            ]
         if mode == "none":
             return [_Judgement(d.text, "unclassified") for d in drafts]
         if mode == "inline":
@@ -760,6 +835,8 @@ class _Judgement:
     verdict: Verdict
     reply: str | None = None  # the classifier's reply (same_model / auxiliary)
     score: float | None = None  # score-based modes
+    data: dict[str, Any] | None = None  # an analysis note validated against its schema
+    parse_error: str | None = None  # why it did not validate
 
 
 def _segment_records(segments: Sequence[Segment], read_seconds: dict[int, float]) -> list[SegmentInfo]:

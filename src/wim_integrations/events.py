@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
 Verdict = Literal["yes", "no", "unknown", "unclassified"]
 
@@ -27,7 +27,7 @@ class DocumentSpan(BaseModel):
 
 
 class Margin(BaseModel):
-    """A margin note written after one segment, with its relevance verdict."""
+    """A margin note written after one segment, with its relevance verdict (in a summary or analysis: a note)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -47,6 +47,8 @@ class Margin(BaseModel):
     token_span: tuple[int, int]
     documents: list[DocumentSpan] = Field(default_factory=list)
     n_tokens: int = Field(description="tokens generated for the margin")
+    data: dict[str, Any] | None = Field(None, description="an analysis note validated against its schema")
+    parse_error: str | None = Field(None, description="why an analysis note did not validate against its schema")
     seconds: float = Field(description="time to write and classify this margin")
 
 
@@ -177,7 +179,7 @@ class AnswerToken(_Event):
 
 class Finished(_Event):
     type: Literal["finished"] = "finished"
-    result: WiMResult
+    result: SerializeAsAny[WiMResult]  # a WiMSummary keeps its own fields (instruction) in payloads
 
 
 WiMEvent = Annotated[

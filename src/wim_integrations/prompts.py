@@ -63,6 +63,9 @@ class PromptSet:
     classification: str
     final_answer: str
     no_margins: str
+    note_instruction: str  # summaries and analyses: the note written after each part ({{instruction}}, {{format}})
+    final_report: str  # summaries and analyses: the final pass ({{notes}}, {{instruction}})
+    no_notes: str
 
     @classmethod
     def default(cls) -> PromptSet:

@@ -21,6 +21,7 @@ from ..events import AnswerToken, Margin, WiMResult
 from ..segmenter import InputDocument
 from .events import AsyncEventRelay, EventRelay
 from .settings import WiMSettings, check_known
+from .summary import analysis_from_input
 
 QUESTION_KEYS = ("question", "input", "query")
 
@@ -117,10 +118,14 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
             question, context = value, None
         elif isinstance(value, dict):
             found = [k for k in QUESTION_KEYS if value.get(k) is not None]
+            if not found and (task := analysis_from_input(value)) is not None:  # a summary / analysis (summary.py)
+                value = {**value, "question": task}
+                found = ["question"]
             if not found:
                 raise WiMInputError(
                     f"WiMChain input has no question: expected one of {list(QUESTION_KEYS)} among keys "
-                    f"{sorted(value)}. Pass {{'question': ..., 'context': ...}}."
+                    f"{sorted(value)}. Pass {{'question': ..., 'context': ...}} (or {{'summarize': True, "
+                    "'context': ...}} for a summary)."
                 )
             question, context = value[found[0]], value.get("context")
         else:

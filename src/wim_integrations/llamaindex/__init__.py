@@ -17,6 +17,7 @@ from .events import (
 from .handlers import WiMMarginCollector, WiMProgressHandler
 from .llm import WiMLLM
 from .query_engine import WholeDocumentsRetriever, WiMQueryEngine
+from .summary import WiMSummarySynthesizer, summary_query_engine
 from .synthesizer import WiMSynthesizer, reading_order, wim_result
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
     "WiMProgressHandler",
     "WiMQueryEngine",
     "WiMSegmentReadEvent",
+    "WiMSummarySynthesizer",
     "WiMSynthesizer",
     "reading_order",
+    "summary_query_engine",
     "wim_result",
 ]

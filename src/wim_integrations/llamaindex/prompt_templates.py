@@ -24,6 +24,9 @@ PROMPT_VARIABLES: dict[str, frozenset[str]] = {
     "classification": frozenset({"question", "margin"}),
     "final_answer": frozenset({"margins", "question"}),
     "no_margins": frozenset(),
+    "note_instruction": frozenset({"instruction", "format"}),
+    "final_report": frozenset({"notes", "instruction"}),
+    "no_notes": frozenset(),
 }
 
 _CORE_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")

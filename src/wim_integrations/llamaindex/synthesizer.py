@@ -170,7 +170,7 @@ class WiMSynthesizer(BaseSynthesizer):
         self, docs: list[InputDocument], query_str: str, overrides: dict[str, Any]
     ) -> tuple[WiMStream, RunTracer]:
         """Validate and plan now (bad input raises here, before any compute); the tracer hangs off the open span."""
-        stream = self._wim.stream(docs, query_str, config=self._config, **overrides)
+        stream = self._wim.stream(docs, self._reading_task(query_str), config=self._config, **overrides)
         tracer = RunTracer(
             dispatcher,
             self,
@@ -180,6 +180,10 @@ class WiMSynthesizer(BaseSynthesizer):
             {d.id: d.text for d in docs if d.id},
         )
         return stream, tracer
+
+    def _reading_task(self, query_str: str) -> Any:
+        """What WiM is asked: the query itself here; a summary or analysis in `WiMSummarySynthesizer`."""
+        return query_str
 
     def _prepare(
         self, query: QueryTextType, nodes: list[NodeWithScore], additional: Sequence[NodeWithScore] | None
