@@ -36,7 +36,7 @@ def bundled(tiny_wim):
     ]
     result = tiny_wim.run(docs, QUESTION, segment_tokens=400)
     margins = [
-        m.model_copy(update={"relevant": i % 2 == 0, "verdict": "yes" if i % 2 == 0 else "no"})
+        m.model_copy(update={"relevant": i % 2 == 0, "verdict": "yes" if i % 2 == 0 else "no", "score": None})
         for i, m in enumerate(result.margins)
     ]
     margins[0] = margins[0].model_copy(update={"score": 0.875})
