@@ -25,7 +25,7 @@ def test_swap_example(capsys):
     before, after = out["before"], out["after"]
     assert [n.node.node_id for n in before.source_nodes] == [n.node.node_id for n in after.source_nodes]
     assert isinstance(after, Response) and after.response.strip()
-    assert after.metadata["wim_margins"] and after.metadata["wim_result"]["answer"] == after.response
+    assert after.metadata["wim"]["margins"] and after.metadata["wim"]["result"]["answer"] == after.response
     assert "WiM answer:" in capsys.readouterr().out
 
 
@@ -33,9 +33,9 @@ def test_swap_example(capsys):
 def test_events_example(capsys):
     out = _load("llamaindex_events").main()
     response, margins = out["response"], out["margins"]
-    assert len(margins) == response.metadata["wim_result"]["n_segments"] == 2
+    assert len(margins) == response.metadata["wim"]["result"]["n_segments"] == 2
     assert {i for m in margins for i in m.node_ids} == {"minutes-march", "minutes-april", "newsletter"}
-    assert out["answers"][-1].answer == response.metadata["wim_result"]["answer"]
+    assert out["answers"][-1].answer == response.metadata["wim"]["result"]["answer"]
     printed = capsys.readouterr().out
     assert printed.count("[wim] margin") == 2 and "WiMSynthesizer.wim_segment" in printed
-    assert response.metadata["wim_result"]["answer"] in printed  # streamed to the console token by token
+    assert response.metadata["wim"]["result"]["answer"] in printed  # streamed to the console token by token
