@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--tokens", type=int, default=1024, help="context tokens to prefill (default 1024)")
     parser.add_argument("--new", type=int, default=64, help="tokens to decode (default 64)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     path = ensure_default_converted()
     rows = []

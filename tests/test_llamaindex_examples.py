@@ -37,5 +37,5 @@ def test_events_example(capsys):
     assert {i for m in margins for i in m.node_ids} == {"minutes-march", "minutes-april", "newsletter"}
     assert out["answers"][-1].answer == response.metadata["wim"]["result"]["answer"]
     printed = capsys.readouterr().out
-    assert printed.count("[wim] margin") == 2 and "WiMSynthesizer.wim_segment" in printed
+    assert printed.count("  margin ") == 2 and "WiMSynthesizer.wim_segment" in printed
     assert response.metadata["wim"]["result"]["answer"] in printed  # streamed to the console token by token
