@@ -39,3 +39,18 @@ def test_events_example(capsys):
     printed = capsys.readouterr().out
     assert printed.count("  margin ") == 2 and "WiMSynthesizer.wim_segment" in printed
     assert response.metadata["wim"]["result"]["answer"] in printed  # streamed to the console token by token
+
+
+@pytest.mark.slow
+def test_postprocess_example(capsys):
+    out = _load("llamaindex_postprocess").main()
+    retrieved, response = out["retrieved"], out["response"]
+    kept = response.source_nodes
+    assert {n.node.node_id for n in kept} <= {n.node.node_id for n in retrieved}
+    for n in kept:  # each kept node carries the margin that kept it, with its pmi score at or above the threshold
+        assert (
+            n.node.metadata["wim_margin"]
+            and n.node.metadata["wim_margin_score"] >= out["postprocessor"].config.threshold
+        )
+    printed = capsys.readouterr().out
+    assert printed.count("kept   ") == len(kept) and "Answer (compact synthesizer on WiMLLM):" in printed

@@ -82,8 +82,9 @@ def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
 
     retrieved = index.as_retriever(similarity_top_k=4).retrieve(QUESTION)
     docs = node_documents(retrieved, "document", MetadataMode.LLM)
-    for mode in ("none", "same_model"):
-        direct = tiny_wim.run(docs, QUESTION, classification=mode)
+    scored = 0
+    for mode in ("none", "same_model", "lexical", "pmi"):
+        direct = tiny_wim.run(docs, QUESTION, classification=mode, margin_scope="segment")
         relevant_ids = {d.doc_id for m in direct.margins if m.relevant for d in m.documents}
         rec = Recorder(events=[])
         get_dispatcher().add_event_handler(rec)
@@ -92,10 +93,17 @@ def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
         finally:
             get_dispatcher().event_handlers.remove(rec)
         assert [n.node.node_id for n in kept] == [n.node.node_id for n in retrieved if n.node.node_id in relevant_ids]
+        for n in kept:  # the best score of the relevant margins written on the node (None where the mode has none)
+            scores = [
+                m.score for m in direct.margins if m.relevant and n.node.node_id in {d.doc_id for d in m.documents}
+            ]
+            expected = max(scores) if None not in scores else None
+            assert n.node.metadata["wim_margin_score"] == pytest.approx(expected)
+            scored += expected is not None
         margins = [e for e in rec.events if isinstance(e, WiMMarginEvent)]
         assert [m.text for m in margins] == [m.text for m in direct.margins]  # the same margins, traced
         assert not [e for e in rec.events if isinstance(e, WiMAnswerStartEvent)]  # no answer was generated
-    assert len(kept) < len(retrieved) or all(m.relevant for m in direct.margins)
+    assert scored  # some node was kept with a score (pmi keeps these tiny-model margins): the check above ran
 
 
 def test_in_node_postprocessors_in_front_of_another_reader(index, tiny_wim):

@@ -34,7 +34,8 @@ SCORE_KEY = "wim_margin_score"
 class WiMNodePostprocessor(BaseNodePostprocessor):
     """Keep the nodes on which WiM wrote a relevant margin.
 
-    The nodes are read as `WiMSynthesizer` reads them (same `order`, node id = document id), segment by segment;
+    The nodes are read as `WiMSynthesizer` reads them (same `order`, node id = document id), segment by segment,
+    with `margin_scope="segment"` unless set otherwise (a margin about its own segment, not all text read so far);
     a segment can cover several small nodes and a long node several segments, so a node is kept when any margin
     written on it is relevant. A kept node is a copy (the retriever's node is not modified) whose metadata gains
     `wim_margin` (the text of its relevant margins, in reading order) and `wim_margin_score` (their best
@@ -68,8 +69,9 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         reading_order([], order)  # validate now
         wim = wim if wim is not None else WiM.default()
         base = config or wim.config
-        # No answer is generated, so its budget need not fit the model window.
-        cfg = base.with_updates(**{**config_overrides, "answer_max_new_tokens": 1})
+        # A margin should be about its own nodes (margin_scope "segment", unless asked otherwise), and no answer is
+        # generated, so its budget need not fit the model window.
+        cfg = base.with_updates(**{"margin_scope": "segment", **config_overrides, "answer_max_new_tokens": 1})
         kwargs: dict[str, Any] = {"callback_manager": callback_manager} if callback_manager is not None else {}
         super().__init__(order=order, metadata_mode=metadata_mode, margins_in_prompt=margins_in_prompt, **kwargs)
         self._wim, self._config = wim, cfg
