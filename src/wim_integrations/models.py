@@ -157,8 +157,9 @@ def cpu_fallback_dtype(model: Any) -> Any:
     """float32 for a bfloat16 model on the CPU, else None (keep the model's dtype).
 
     Measured with benchmarks/dtype.py on SmolLM2-135M (docs/architecture.md, "Loading models"): on a CPU with AMX
-    bf16, bfloat16 prefills 2.6x faster than float32 but decodes 1.8x slower, and WiM's margins and answer are
-    decoded, so a whole run is slower. float16 measured on par with float32 there and is kept."""
+    bf16, bfloat16 prefilled 2.6x faster than float32 but decoded 1.8x slower in the quieter run (one under heavy
+    load disagreed), and WiM's margins and answer are decoded, so a whole run is slower. float16 measured on par with
+    float32 there and is kept."""
     import torch
 
     if model.device.type == "cpu" and model.dtype == torch.bfloat16:
