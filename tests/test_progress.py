@@ -72,3 +72,14 @@ def test_cli_and_both_handlers_print_the_same_margin_lines(tiny_model_dirs, tiny
     assert li == cli  # LlamaIndex adds the node ids it read; the rest is the same
     for printed in (cli_err.getvalue(), lc_err.getvalue(), li_err.getvalue()):
         assert f"{len(cli)}/{len(cli)} segments read" in printed and "Done in" in printed
+
+
+def test_margin_lines_follow_relevance_not_the_verdict_name():
+    err = io.StringIO()
+    display = ProgressDisplay(err, show_margins=False)
+    display.margin(0, "unknown", True, "kept by keep_unknown_verdicts", 0.25)
+    display.margin(1, "yes", False, "below a threshold", 0.5, sources=["n1", "n2"])
+    assert err.getvalue().splitlines() == [
+        "  margin 1 [unknown, kept, 0.2s]",
+        "  margin 2 [yes, dropped, 0.5s] (docs: n1, n2)",
+    ]

@@ -16,8 +16,6 @@ from tqdm import tqdm
 
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
 
-_MARKS = {"yes": "kept", "no": "dropped", "unknown": "unclear, dropped", "unclassified": "kept"}
-
 
 def _short(text: str, width: int | None) -> str:
     text = " ".join(text.split()) or "(empty)"
@@ -70,11 +68,12 @@ class ProgressDisplay:
         self,
         index: int,
         verdict: str,
+        relevant: bool,
         text: str,
         seconds: float,
         sources: Sequence[str] = (),
     ) -> None:
-        line = f"  margin {index + 1} [{verdict}, {_MARKS.get(verdict, 'kept')}, {seconds:.1f}s]"
+        line = f"  margin {index + 1} [{verdict}, {'kept' if relevant else 'dropped'}, {seconds:.1f}s]"
         if sources:
             line += f" (docs: {', '.join(sources)})"
         if self.show_margins:
@@ -114,7 +113,7 @@ class ProgressDisplay:
         elif isinstance(event, MarginWritten):
             m = event.margin
             sources = [str(d.doc_id) for d in m.documents if d.doc_id is not None]
-            self.margin(m.segment_index, m.verdict, m.text, m.seconds, sources)
+            self.margin(m.segment_index, m.verdict, m.relevant, m.text, m.seconds, sources)
         elif isinstance(event, AnswerStarted):
             self.answer_started(event.n_relevant_margins, event.segments_read, event.n_segments)
         elif isinstance(event, AnswerToken):

@@ -43,7 +43,7 @@ class WiMProgressHandler(BaseEventHandler):
         if isinstance(event, WiMSegmentReadEvent):
             d.segment_read(event.segment_index, event.n_segments, event.n_tokens, event.seconds)
         elif isinstance(event, WiMMarginEvent):
-            d.margin(event.segment_index, event.verdict, event.text, event.seconds, event.node_ids)
+            d.margin(event.segment_index, event.verdict, event.relevant, event.text, event.seconds, event.node_ids)
         elif isinstance(event, WiMAnswerStartEvent):
             d.answer_started(event.n_relevant_margins, event.segments_read, event.n_segments)
         elif isinstance(event, WiMAnswerEvent):
