@@ -157,9 +157,9 @@ def cpu_fallback_dtype(model: Any) -> Any:
     """float32 for a bfloat16 model on the CPU, else None (keep the model's dtype).
 
     Measured with benchmarks/dtype.py on SmolLM2-135M (docs/architecture.md, "Loading models"): on a CPU with AMX
-    bf16, bfloat16 prefilled 2.6x faster than float32 but decoded 1.8x slower in the quieter run (one under heavy
-    load disagreed), and WiM's margins and answer are decoded, so a whole run is slower. float16 measured on par with
-    float32 there and is kept."""
+    bf16, bfloat16 prefilled faster than float32 but decoded 1.8x and 3.5x slower in two of four runs (equal or faster
+    in the others: the shared machine made it inconclusive); float32 is also what WiM used before. float16 measured on
+    par with float32 and is kept."""
     import torch
 
     if model.device.type == "cpu" and model.dtype == torch.bfloat16:
