@@ -124,7 +124,7 @@ def main() -> dict[str, object]:
     print("Retrieved:", ", ".join(f"{n.node.metadata['file']} ({n.score:.2f})" for n in after.source_nodes))
     print(f"\nDefault reader (MockLLM): {str(before)[:80]!r}")
     print("\nWiM margins:")
-    for m in after.metadata["wim_margins"]:
+    for m in after.metadata["wim"]["margins"]:
         files = sorted({d["metadata"].get("file", "?") for d in m["documents"]})
         print(f"  part {m['segment_index'] + 1} [{'kept' if m['relevant'] else 'dropped'}] on {files}: {m['text']}")
     print(f"\nWiM answer: {after}")

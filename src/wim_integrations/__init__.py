@@ -38,6 +38,7 @@ _LAZY = {
     "WiMSynthesizer": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMQueryEngine": ("wim_integrations.llamaindex", "llamaindex"),
     "WiMLLM": ("wim_integrations.llamaindex", "llamaindex"),
+    "WiMNodePostprocessor": ("wim_integrations.llamaindex", "llamaindex"),
 }
 
 

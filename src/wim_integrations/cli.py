@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from .analysis import Analysis
 from .config import WiMConfig
 from .errors import WiMError
-from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
 from .html_report import check_report_path
+from .progress import ProgressDisplay
 from .segmenter import check_text
 
 # `wim ask` options that set a `WiMConfig` field: flag -> field. Type, choices, default and help come from the field,
@@ -133,47 +133,6 @@ def _config(args: argparse.Namespace) -> WiMConfig:
     return config
 
 
-class _Progress:
-    """Plain-text progress on stderr: a bar of segments read, each margin with its verdict, then the answer."""
-
-    def __init__(self, err: TextIO, out: TextIO) -> None:
-        self.err, self.out = err, out
-
-    def bar(self, done: int, total: int, width: int = 24) -> str:
-        filled = round(width * done / total) if total else width
-        return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-
-    def __call__(self, event: object) -> None:
-        if isinstance(event, SegmentRead):
-            self.err.write(
-                f"{self.bar(event.segment_index + 1, event.n_segments)} read segment {event.segment_index + 1} "
-                f"({event.n_tokens} tokens, {event.seconds:.1f}s); writing margin...\n"
-            )
-        elif isinstance(event, MarginWritten):
-            m = event.margin
-            mark = {"yes": "relevant", "no": "not relevant", "unknown": "unclear -> dropped"}.get(m.verdict, "kept")
-            if m.score is not None:
-                mark = f"{'kept' if m.relevant else 'dropped'}, score {m.score:.2f}"
-            text = " ".join(m.text.split()) or "(empty)"
-            self.err.write(f"    margin {event.segment_index + 1} [{mark}, {m.seconds:.1f}s]: {text}\n")
-        elif isinstance(event, AnswerStarted):
-            self.err.write(
-                f"Answering from {event.segments_read}/{event.n_segments} segments and "
-                f"{event.n_relevant_margins} relevant margin(s):\n"
-            )
-        elif isinstance(event, AnswerToken):
-            self.out.write(event.text)
-            self.out.flush()
-        elif isinstance(event, Finished):
-            t = event.result.timings
-            self.out.write("\n")
-            self.err.write(
-                f"Done in {t.total_seconds:.1f}s (prefill {t.prefill_seconds:.1f}s, margins {t.margin_seconds:.1f}s, "
-                f"classify {t.classify_seconds:.1f}s, answer {t.answer_seconds:.1f}s).\n"
-            )
-        self.err.flush()
-
-
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = _build_parser().parse_args(argv)
@@ -208,7 +167,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         wim = WiM(backend, config=config, classifier=classifier)
         err.write(f"Model ready in {time.perf_counter() - t0:.1f}s.\n")
         stream = wim.stream(document, task)
-        show = None if (args.json or args.quiet) else _Progress(err, out)
+        show = None if (args.json or args.quiet) else ProgressDisplay(err, answer_file=out, show_answer=True).on_event
         for event in stream:
             if show:
                 show(event)

@@ -157,20 +157,30 @@ class WiM:
     @classmethod
     def from_pretrained(
         cls,
-        model: str,
+        model: Any,
         *,
-        classifier_model: str | None = None,
+        tokenizer: Any = None,
+        classifier_model: Any = None,
+        classifier_tokenizer: Any = None,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
         document_cache: DocumentCache | None = None,
-        **load_kwargs: Any,
+        **load_options: Any,
     ) -> WiM:
-        """Load a local model directory or a model already in the Hugging Face cache (offline by default)."""
+        """WiM on a local model directory, a model id already in the Hugging Face cache (offline by default), or an
+        already loaded model (`model=` a transformers causal LM, `tokenizer=` its tokenizer).
+
+        `load_options` are those of `models.load_model_and_tokenizer`: `device`, `device_map`, `dtype` ("auto": the
+        checkpoint's), `model_kwargs`, `tokenizer_kwargs`, `local_files_only`; they apply to the classifier too."""
         from .models import load_backend
 
-        classifier = load_backend(classifier_model, **load_kwargs) if classifier_model else None
+        classifier = (
+            load_backend(classifier_model, tokenizer=classifier_tokenizer, **load_options)
+            if classifier_model is not None
+            else None
+        )
         return cls(
-            load_backend(model, **load_kwargs),
+            load_backend(model, tokenizer=tokenizer, **load_options),
             config=config,
             prompts=prompts,
             classifier=classifier,
@@ -178,13 +188,48 @@ class WiM:
         )
 
     @classmethod
-    def default(
-        cls, *, config: WiMConfig | None = None, document_cache: DocumentCache | None = None, **kwargs: Any
+    def from_model_id(
+        cls,
+        model_id: str,
+        *,
+        device: int | str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> WiM:
-        """WiM on the embedded SmolLM2-135M-Instruct (converted once to a local cache on first use)."""
-        from .models import load_default_backend
+        """`from_pretrained` under the names LangChain's `HuggingFacePipeline.from_model_id` uses: `device` may be an
+        int (-1: CPU, n: `cuda:n`), `model_kwargs` go to `AutoModelForCausalLM.from_pretrained`."""
+        return cls.from_pretrained(model_id, device=device, device_map=device_map, model_kwargs=model_kwargs, **kwargs)
 
-        return cls(load_default_backend(**kwargs), config=config, document_cache=document_cache)
+    @classmethod
+    def default(
+        cls, *, config: WiMConfig | None = None, document_cache: DocumentCache | None = None, **load_options: Any
+    ) -> WiM:
+        """WiM on the embedded SmolLM2-135M-Instruct (converted once to a local cache on first use).
+
+        Shared: every call in a process with the same settings returns the same `WiM`, and every call with the same
+        load options (`device`, `dtype`, ...) the same loaded model, so `WiMChain.default()`, `WiMLLM()` and
+        `WiMSynthesizer()` hold one copy of the weights between them. `progress` (a callable given each status line
+        of a first-time conversion) is not a setting."""
+        return _shared_default(cls, config or WiMConfig(), document_cache, load_options)
+
+    def with_options(
+        self,
+        *,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+        document_cache: DocumentCache | None = None,
+    ) -> WiM:
+        """Another `WiM` on the same loaded model(s), no weights copied: other settings, prompts or document cache
+        (each left out keeps this one's). To share a `WiM` itself, pass the same object everywhere (it is
+        thread-safe)."""
+        return type(self)(
+            self.backend,
+            config=config or self.config,
+            prompts=prompts or self.prompts,
+            classifier=self.classifier,
+            document_cache=document_cache if document_cache is not None else self.document_cache,
+        )
 
     @property
     def model_name(self) -> str:
@@ -411,6 +456,31 @@ class WiM:
             pass
         assert stream.result is not None
         return stream.result
+
+
+# The process-wide defaults behind `WiM.default()`: loaded models by load options, WiMs by (class, settings, cache).
+_defaults_lock = threading.Lock()
+_default_backends: dict[str, Backend] = {}
+_default_wims: dict[tuple[type, WiMConfig, int, str], WiM] = {}
+
+
+def _shared_default(
+    cls: type[WiM], config: WiMConfig, document_cache: DocumentCache | None, load_options: dict[str, Any]
+) -> WiM:
+    from .models import load_default_backend
+
+    progress = load_options.pop("progress", None)
+    load_key = repr(sorted(load_options.items()))
+    # The WiM holds its document cache, so the cache's id stays unique while its entry exists.
+    key = (cls, config, id(document_cache) if document_cache is not None else 0, load_key)
+    with _defaults_lock:  # one load even when several threads ask at once
+        wim = _default_wims.get(key)
+        if wim is None:
+            backend = _default_backends.get(load_key)
+            if backend is None:
+                backend = _default_backends[load_key] = load_default_backend(progress=progress, **load_options)
+            wim = _default_wims[key] = cls(backend, config=config, document_cache=document_cache)
+        return wim
 
 
 class WiMStream:

@@ -231,7 +231,7 @@ def test_llamaindex_nodes_show_their_ids_and_the_result_is_reachable(tiny_wim):
     response = engine.query("Who keeps the lighthouse?")
     r = wim_result(response)
     assert r.answer == response.response and r.documents[0].id == "li-harbor"
-    assert response.metadata["wim_result"]["answer"] == r.answer  # the JSON form is unchanged
+    assert response.metadata["wim"]["result"]["answer"] == r.answer  # the JSON form is unchanged
     page = r.to_html()
     assert "li-harbor" in page and "harbor.md" in page
     with pytest.raises(WiMInputError, match="did not come from WiM"):

@@ -104,7 +104,7 @@ def root_handlers():
 
 def _margins(response) -> list[tuple]:
     """What a run wrote, without timings."""
-    return [(m["segment_index"], m["text"], m["verdict"], m["node_ids"]) for m in response.metadata["wim_margins"]]
+    return [(m["segment_index"], m["text"], m["verdict"], m["node_ids"]) for m in response.metadata["wim"]["margins"]]
 
 
 def _retriever(index, k=4):
@@ -118,8 +118,8 @@ def test_swap_same_pipeline_default_vs_wim(index, tiny_wim):
     assert isinstance(b, Response) and b.response
     ids = [n.node.node_id for n in a.source_nodes]
     assert [n.node.node_id for n in b.source_nodes] == ids  # same retrieval, only the reader changed
-    margins = b.metadata["wim_margins"]
-    assert len(margins) == b.metadata["wim_result"]["n_segments"] >= 1
+    margins = b.metadata["wim"]["margins"]
+    assert len(margins) == b.metadata["wim"]["result"]["n_segments"] >= 1
     linked = {i for m in margins for i in m["node_ids"]}
     assert linked == set(ids)  # every node was read, every margin names real nodes
     for node_id in ids:  # LlamaIndex's node-metadata entries are kept
@@ -138,7 +138,7 @@ def test_as_query_engine_with_wim_llm_never_needs_openai(index, tiny_wim):
         llm=WiMLLM(tiny_wim, max_new_tokens=8), response_synthesizer=WiMSynthesizer(tiny_wim), similarity_top_k=2
     )
     r = engine.query(QUESTION)
-    assert len(r.source_nodes) == 2 and r.metadata["wim_margins"]
+    assert len(r.source_nodes) == 2 and r.metadata["wim"]["margins"]
 
 
 def _nws(node_id, doc, start, score):
@@ -172,7 +172,7 @@ def test_aquery_and_streaming_agree_with_query(index, tiny_wim):
     assert a.response == plain.response and _margins(a) == _margins(plain)
 
     s = WiMQueryEngine(_retriever(index), tiny_wim, streaming=True).query(QUESTION)
-    assert isinstance(s, StreamingResponse) and s.metadata["wim_result"] is None  # nothing computed yet
+    assert isinstance(s, StreamingResponse) and s.metadata["wim"]["result"] is None  # nothing computed yet
     assert "".join(s.response_gen).strip() == plain.response
     assert _margins(s) == _margins(plain)
 
@@ -182,7 +182,7 @@ def test_aquery_and_streaming_agree_with_query(index, tiny_wim):
         return "".join([t async for t in r.async_response_gen()]), r.metadata
 
     text, meta = asyncio.run(astream())
-    assert text.strip() == plain.response and meta["wim_result"]["answer"] == plain.response
+    assert text.strip() == plain.response and meta["wim"]["result"]["answer"] == plain.response
 
 
 def _span_chain(spans: SimpleSpanHandler, span_id: str) -> list[str]:
@@ -207,10 +207,10 @@ def test_events_carry_span_tree(index, tiny_wim, root_handlers, mode):
     wim_events = [e for e in rec.events if type(e).__name__.startswith("WiM")]
     reads = [e for e in wim_events if isinstance(e, WiMSegmentReadEvent)]
     margins = [e for e in wim_events if isinstance(e, WiMMarginEvent)]
-    n = r.metadata["wim_result"]["n_segments"]
+    n = r.metadata["wim"]["result"]["n_segments"]
     assert len(reads) == len(margins) == n
-    assert [m.text for m in margins] == [m["text"] for m in r.metadata["wim_margins"]]
-    assert [m.node_ids for m in margins] == [m["node_ids"] for m in r.metadata["wim_margins"]]
+    assert [m.text for m in margins] == [m["text"] for m in r.metadata["wim"]["margins"]]
+    assert [m.node_ids for m in margins] == [m["node_ids"] for m in r.metadata["wim"]["margins"]]
     query_spans = (
         ["WiMQueryEngine._aquery", "WiMQueryEngine.aquery"]
         if mode == "async"
@@ -285,7 +285,7 @@ def test_legacy_callback_manager_gets_margins_as_llm_events(index, tiny_wim):
     synth = WiMSynthesizer(tiny_wim, callback_manager=CallbackManager([debug]))
     r = RetrieverQueryEngine(_retriever(index), response_synthesizer=synth).query(QUESTION)
     pairs = debug.get_llm_inputs_outputs()
-    margins = r.metadata["wim_margins"]
+    margins = r.metadata["wim"]["margins"]
     assert len(pairs) == len(margins) + 1  # one per margin, then the answer
     assert [p[1].payload[EventPayload.COMPLETION] for p in pairs[:-1]] == [m["text"] for m in margins]
     assert pairs[-1][1].payload[EventPayload.COMPLETION] == r.response
@@ -300,14 +300,14 @@ def test_prompts_round_trip_and_take_effect(index, tiny_wim):
     final = prompts["response_synthesizer:final_answer"]
     assert set(final.template_vars) == {"margins", "question"}
     assert from_prompt_template("final_answer", final) == tiny_wim.prompts.final_answer  # lossless both ways
-    before = engine.query(QUESTION).metadata["wim_result"]["tokens"]["prompt"]
+    before = engine.query(QUESTION).metadata["wim"]["result"]["tokens"]["prompt"]
 
     new = 'Notes on {question}; keep {"literal": braces} as text. ' * 3
     engine.update_prompts({"response_synthesizer:margin_instruction": PromptTemplate(new)})
     core = engine.synthesizer.wim.prompts.margin_instruction
     assert core.startswith('Notes on {{question}}; keep {"literal": braces} as text.')
     assert engine.get_prompts()["response_synthesizer:margin_instruction"].template == new
-    after = engine.query(QUESTION).metadata["wim_result"]["tokens"]["prompt"]
+    after = engine.query(QUESTION).metadata["wim"]["result"]["tokens"]["prompt"]
     assert after != before  # the longer instruction is what the model was given
     assert tiny_wim.prompts.margin_instruction != core  # the shared WiM is untouched
 
@@ -330,7 +330,7 @@ def test_tool_and_chat_engine_wiring(index, tiny_wim):
     first = chat.chat(QUESTION)
     assert str(first) == expected  # no history: the question goes through unchanged
     second = chat.chat("And the capital of France?")  # condensed by WiMLLM, then read by WiM
-    assert second.source_nodes and second.sources[0].raw_output.metadata["wim_margins"]
+    assert second.source_nodes and second.sources[0].raw_output.metadata["wim"]["margins"]
 
 
 class _Nothing(BaseRetriever):
@@ -340,7 +340,7 @@ class _Nothing(BaseRetriever):
 
 def test_empty_retrieval_and_bad_inputs(index, tiny_wim):
     r = WiMQueryEngine(_Nothing(), tiny_wim).query(QUESTION)
-    assert r.response == "Empty Response" and r.metadata["wim_margins"] == []
+    assert r.response == "Empty Response" and r.metadata["wim"]["margins"] == []
     s = WiMQueryEngine(_Nothing(), tiny_wim, streaming=True).query(QUESTION)
     assert "".join(s.response_gen) == "Empty Response"
 
@@ -361,9 +361,9 @@ def test_from_documents_reads_whole_documents_in_order(tiny_wim):
     docs = [Document(text=t, id_=f"d{i}") for i, t in enumerate(TEXTS)]
     r = WiMQueryEngine.from_documents(docs, tiny_wim, classification="none").query(QUESTION)
     assert [n.node.node_id for n in r.source_nodes] == ["d0", "d1", "d2"]
-    seen = [i for m in r.metadata["wim_margins"] for i in m["node_ids"]]
+    seen = [i for m in r.metadata["wim"]["margins"] for i in m["node_ids"]]
     assert sorted(set(seen), key=seen.index) == ["d0", "d1", "d2"]
-    assert all(m["verdict"] == "unclassified" for m in r.metadata["wim_margins"])  # config override applied
+    assert all(m["verdict"] == "unclassified" for m in r.metadata["wim"]["margins"])  # config override applied
     assert WiMQueryEngine.from_documents(TEXTS[:1], tiny_wim).query(QUESTION).response is not None
 
 
@@ -393,14 +393,15 @@ def test_progress_and_collector_handlers(index, tiny_wim):
     finally:
         root.event_handlers.remove(progress)
         root.event_handlers.remove(collector)
-    n = r.metadata["wim_result"]["n_segments"]
-    lines = out.getvalue().splitlines()
-    assert sum(line.startswith("[wim] read part") for line in lines) == n
-    assert sum(line.startswith("[wim] margin") for line in lines) == n
-    assert lines[-1].startswith("[wim] done in")
+    n = r.metadata["wim"]["result"]["n_segments"]
+    printed = out.getvalue()
+    lines = printed.splitlines()  # tqdm redraws its bar with \r: each frame is a line here
+    assert f"{n}/{n} segments read" in printed and "read segment 1 (" in printed
+    assert sum(line.startswith("  margin ") for line in lines) == n
+    assert lines[-1].startswith("Done in")
     assert (
         [m.text for m in collector.margins]
-        == [m["text"] for m in r.metadata["wim_margins"]]
+        == [m["text"] for m in r.metadata["wim"]["margins"]]
         == [m.text for m in collected]
     )
     assert collector.answers[-1].answer == r.response

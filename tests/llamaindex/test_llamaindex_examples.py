@@ -25,7 +25,7 @@ def test_swap_example(capsys):
     before, after = out["before"], out["after"]
     assert [n.node.node_id for n in before.source_nodes] == [n.node.node_id for n in after.source_nodes]
     assert isinstance(after, Response) and after.response.strip()
-    assert after.metadata["wim_margins"] and after.metadata["wim_result"]["answer"] == after.response
+    assert after.metadata["wim"]["margins"] and after.metadata["wim"]["result"]["answer"] == after.response
     assert "WiM answer:" in capsys.readouterr().out
 
 
@@ -33,9 +33,24 @@ def test_swap_example(capsys):
 def test_events_example(capsys):
     out = _load("llamaindex_events").main()
     response, margins = out["response"], out["margins"]
-    assert len(margins) == response.metadata["wim_result"]["n_segments"] == 2
+    assert len(margins) == response.metadata["wim"]["result"]["n_segments"] == 2
     assert {i for m in margins for i in m.node_ids} == {"minutes-march", "minutes-april", "newsletter"}
-    assert out["answers"][-1].answer == response.metadata["wim_result"]["answer"]
+    assert out["answers"][-1].answer == response.metadata["wim"]["result"]["answer"]
     printed = capsys.readouterr().out
-    assert printed.count("[wim] margin") == 2 and "WiMSynthesizer.wim_segment" in printed
-    assert response.metadata["wim_result"]["answer"] in printed  # streamed to the console token by token
+    assert printed.count("  margin ") == 2 and "WiMSynthesizer.wim_segment" in printed
+    assert response.metadata["wim"]["result"]["answer"] in printed  # streamed to the console token by token
+
+
+@pytest.mark.slow
+def test_postprocess_example(capsys):
+    out = _load("llamaindex_postprocess").main()
+    retrieved, response = out["retrieved"], out["response"]
+    kept = response.source_nodes
+    assert {n.node.node_id for n in kept} <= {n.node.node_id for n in retrieved}
+    for n in kept:  # each kept node carries the margin that kept it, with its pmi score at or above the threshold
+        assert (
+            n.node.metadata["wim_margin"]
+            and n.node.metadata["wim_margin_score"] >= out["postprocessor"].config.threshold
+        )
+    printed = capsys.readouterr().out
+    assert printed.count("kept   ") == len(kept) and "Answer (compact synthesizer on WiMLLM):" in printed

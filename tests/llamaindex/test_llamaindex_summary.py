@@ -37,9 +37,9 @@ def test_synthesizer_gives_the_engine_summary_with_notes_in_metadata(tiny_wim):
     expected = tiny_wim.summarize(_docs(), "Summarise the notes.")
     assert isinstance(response, Response) and response.response == expected.summary
     meta = response.metadata
-    assert meta["wim_result"]["instruction"] == "Summarise the notes." and meta["wim_result"]["question"] == ""
-    assert [m["text"] for m in meta["wim_margins"]] == [n.text for n in expected.notes]
-    assert {i for m in meta["wim_margins"] for i in m["node_ids"]} == {"a", "b"}
+    assert meta["wim"]["result"]["instruction"] == "Summarise the notes." and meta["wim"]["result"]["question"] == ""
+    assert [m["text"] for m in meta["wim"]["margins"]] == [n.text for n in expected.notes]
+    assert {i for m in meta["wim"]["margins"] for i in m["node_ids"]} == {"a", "b"}
     # an empty query gets the default summary
     assert synth.synthesize("", _nodes()).response == tiny_wim.summarize(_docs()).summary
     again = asyncio.run(synth.asynthesize("Summarise the notes.", _nodes()))
@@ -58,7 +58,7 @@ def test_summary_index_swap_and_query_engine(tiny_wim):
     engine = index.as_query_engine(llm=WiMLLM(tiny_wim), response_synthesizer=WiMSummarySynthesizer(tiny_wim))
     response = engine.query("Summarise.")
     assert response.response and len(response.source_nodes) == len(index.docstore.docs)
-    assert response.metadata["wim_result"]["instruction"] == "Summarise."
+    assert response.metadata["wim"]["result"]["instruction"] == "Summarise."
     whole = summary_query_engine(docs, tiny_wim).query("Summarise.")
     assert whole.response == tiny_wim.summarize(_docs(), "Summarise.").summary
     assert summary_query_engine(index, tiny_wim).query("Summarise.").response == response.response

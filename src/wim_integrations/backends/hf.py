@@ -84,6 +84,32 @@ class HFBackend:
         with self.tokenizer_lock:
             return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def stream_decoder(self) -> Callable[[int], str | None] | None:
+        """A step of the tokenizers library's incremental decoder (`DecodeStream`): the text `decode` would add for
+        one more token, None while a character is incomplete. None where `decode` is more than the Rust tokenizer's
+        decoding (a tokenizer without a Rust backend, a custom `_decode`, or transformers' space clean-up)."""
+        try:
+            from tokenizers.decoders import DecodeStream
+            from transformers.tokenization_utils_tokenizers import TokenizersBackend
+        except ImportError:
+            return None
+        tok = self.tokenizer
+        rust = getattr(tok, "backend_tokenizer", None)
+        if rust is None or getattr(type(tok), "_decode", None) is not TokenizersBackend._decode:
+            return None
+        if tok.clean_up_tokenization_spaces and (
+            type(rust.model).__name__ != "BPE"  # transformers skips the clean-up for BPE unless forced
+            or getattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
+        ):
+            return None
+        stream = DecodeStream(skip_special_tokens=True)
+
+        def step(token: int) -> str | None:
+            with self.tokenizer_lock:
+                return stream.step(rust, token)
+
+        return step
+
     # -- cache -----------------------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)

@@ -1,15 +1,15 @@
-"""Callback handlers for WiM custom events: a typed base class and a console progress display."""
+"""Callback handlers for WiM custom events: a typed base class and the console progress display."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any, TextIO
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
 from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead
+from ..progress import ProgressDisplay
 from .events import parse_event
 
 logger = logging.getLogger(__name__)
@@ -58,47 +58,29 @@ class WiMCallbackHandler(BaseCallbackHandler):
 
 
 class ConsoleProgressHandler(WiMCallbackHandler):
-    """Prints a progress bar of segments, each margin with its verdict as it is written, and the answer's start.
+    """WiM's console progress (the display the `wim` CLI uses): a tqdm bar of segments read, each margin with its
+    verdict and source documents as it is written, then the answer's start and the run's timings.
 
-    `show_answer=True` also echoes answer tokens as they arrive.
+    `show_answer=True` also echoes answer tokens as they arrive; `width` is the bar's width in characters.
     """
 
     def __init__(self, stream: TextIO | None = None, *, width: int = 24, show_answer: bool = False) -> None:
         self.stream = stream
         self.width = width
         self.show_answer = show_answer
-
-    def _write(self, text: str) -> None:
-        out = self.stream or sys.stderr
-        out.write(text)
-        out.flush()
-
-    def _bar(self, done: int, total: int) -> str:
-        filled = round(self.width * done / max(total, 1))
-        return f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{total}"
+        self._display = ProgressDisplay(stream, show_answer=show_answer, bar_width=width)
 
     def on_segment_read(self, event: SegmentRead, *, run_id: UUID) -> None:
-        self._write(f"{self._bar(event.segment_index + 1, event.n_segments)} segments read\n")
+        self._display.on_event(event)
 
     def on_margin(self, event: MarginWritten, *, run_id: UUID) -> None:
-        m = event.margin
-        mark = "kept" if m.relevant else "dropped"
-        docs = ", ".join(str(d.doc_id if d.doc_id is not None else d.doc_index) for d in m.documents)
-        text = " ".join(m.text.split())
-        self._write(f"  margin {m.segment_index + 1} [{m.verdict}, {mark}] (docs: {docs}): {text}\n")
+        self._display.on_event(event)
 
     def on_answer_started(self, event: AnswerStarted, *, run_id: UUID) -> None:
-        self._write(
-            f"answering from {event.n_relevant_margins} relevant margin(s), "
-            f"{event.segments_read}/{event.n_segments} segments read\n"
-        )
+        self._display.on_event(event)
 
     def on_answer_token(self, event: AnswerToken, *, run_id: UUID) -> None:
-        if self.show_answer:
-            self._write(event.text)
+        self._display.on_event(event)
 
     def on_wim_end(self, event: Finished, *, run_id: UUID) -> None:
-        r = event.result
-        if self.show_answer:
-            self._write("\n")
-        self._write(f"done in {r.timings.total_seconds:.1f}s\n")
+        self._display.on_event(event)

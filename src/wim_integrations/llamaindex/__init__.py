@@ -1,4 +1,5 @@
-"""LlamaIndex integration: WiM as a response synthesizer, a query engine and an LLM, with instrumentation events.
+"""LlamaIndex integration: WiM as a response synthesizer, a query engine, a node postprocessor and an LLM, with
+instrumentation events.
 
 Needs the `llamaindex` extra (`pip install 'wim-integrations[llamaindex]'`).
 """
@@ -16,6 +17,7 @@ from .events import (
 )
 from .handlers import WiMMarginCollector, WiMProgressHandler
 from .llm import WiMLLM
+from .postprocessor import WiMNodePostprocessor
 from .query_engine import WholeDocumentsRetriever, WiMQueryEngine
 from .summary import WiMSummarySynthesizer, summary_query_engine
 from .synthesizer import WiMSynthesizer, reading_order, wim_result
@@ -30,6 +32,7 @@ __all__ = [
     "WiMMarginCollector",
     "WiMMarginEvent",
     "WiMMarginTokenEvent",
+    "WiMNodePostprocessor",
     "WiMProgressHandler",
     "WiMQueryEngine",
     "WiMSegmentReadEvent",

@@ -46,6 +46,7 @@ class WiMMarginEvent(BaseEvent):
     text: str
     relevant: bool
     verdict: str
+    score: float | None = Field(None, description="relevance score (score-based classification modes)")
     node_ids: list[str] = Field(default_factory=list)
     documents: list[dict[str, Any]] = Field(default_factory=list, description="DocumentSpan dumps")
     seconds: float = 0.0

@@ -7,59 +7,55 @@ Register on the root dispatcher (sees every WiM event):
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
+from ..progress import ProgressDisplay
 from .events import WiMAnswerEvent, WiMAnswerStartEvent, WiMMarginEvent, WiMSegmentReadEvent
 
 
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 class WiMProgressHandler(BaseEventHandler):
-    """Prints one line per WiM step: segments read, margins written (with verdict), answering, done."""
+    """WiM's console progress (the display the `wim` CLI uses): a tqdm bar of segments read, each margin with its
+    verdict and node ids as it is written, the answer's start and the run's timings."""
 
     show_margins: bool = True
     width: int = Field(100, ge=10, description="margin text is shortened to this many characters")
     stream: Any = Field(default=None, exclude=True, description="a text stream; sys.stderr when None")
+    _display: ProgressDisplay | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         return "WiMProgressHandler"
 
-    def _write(self, line: str) -> None:
-        out: TextIO = self.stream or sys.stderr
-        out.write(line + "\n")
-        out.flush()
+    @property
+    def display(self) -> ProgressDisplay:
+        if self._display is None:
+            self._display = ProgressDisplay(self.stream, show_margins=self.show_margins, margin_width=self.width)
+        return self._display
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        d = self.display
         if isinstance(event, WiMSegmentReadEvent):
-            self._write(
-                f"[wim] read part {event.segment_index + 1}/{event.n_segments} "
-                f"({event.n_tokens} tokens, {len(event.node_ids)} node(s), {event.seconds:.2f}s)"
-            )
+            d.segment_read(event.segment_index, event.n_segments, event.n_tokens, event.seconds)
         elif isinstance(event, WiMMarginEvent):
-            mark = "relevant" if event.relevant else f"dropped ({event.verdict})"
-            line = f"[wim] margin {event.segment_index + 1}/{event.n_segments}: {mark}"
-            if self.show_margins and event.text:
-                line += f" | {_short(event.text, self.width)}"
-            self._write(line)
-        elif isinstance(event, WiMAnswerStartEvent):
-            self._write(
-                f"[wim] answering from {event.n_relevant_margins} relevant margin(s) "
-                f"after {event.segments_read}/{event.n_segments} part(s)"
+            d.margin(
+                event.segment_index,
+                event.verdict,
+                event.relevant,
+                event.text,
+                event.seconds,
+                event.node_ids,
+                event.score,
             )
+        elif isinstance(event, WiMAnswerStartEvent):
+            d.answer_started(event.n_relevant_margins, event.segments_read, event.n_segments)
         elif isinstance(event, WiMAnswerEvent):
-            seconds = (event.result.get("timings") or {}).get("total_seconds", 0.0)
-            self._write(f"[wim] done in {seconds:.1f}s")
+            d.finished(event.result.get("timings") or {})
 
 
 class WiMMarginCollector(BaseEventHandler):

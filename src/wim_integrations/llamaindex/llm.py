@@ -6,37 +6,68 @@ OpenAI LLM (which `index.as_query_engine()` and chat engines look up when no llm
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseAsyncGen,
     ChatResponseGen,
     CompletionResponse,
+    CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
 
 from ..backends.base import GenerationRequest
+from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
 from ..segmenter import check_text
 from ..textstream import TextDeltas
 
+T = TypeVar("T")
+
+DEFAULT_MAX_NEW_TOKENS = 256
+# What `complete`/`chat`/... accept as keyword arguments: generation settings for that call only.
+CALL_SETTINGS = (
+    "max_new_tokens",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "do_sample",
+    "seed",
+)
+
 
 class WiMLLM(CustomLLM):
-    """Plain generation with the model of a `WiM` (the embedded SmolLM2 when none is given)."""
+    """Plain generation with the model of a `WiM` (the shared `WiM.default()` when none is given).
 
-    max_new_tokens: int = Field(256, ge=1, description="tokens to generate per call")
+    Generation settings come, each one separately, from the call's keyword arguments (`complete(p, temperature=0.2)`),
+    else this LLM's fields, else the model's `generation_config` (what `model.generate` would use), else greedy with
+    256 new tokens. `temperature=0` means greedy; a temperature > 0 samples unless `do_sample=False` is given.
+    WiM's own reading settings (`WiMConfig.sampling`) do not apply here.
+    """
+
+    max_new_tokens: int | None = Field(None, ge=1, description="tokens to generate per call (`max_tokens` per call)")
+    temperature: float | None = Field(None, ge=0, description="0: greedy; > 0: sample at this temperature")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, description="0 disables top-k filtering")
+    repetition_penalty: float | None = Field(None, gt=0)
+    do_sample: bool | None = None
+    seed: int | None = Field(None, description="seed for sampling")
     _wim: WiM = PrivateAttr()
 
-    def __init__(self, wim: WiM | None = None, *, max_new_tokens: int = 256, **kwargs: Any) -> None:
-        super().__init__(max_new_tokens=max_new_tokens, **kwargs)
+    def __init__(self, wim: WiM | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._wim = wim if wim is not None else WiM.default()
 
     @classmethod
@@ -52,10 +83,54 @@ class WiMLLM(CustomLLM):
         b = self._wim.backend
         return LLMMetadata(
             context_window=b.max_context_tokens or 4096,
-            num_output=self.max_new_tokens,
+            num_output=self._settings({})[0],
             is_chat_model=True,
             model_name=b.name,
         )
+
+    # -- settings --------------------------------------------------------------------------------------
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[int, SamplingConfig]:
+        """(max new tokens, sampling) for one call: call kwargs > fields > the model's generation_config."""
+        if unknown := sorted(set(kwargs) - set(CALL_SETTINGS)):
+            raise WiMInputError(
+                f"WiMLLM got unknown setting(s) {', '.join(unknown)}; per call it accepts {', '.join(CALL_SETTINGS)}."
+            )
+        if "max_tokens" in kwargs and "max_new_tokens" in kwargs:
+            raise WiMInputError("pass max_new_tokens or its alias max_tokens, not both.")
+        gen = getattr(getattr(self._wim.backend, "model", None), "generation_config", None)
+
+        def pick(name: str) -> Any:
+            if kwargs.get(name) is not None:
+                return kwargs[name]
+            if getattr(self, name) is not None:
+                return getattr(self, name)
+            return getattr(gen, name, None)
+
+        max_new = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
+        if max_new is None:
+            max_new = pick("max_new_tokens")
+        temperature = pick("temperature")
+        explicit_t = kwargs.get("temperature", self.temperature)
+        do_sample = kwargs.get("do_sample", self.do_sample)
+        if do_sample is None:  # a temperature given here decides; otherwise the model's own choice
+            do_sample = explicit_t > 0 if explicit_t is not None else bool(getattr(gen, "do_sample", False))
+        if do_sample and temperature == 0:
+            raise WiMInputError("temperature=0 means greedy decoding; with do_sample=True pass a temperature > 0.")
+        try:
+            sampling = SamplingConfig(
+                do_sample=do_sample,
+                temperature=temperature or 1.0,
+                top_p=pick("top_p") or 1.0,
+                top_k=pick("top_k") or 0,
+                repetition_penalty=pick("repetition_penalty") or 1.0,
+                seed=pick("seed"),
+            )
+            max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
+            if max_new < 1:
+                raise ValueError("max_new_tokens must be at least 1")
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise WiMInputError(f"invalid WiMLLM generation setting: {exc}") from exc
+        return max_new, sampling
 
     # -- prompt building -------------------------------------------------------------------------------
     def _completion_ids(self, prompt: str, formatted: bool) -> list[int]:
@@ -78,15 +153,14 @@ class WiMLLM(CustomLLM):
             check_text(m.content or "", f"message {i}")
         roles = {MessageRole.SYSTEM, MessageRole.USER, MessageRole.ASSISTANT}
         msgs = [{"role": m.role.value if m.role in roles else "user", "content": m.content or ""} for m in messages]
-        text = b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        with b.tokenizer_lock:
+            text = b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return b.encode_template(text)
 
-    def _generate(self, ids: list[int], **kwargs: Any) -> Iterator[tuple[str, str]]:
-        """(text so far, delta) pairs."""
+    def _request(self, ids: list[int], kwargs: dict[str, Any]) -> GenerationRequest:
+        """Validated now, before any forward pass: settings and the model window."""
         b = self._wim.backend
-        max_new = kwargs.get("max_new_tokens", self.max_new_tokens)
-        if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
-            raise WiMInputError(f"max_new_tokens must be a positive integer, not {max_new!r}.")
+        max_new, sampling = self._settings(kwargs)
         window = b.max_context_tokens
         if window and len(ids) + max_new > window:
             raise ContextTooLongError(
@@ -94,45 +168,94 @@ class WiMLLM(CustomLLM):
                 f"{window}; shorten the prompt or lower max_new_tokens (WiM itself reads long contexts: use "
                 "WiMSynthesizer/WiMQueryEngine for those)."
             )
+        return GenerationRequest(ids, max_new, sampling)
+
+    def _generate(self, request: GenerationRequest) -> Iterator[tuple[str, str]]:
+        """(text so far, delta) pairs."""
+        b = self._wim.backend
         deltas = TextDeltas(b.decode)
-        request = GenerationRequest(ids, max_new, self._wim.config.sampling)
+        text = ""
         for tok in b.generate(b.new_cache(), request):
             if delta := deltas.push(tok):
-                yield deltas.text, delta
+                text += delta
+                yield text, delta
+        if delta := deltas.flush():
+            yield text + delta, delta
 
-    def _final_text(self, ids: list[int], **kwargs: Any) -> str:
+    def _final_text(self, request: GenerationRequest) -> str:
         text = ""
-        for so_far, _ in self._generate(ids, **kwargs):
+        for so_far, _ in self._generate(request):
             text = so_far
-        return text
+        return text.strip()
+
+    def _completion(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
+        return CompletionResponse(text=self._final_text(self._request(self._completion_ids(prompt, formatted), kwargs)))
+
+    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
+        text = self._final_text(self._request(self._chat_ids(messages), kwargs))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+
+    def _completion_stream(self, request: GenerationRequest) -> CompletionResponseGen:
+        for text, delta in self._generate(request):
+            yield CompletionResponse(text=text, delta=delta)
+
+    def _chat_stream(self, request: GenerationRequest) -> ChatResponseGen:
+        for text, delta in self._generate(request):
+            yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
 
     # -- LlamaIndex API --------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        text = self._final_text(self._completion_ids(prompt, formatted), **kwargs)
-        return CompletionResponse(text=text.strip())
+        return self._completion(prompt, formatted, kwargs)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        ids = self._completion_ids(prompt, formatted)
-
-        def gen() -> CompletionResponseGen:
-            for text, delta in self._generate(ids, **kwargs):
-                yield CompletionResponse(text=text, delta=delta)
-
-        return gen()
+        return self._completion_stream(self._request(self._completion_ids(prompt, formatted), kwargs))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        text = self._final_text(self._chat_ids(messages), **kwargs)
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text.strip()))
+        return self._chat(messages, kwargs)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        ids = self._chat_ids(messages)
+        return self._chat_stream(self._request(self._chat_ids(messages), kwargs))
 
-        def gen() -> ChatResponseGen:
-            for text, delta in self._generate(ids, **kwargs):
-                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+    # Async: tokenizing and every model step run in a worker thread (contextvars copied), the event loop stays free.
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._completion, prompt, formatted, kwargs)
 
-        return gen()
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        ids = await asyncio.to_thread(self._completion_ids, prompt, formatted)
+        return _in_thread(self._completion_stream(self._request(ids, kwargs)))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self._chat, messages, kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        ids = await asyncio.to_thread(self._chat_ids, messages)
+        return _in_thread(self._chat_stream(self._request(ids, kwargs)))
+
+
+async def _in_thread(items: Iterator[T]) -> AsyncIterator[T]:
+    """Each `next` in a worker thread. If the consumer stops early, the step in flight finishes before the
+    generator is closed (closing a generator that is running in another thread would raise)."""
+    done: Any = object()
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(asyncio.to_thread(next, items, done))
+            item = await asyncio.shield(pending)
+            pending = None
+            if item is done:
+                return
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending])
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

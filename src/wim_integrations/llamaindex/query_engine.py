@@ -42,7 +42,7 @@ class WiMQueryEngine(RetrieverQueryEngine):
     `RouterQueryEngine`, `CondenseQuestionChatEngine`, ...).
 
     `query`/`aquery` return `Response` (or `StreamingResponse`/`AsyncStreamingResponse` with `streaming=True`) whose
-    `metadata["wim_margins"]` holds the margins with the ids of the nodes each was written on. The WiM prompts are
+    `metadata["wim"]["margins"]` holds the margins with the ids of the nodes each was written on. The WiM prompts are
     exposed as `response_synthesizer:<name>` in `get_prompts()` and can be changed with `update_prompts()`.
     """
 

@@ -6,7 +6,7 @@
 
 The nodes are read in document order; after each part the model writes a note (the key facts of the part, or, with
 `analysis=True`, what the query asks for), and the response is written from all the nodes plus every note.
-`response.metadata["wim_margins"]` holds the notes with their node ids, `["wim_result"]` the `WiMSummary`.
+`response.metadata["wim"]["margins"]` holds the notes with their node ids, `["wim"]["result"]` the `WiMSummary`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Swap it in for any synthesizer: `RetrieverQueryEngine(retriever, response_synthesizer=WiMSynthesizer(wim))` or
 `index.as_query_engine(llm=WiMLLM(wim), response_synthesizer=WiMSynthesizer(wim))`. The nodes become WiM documents
-(id = node id), so every margin in `response.metadata["wim_margins"]` names the nodes it was written on.
+(id = node id), so every margin in `response.metadata["wim"]["margins"]` names the nodes it was written on.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from .tracing import RunTracer
 dispatcher = get_dispatcher(__name__)
 
 ReadingOrder = Literal["document", "score"]
+# The one key of `response.metadata` that holds WiM's data: {"margins": [...], "result": WiMResult JSON or None}.
+METADATA_KEY = "wim"
 
 
 def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "document") -> list[NodeWithScore]:
@@ -72,17 +74,13 @@ def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "documen
     return [n for _, n in sorted(enumerate(unique), key=key)]
 
 
-# Response metadata key of the run's `WiMResult` object (the text it read included), next to its JSON form.
-RESULT_OBJECT_KEY = "wim_result_object"
-
-
 def wim_result(response: Any) -> WiMResult:
     """The `WiMResult` behind a WiM response, e.g. to render it: `wim_result(response).to_html("report.html")`."""
-    meta = getattr(response, "metadata", None) or {}
-    result = meta.get(RESULT_OBJECT_KEY)
+    meta = (getattr(response, "metadata", None) or {}).get(METADATA_KEY) or {}
+    result = meta.get("result_object")
     if isinstance(result, WiMResult):
         return result
-    if RESULT_OBJECT_KEY in meta:
+    if "result_object" in meta:
         raise WiMInputError(
             "this response has no finished WiM run: no nodes were retrieved, or it is a streaming response whose "
             "tokens have not all been read yet (read them first)."
@@ -91,6 +89,18 @@ def wim_result(response: Any) -> WiMResult:
         "this response did not come from WiM (its metadata has no WiM result); query through WiMQueryEngine or a "
         "query engine with WiMSynthesizer."
     )
+
+
+def node_documents(
+    nodes: Sequence[NodeWithScore], order: ReadingOrder, metadata_mode: MetadataMode
+) -> list[InputDocument]:
+    """The nodes as WiM documents, in reading order: text as an LLM would see it, id = node id."""
+    return [
+        InputDocument(
+            n.node.get_content(metadata_mode=metadata_mode), id=n.node.node_id, metadata=dict(n.node.metadata)
+        )
+        for n in reading_order(nodes, order)
+    ]
 
 
 def margin_record(margin: Any) -> dict[str, Any]:
@@ -159,12 +169,7 @@ class WiMSynthesizer(BaseSynthesizer):
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _documents(self, nodes: Sequence[NodeWithScore]) -> list[InputDocument]:
-        return [
-            InputDocument(
-                n.node.get_content(metadata_mode=self._metadata_mode), id=n.node.node_id, metadata=dict(n.node.metadata)
-            )
-            for n in reading_order(nodes, self._order)
-        ]
+        return node_documents(nodes, self._order, self._metadata_mode)
 
     def _start(
         self, docs: list[InputDocument], query_str: str, overrides: dict[str, Any]
@@ -195,10 +200,9 @@ class WiMSynthesizer(BaseSynthesizer):
 
     @staticmethod
     def _metadata(source_nodes: Sequence[NodeWithScore]) -> dict[str, Any]:
+        # LlamaIndex's usual {node_id: metadata} entries, and everything of WiM's under the one key "wim".
         meta: dict[str, Any] = {n.node.node_id: n.node.metadata for n in source_nodes}
-        meta["wim_margins"] = []
-        meta["wim_result"] = None
-        meta[RESULT_OBJECT_KEY] = None
+        meta[METADATA_KEY] = {"margins": [], "result": None, "result_object": None}
         return meta
 
     # -- driving a run ---------------------------------------------------------------------------------
@@ -358,10 +362,10 @@ class _TracedRun:
 
     def see(self, event: Any) -> Any:
         if isinstance(event, MarginWritten):
-            self.meta["wim_margins"].append(margin_record(event.margin))
+            self.meta[METADATA_KEY]["margins"].append(margin_record(event.margin))
         elif isinstance(event, Finished):
-            self.meta["wim_result"] = event.result.model_dump(mode="json")
-            self.meta[RESULT_OBJECT_KEY] = event.result
+            self.meta[METADATA_KEY]["result"] = event.result.model_dump(mode="json")
+            self.meta[METADATA_KEY]["result_object"] = event.result  # the object, to render it
         self.tracer.on_event(event)
         self.finished = isinstance(event, Finished)
         return event

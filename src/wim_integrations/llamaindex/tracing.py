@@ -89,6 +89,14 @@ class RunTracer:
             self.dispatcher.span_exit(id_=self.run_id, bound_args=self._run_args, instance=self.instance, result=result)
             self.run_id = None
 
+    def finish_reading(self, margins: list[Any]) -> None:
+        """A run that stops after its margins (no answer): close the open step and the run with the margins."""
+        self._close_step(None)
+        if self.run_id is not None:
+            args = self._run_args
+            self.dispatcher.span_exit(id_=self.run_id, bound_args=args, instance=self.instance, result=margins)
+            self.run_id = None
+
     def abort(self, err: BaseException | None) -> None:
         """The run failed or was abandoned: drop the open spans and end an open legacy event."""
         err = err or RuntimeError("WiM run stopped before it finished")
@@ -157,6 +165,7 @@ class RunTracer:
                     n_segments=ev.n_segments,
                     text=m.text,
                     relevant=m.relevant,
+                    score=m.score,
                     verdict=m.verdict,
                     node_ids=[d.doc_id for d in m.documents if d.doc_id],
                     documents=[d.model_dump(mode="json") for d in m.documents],

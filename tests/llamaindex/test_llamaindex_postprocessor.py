@@ -1,0 +1,138 @@
+"""WiMNodePostprocessor on the tiny random model: the nodes it keeps, what it attaches, its query-engine wiring."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex, get_response_synthesizer
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.llms import MockLLM
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from pydantic import Field
+from tests.test_llamaindex import QUESTION, TEXTS, HashEmbedding
+
+from wim_integrations import DocumentSpan, Margin, WiMInputError
+from wim_integrations.llamaindex import WiMAnswerStartEvent, WiMMarginEvent, WiMNodePostprocessor
+from wim_integrations.llamaindex.synthesizer import node_documents
+
+
+@pytest.fixture(scope="module")
+def index() -> VectorStoreIndex:
+    docs = [Document(text=t, id_=f"doc{i}") for i, t in enumerate(TEXTS)]
+    return VectorStoreIndex.from_documents(
+        docs, embed_model=HashEmbedding(), transformations=[SentenceSplitter(chunk_size=48, chunk_overlap=0)]
+    )
+
+
+def _margin(i: int, node_ids: list[str], relevant: bool, score: float | None = None) -> Margin:
+    return Margin(
+        segment_index=i,
+        text=f"note {i}",
+        relevant=relevant,
+        verdict="yes" if relevant else "no",
+        score=score,
+        char_span=(0, 1),
+        token_span=(0, 1),
+        documents=[DocumentSpan(doc_index=k, doc_id=n, start_char=0, end_char=1) for k, n in enumerate(node_ids)],
+        n_tokens=2,
+        seconds=0.0,
+    )
+
+
+def test_keeps_the_nodes_a_relevant_margin_was_written_on(tiny_wim, monkeypatch):
+    nodes = [NodeWithScore(node=TextNode(id_=i, text=f"text {i}", metadata={"k": i}), score=s) for i, s in
+             [("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.6)]]  # fmt: skip
+    margins = [
+        _margin(0, ["a", "b"], True, 0.2),  # one segment over two small nodes: both kept
+        _margin(1, ["b"], False, -1.0),
+        _margin(2, ["c"], True),  # a long node over two segments: both relevant margins attached
+        _margin(3, ["c"], True, 0.9),
+        _margin(4, ["d"], False),
+    ]
+    post = WiMNodePostprocessor(tiny_wim)
+    seen: list[tuple] = []
+    monkeypatch.setattr(
+        WiMNodePostprocessor, "read", lambda self, n, q: seen.append(([x.node.node_id for x in n], q)) or margins
+    )
+    kept = post.postprocess_nodes(nodes, query_str=QUESTION)
+    assert seen == [(["a", "b", "c", "d"], QUESTION)]
+    assert [(n.node.node_id, n.score) for n in kept] == [("a", 0.9), ("b", 0.8), ("c", 0.7)]  # retrieval order
+    meta = {n.node.node_id: n.node.metadata for n in kept}
+    assert meta["a"] == {"k": "a", "wim_margin": "note 0", "wim_margin_score": 0.2}
+    assert meta["b"]["wim_margin"] == "note 0"  # its irrelevant margin is not attached
+    assert meta["c"]["wim_margin"] == "note 2\n\nnote 3" and meta["c"]["wim_margin_score"] == 0.9
+    assert all(n.node.metadata == {"k": n.node.node_id} for n in nodes)  # the retrieved nodes are not modified
+    text = kept[0].node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "note 0" not in text and "k: a" in text  # hidden from the next reader by default
+    assert "note 0" not in kept[0].node.get_content(metadata_mode=MetadataMode.EMBED)
+    shown = WiMNodePostprocessor(tiny_wim, margins_in_prompt=True).postprocess_nodes(nodes, query_str=QUESTION)
+    assert "wim_margin: note 0" in shown[0].node.get_content(metadata_mode=MetadataMode.LLM)
+
+
+def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
+    class Recorder(BaseEventHandler):
+        events: list = Field(default_factory=list)
+
+        def handle(self, event, **kwargs) -> None:
+            self.events.append(event)
+
+    retrieved = index.as_retriever(similarity_top_k=4).retrieve(QUESTION)
+    docs = node_documents(retrieved, "document", MetadataMode.LLM)
+    scored = 0
+    for mode in ("none", "same_model", "lexical", "pmi"):
+        direct = tiny_wim.run(docs, QUESTION, classification=mode, margin_scope="segment")
+        relevant_ids = {d.doc_id for m in direct.margins if m.relevant for d in m.documents}
+        rec = Recorder(events=[])
+        get_dispatcher().add_event_handler(rec)
+        try:
+            kept = WiMNodePostprocessor(tiny_wim, classification=mode).postprocess_nodes(retrieved, query_str=QUESTION)
+        finally:
+            get_dispatcher().event_handlers.remove(rec)
+        assert [n.node.node_id for n in kept] == [n.node.node_id for n in retrieved if n.node.node_id in relevant_ids]
+        for n in kept:  # the best score of the relevant margins written on the node (None where the mode has none)
+            scores = [
+                m.score for m in direct.margins if m.relevant and n.node.node_id in {d.doc_id for d in m.documents}
+            ]
+            expected = max(scores) if None not in scores else None
+            assert n.node.metadata["wim_margin_score"] == pytest.approx(expected)
+            scored += expected is not None
+        margins = [e for e in rec.events if isinstance(e, WiMMarginEvent)]
+        assert [m.text for m in margins] == [m.text for m in direct.margins]  # the same margins, traced
+        assert not [e for e in rec.events if isinstance(e, WiMAnswerStartEvent)]  # no answer was generated
+    assert scored  # some node was kept with a score (pmi keeps these tiny-model margins): the check above ran
+
+
+def test_in_node_postprocessors_in_front_of_another_reader(index, tiny_wim):
+    reader = get_response_synthesizer(llm=MockLLM(), response_mode="simple_summarize")  # echoes its prompt
+    engine = RetrieverQueryEngine(
+        index.as_retriever(similarity_top_k=3),
+        response_synthesizer=reader,
+        node_postprocessors=[WiMNodePostprocessor(tiny_wim, classification="none")],
+    )
+    r = engine.query(QUESTION)
+    assert len(r.source_nodes) == 3  # "none" keeps every margin, so every node
+    assert all(n.node.metadata["wim_margin"] is not None for n in r.source_nodes)
+    for n in r.source_nodes:
+        assert n.node.get_content() in r.response  # the other reader read the kept nodes
+    ra = asyncio.run(engine.aquery(QUESTION))
+    assert [n.node.metadata["wim_margin"] for n in ra.source_nodes] == [
+        n.node.metadata["wim_margin"] for n in r.source_nodes
+    ]
+
+
+def test_bad_input(tiny_wim):
+    post = WiMNodePostprocessor(tiny_wim)
+    node = NodeWithScore(node=TextNode(id_="a", text="x"), score=1.0)
+    with pytest.raises(WiMInputError, match="query_str"):
+        post.postprocess_nodes([node])
+    assert post.postprocess_nodes([], QueryBundle(QUESTION)) == []
+    with pytest.raises(WiMInputError, match="empty"):
+        post.postprocess_nodes([node], query_str=" ")
+    with pytest.raises(ValueError, match="order"):
+        WiMNodePostprocessor(tiny_wim, order="random")
+    with pytest.raises(ValueError, match="no_such_setting"):
+        WiMNodePostprocessor(tiny_wim, no_such_setting=1)
