@@ -631,7 +631,9 @@ class WiMStream:
             self.result = WiMResult(question=plan.question, **outcome)
         yield Finished(result=self.result)
 
-    def _read_sequential(self, cache: Any, run: _RunState, store: Callable[[], object] | None) -> Iterator[WiMEvent]:
+    def _read_sequential(
+        self, cache: Any, run: _RunState, store: Callable[[], object] | None
+    ) -> Generator[WiMEvent, None, None]:
         """The interactive loop: prefill a segment, write its margin token by token, roll back, classify."""
         plan, cfg, b = self.plan, self.plan.config, self.wim.backend
         timings, tokens, margins = run.timings, run.tokens, run.margins
@@ -686,7 +688,7 @@ class WiMStream:
 
     def _read_batched(
         self, cache: Any, run: _RunState, *, prefilled: bool, store: Callable[[], object] | None
-    ) -> Iterator[WiMEvent]:
+    ) -> Generator[WiMEvent, None, None]:
         """Groups of `margin_batch_size` segments: prefill the group, then decode all its margins in one packed batch
         over the shared cache (row j sees the cache up to the end of segment j) and classify them in one pass.
 

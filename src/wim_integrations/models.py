@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ModelLoadError, WiMInputError
 
@@ -148,7 +148,7 @@ def load_model_and_tokenizer(
             "Hugging Face cache (downloads are off: local_files_only=True), or omit --model for the embedded default."
         ) from exc
     if device:
-        model = model.to(device)
+        model = cast(Any, model).to(device)
     if dtype == "auto" and (fallback := cpu_fallback_dtype(model)) is not None:
         log.info("%s: %s is slow on this CPU; using %s (pass dtype=... to keep it)", name, model.dtype, fallback)
         model = model.to(fallback)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import re
 
-from tests.helpers import SAMPLE
+from helpers import SAMPLE
+
 from wim_integrations import InputDocument, WiMConfig
 from wim_integrations.progress import ProgressDisplay
 

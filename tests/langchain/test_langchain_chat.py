@@ -9,7 +9,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_tests.unit_tests import ChatModelUnitTests
-from tests.test_langchain import DOCS, QUESTION
+from test_langchain import DOCS, QUESTION
 
 from wim_integrations import InputDocument, WiM, WiMInputError
 from wim_integrations.langchain import EVENT_NAMES, ChatWiM, parse_event

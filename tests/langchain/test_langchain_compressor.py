@@ -11,7 +11,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
-from tests.test_langchain import DOCS, QUESTION
+from test_langchain import DOCS, QUESTION
 
 from wim_integrations import WiM, WiMInputError, engine
 from wim_integrations.langchain import MARGIN_RUN, RecordingClient, WiMDocumentCompressor, langsmith_tracer, parse_event

@@ -9,7 +9,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackHandler
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tracers.context import collect_runs
-from tests.test_langchain import DOCS, QUESTION
+from test_langchain import DOCS, QUESTION
 
 from wim_integrations import WiM, WiMConfig, WiMInputError
 from wim_integrations.langchain import ANSWER_RUN, CLASSIFY_RUN, MARGIN_RUN, RecordingClient, WiMChain, langsmith_tracer

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import pytest
 from langgraph.graph import END, START, StateGraph
-from tests.test_langchain import DOCS, QUESTION
+from test_langchain import DOCS, QUESTION
 from typing_extensions import TypedDict
 
 from wim_integrations import InputDocument, WiMInputError

@@ -9,7 +9,7 @@ import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.llms import ChatMessage
 from llama_index.core.node_parser import SentenceSplitter
-from tests.test_llamaindex import QUESTION, TEXTS, HashEmbedding
+from test_llamaindex import QUESTION, TEXTS, HashEmbedding
 
 from wim_integrations import WiMInputError
 from wim_integrations.llamaindex import WiMLLM, WiMNodePostprocessor, WiMQueryEngine, WiMSynthesizer

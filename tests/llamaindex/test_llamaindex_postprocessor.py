@@ -13,7 +13,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 from pydantic import Field
-from tests.test_llamaindex import QUESTION, TEXTS, HashEmbedding
+from test_llamaindex import QUESTION, TEXTS, HashEmbedding
 
 from wim_integrations import DocumentSpan, Margin, WiMInputError
 from wim_integrations.llamaindex import WiMAnswerStartEvent, WiMMarginEvent, WiMNodePostprocessor

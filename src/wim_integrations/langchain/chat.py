@@ -72,9 +72,10 @@ class ChatWiM(WiMSettings, BaseChatModel):
 
     @model_validator(mode="after")
     def _one_answer_budget(self) -> ChatWiM:
-        if None not in (self.max_tokens, self.answer_max_new_tokens) and self.max_tokens != self.answer_max_new_tokens:
+        budget = self.setting("answer_max_new_tokens")
+        if None not in (self.max_tokens, budget) and self.max_tokens != budget:
             raise WiMInputError(
-                f"max_tokens={self.max_tokens} and answer_max_new_tokens={self.answer_max_new_tokens} disagree; "
+                f"max_tokens={self.max_tokens} and answer_max_new_tokens={budget} disagree; "
                 "they are the same setting, give one."
             )
         return self
@@ -225,7 +226,7 @@ class ChatWiM(WiMSettings, BaseChatModel):
         t = r.tokens
         read = t.context + t.prompt + t.answer_prompt
         written = t.margin_generated + t.classifier_generated + t.answer_generated
-        usage = UsageMetadata(input_tokens=read, output_tokens=written, total_tokens=read + written)
+        usage = UsageMetadata(input_tokens=read, output_tokens=written, total_tokens=read + written)  # type: ignore[typeddict-item]
         meta = {
             "model_name": r.model,
             "model_provider": "huggingface",
@@ -235,7 +236,7 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return AIMessageChunk(content="", usage_metadata=usage, response_metadata=meta, chunk_position="last")
 
     def _sampling(self, kwargs: dict[str, Any]) -> SamplingConfig:
-        base = kwargs.get("sampling") or self.sampling or self.wim.config.sampling
+        base = kwargs.get("sampling") or self.setting("sampling") or self.wim.config.sampling
         if isinstance(base, dict):
             base = SamplingConfig(**base)
         if self.temperature is None:
@@ -248,7 +249,7 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return (
             kwargs.get("answer_max_new_tokens")
             or self.max_tokens
-            or self.answer_max_new_tokens
+            or self.setting("answer_max_new_tokens")
             or self.wim.config.answer_max_new_tokens
         )
 

@@ -87,7 +87,7 @@ def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
 
 def _llm_result(text: str, info: dict[str, Any], usage: dict[str, int], model: str) -> LLMResult:
     """An `llm` run's output with its token usage where LangSmith and `UsageMetadataCallbackHandler` read it."""
-    message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": model})  # type: ignore[arg-type]
+    message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": model})
     token_usage = {
         "prompt_tokens": usage["input_tokens"],
         "completion_tokens": usage["output_tokens"],

@@ -7,7 +7,7 @@ setting. Unknown constructor arguments and invoke keyword arguments are rejected
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
@@ -27,7 +27,8 @@ def _optional_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, info in WiMConfig.model_fields.items():
         # Keep the core's constraints (ge=1, gt=0, ...) so bad values fail at construction.
-        ann = Annotated.__class_getitem__((info.annotation, *info.metadata)) if info.metadata else info.annotation
+        args = (info.annotation, *info.metadata)
+        ann: Any = cast(Any, Annotated)[args] if info.metadata else info.annotation
         default = info.get_default(call_default_factory=True)
         shown = default.model_dump() if isinstance(default, BaseModel) else default
         about = f"{info.description}. " if info.description else ""
@@ -41,7 +42,7 @@ WIM_SETTINGS: tuple[str, ...] = tuple(WiMConfig.model_fields)
 _WiMSettingsFields = create_model("_WiMSettingsFields", **_optional_fields())
 
 
-class WiMSettings(_WiMSettingsFields):  # type: ignore[misc,valid-type]
+class WiMSettings(_WiMSettingsFields):
     """Mixin of the per-call WiM settings (one optional field per `WiMConfig` field) for the LangChain adapters."""
 
     @model_validator(mode="before")
@@ -54,10 +55,14 @@ class WiMSettings(_WiMSettingsFields):  # type: ignore[misc,valid-type]
     @model_validator(mode="after")
     def _check_combination(self) -> WiMSettings:
         # The core's cross-field rules, at construction, against the engine's own config (the settings override it).
-        engine = getattr(self, "wim", None)
-        base = engine.config if isinstance(getattr(engine, "config", None), WiMConfig) else WiMConfig()
+        engine_config = getattr(getattr(self, "wim", None), "config", None)
+        base = engine_config if isinstance(engine_config, WiMConfig) else WiMConfig()
         base.with_updates(**self.wim_overrides())
         return self
+
+    def setting(self, name: str) -> Any:
+        """The value of one WiM setting field (None: the engine's own), for code that names it."""
+        return getattr(self, name)
 
     def wim_overrides(self, **per_call: Any) -> dict[str, Any]:
         """The settings this object (and `per_call` invoke kwargs) set, as `WiM.stream(**overrides)` takes them."""

@@ -7,7 +7,8 @@ OpenAI LLM (which `index.as_query_engine()` and chat engines look up when no llm
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -153,7 +154,7 @@ class WiMLLM(CustomLLM):
             check_text(m.content or "", f"message {i}")
         roles = {MessageRole.SYSTEM, MessageRole.USER, MessageRole.ASSISTANT}
         msgs = [{"role": m.role.value if m.role in roles else "user", "content": m.content or ""} for m in messages]
-        with b.tokenizer_lock:
+        with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
             text = b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return b.encode_template(text)
 
@@ -240,7 +241,7 @@ class WiMLLM(CustomLLM):
         return _in_thread(self._chat_stream(self._request(ids, kwargs)))
 
 
-async def _in_thread(items: Iterator[T]) -> AsyncIterator[T]:
+async def _in_thread(items: Iterator[T]) -> AsyncGenerator[T, None]:
     """Each `next` in a worker thread. If the consumer stops early, the step in flight finishes before the
     generator is closed (closing a generator that is running in another thread would raise)."""
     done: Any = object()
