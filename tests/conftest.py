@@ -129,7 +129,15 @@ def tiny_wim(tiny_backends):
     """A WiM on the tiny Llama with small budgets, for fast adapter tests."""
     from wim_integrations import WiM, WiMConfig
 
-    cfg = WiMConfig(segment_tokens=160, margin_max_new_tokens=8, answer_max_new_tokens=8, classifier_max_new_tokens=3)
+    # The adapter tests follow a model-judged run (classification child runs, verdict replies); score-based
+    # classification (the default) is tested in tests/core/test_relevance.py and where an adapter sets it.
+    cfg = WiMConfig(
+        segment_tokens=160,
+        margin_max_new_tokens=8,
+        answer_max_new_tokens=8,
+        classifier_max_new_tokens=3,
+        classification="same_model",
+    )
     return WiM(tiny_backends["llama"], config=cfg)
 
 

@@ -28,7 +28,8 @@ def common(tiny_model_dirs, tmp_path):
 def test_summarize_shows_progress_notes_and_the_summary(common):
     code, out, err = run_cli(*common, "--margin-tokens", "5", "--answer-tokens", "5")
     assert code == 0, err
-    assert err.count("read segment") >= 3 and "margin 1 [kept" in err and "Answering from" in err and "Done in" in err
+    assert err.count("read segment") >= 3 and "margin 1 [unclassified, kept" in err
+    assert "Answering from" in err and "Done in" in err
     assert out.strip()
 
 

@@ -211,7 +211,11 @@ def test_langchain_documents_show_their_ids_and_metadata(tiny_wim):
         Document(page_content=SAMPLE, id="lc-harbor", metadata={"source": "harbor.md"}),
         Document(page_content=HOSTILE, id="lc-hostile", metadata={"source": "<evil>.md"}),
     ]
-    r = WiMChain(wim=tiny_wim).with_margins().invoke({"question": "Who keeps the lighthouse?", "context": docs})
+    r = (
+        WiMChain(wim=tiny_wim)
+        .with_margins()
+        .invoke({"question": "Who keeps the lighthouse?", "context": docs})["result"]
+    )
     tree = parse(r.to_html())
     starts = tree.find("span", "docstart")
     assert [s["text"].split("source")[0] for s in starts] == ["lc-harbor", "lc-hostile"]

@@ -36,7 +36,7 @@ def reference(tiny_wim: WiM) -> WiMSummary:
 def test_summarize_input_gives_the_engine_summary(chain, reference):
     assert chain.invoke({"context": DOCS, "summarize": True}) == reference.summary
     assert chain.invoke({"context": DOCS, "question": Analysis.summary()}) == reference.summary
-    full = chain.with_margins().invoke({"context": DOCS, "summarize": True})
+    full = chain.with_margins().invoke({"context": DOCS, "summarize": True})["result"]
     assert isinstance(full, WiMSummary) and [n.text for n in full.notes] == [n.text for n in reference.notes]
     assert {d.doc_id for n in full.notes for d in n.documents} == {"d1", "d2"}
     streamed = "".join(chain.stream({"context": DOCS, "summarize": True}))
@@ -52,7 +52,7 @@ def test_instructions_and_schema_reach_the_engine(chain, tiny_wim):
     custom = tiny_wim.summarize(docs, "Two lines.")
     assert chain.invoke({"context": DOCS, "summarize": "Two lines."}) == custom.summary
     roomy = WiMChain(wim=tiny_wim, context=DOCS, return_margins=True, margin_max_new_tokens=20, segment_tokens=300)
-    result = roomy.invoke({"analyze": "List the codes.", "schema": Code})
+    result = roomy.invoke({"analyze": "List the codes.", "schema": Code})["result"]
     assert result.schema_name == "Code" and result.n_segments == len(result.notes)
     assert all((n.data is None) != (n.parse_error is None) for n in result.notes)  # each note validated or reported
 
@@ -72,5 +72,9 @@ def test_bad_summary_inputs(chain, value, message):
         chain.invoke(value)
 
 
-def test_input_schema_documents_the_summary_keys(chain):
-    assert {"summarize", "analyze", "note_instruction"} <= set(chain.get_input_jsonschema()["properties"])
+def test_summary_keys_are_accepted_but_the_input_schema_stays_a_question(chain):
+    # The schema is what tools and agents see (`as_tool`): a question. Summary inputs are a documented dict shape.
+    schema = chain.get_input_jsonschema()
+    assert not {"summarize", "analyze", "note_instruction"} & set(schema["properties"])
+    assert "question" in schema["required"]
+    assert chain.invoke({"context": DOCS, "summarize": True, "note_instruction": "Copy numbers."})

@@ -20,7 +20,7 @@ def test_llamaindex_adapters_refuse_lone_surrogates_and_bad_budgets(tiny_wim):
         llm.complete("abc \ud800 def")
     with pytest.raises(WiMInputError, match="message 0 contains a lone surrogate"):
         llm.chat([ChatMessage(role="user", content="abc \ud800")])
-    with pytest.raises(WiMInputError, match="max_new_tokens must be a positive integer, not -3"):
+    with pytest.raises(WiMInputError, match="max_new_tokens must be at least 1"):
         llm.complete("hi", max_new_tokens=-3)
     with pytest.raises(WiMInputError, match="prompt is empty and formatted=True"):
         llm.complete("", formatted=True)
