@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .runner import PRESETS, RESULTS_DIR, build_tasks, run_benchmark, select_tasks, slug
+from .runner import PRESETS, RESULTS_DIR, annotate_results, build_tasks, run_benchmark, select_tasks, slug
 from .systems import SYSTEMS
 from .tasks import KINDS
 from .variants import parse_systems, split_names
@@ -53,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("results", nargs="?", type=Path, help="results JSONL (default: every file in benchmarks/results)")
     rep.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     rep.add_argument("--md", type=Path, help="also write the markdown here")
+    ann = sub.add_parser(
+        "annotate", help="add ground-truth margin labels to results recorded without them (regenerates the tasks)"
+    )
+    ann.add_argument("results", type=Path)
+    ann.add_argument("--model", default="default", help="the model the results were run with (for its tokenizer)")
     args = parser.parse_args(argv)
+
+    if args.command == "annotate":
+        n = annotate_results(args.results, _load_backend(args.model))
+        print(f"{args.results}: labelled the margins of {n} WiM reads", file=sys.stderr)
+        return 0
 
     if args.command == "run":
         preset = PRESETS[args.preset]

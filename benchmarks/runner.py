@@ -18,7 +18,7 @@ from wim_integrations import WiMConfig, WiMResult
 from wim_integrations.backends.base import Backend
 
 from .scoring import score
-from .systems import SYSTEMS, Reader, run_system
+from .systems import SYSTEMS, Reader, margin_records, run_system
 from .tasks import KINDS, Task, make_tasks
 from .variants import SystemSpec, parse_system, parse_systems
 
@@ -200,3 +200,32 @@ def run_benchmark(
             bar.update(1)
     bar.close()
     return [done[(t.id, s)] for t in tasks for s in order]
+
+
+def preset_of(meta: dict[str, Any]) -> Preset:
+    """The preset a results file was run with, from its `.meta.json` (as it was then, not as PRESETS has it now)."""
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset_settings"].items()}
+    return Preset(**settings)
+
+
+def annotate_results(path: Path, backend: Backend) -> int:
+    """Relabel the margins of every WiM read in `path` with ground truth (relevance.py), regenerating the tasks from
+    the file's preset: for results recorded before the labels existed, or after the truth definition changed.
+    Returns the number of records relabelled; the file is rewritten in place."""
+    meta = json.loads(path.with_suffix(".meta.json").read_text(encoding="utf-8"))
+    tasks = {t.id: t for t in build_tasks(backend, preset_of(meta), KINDS)}
+    records = load_records(path)
+    n = 0
+    for rec in records:
+        task = tasks.get(rec["task_id"])
+        if task is None or "wim_result" not in rec.get("detail", {}):
+            continue
+        if (task.question, list(task.answers), task.n_tokens) != (rec["question"], rec["gold"], rec["n_tokens"]):
+            raise ValueError(f"{path}: task {task.id} no longer matches its record (other tokenizer or task code?)")
+        rec["facts"] = [{"text": f.text, "start_char": f.start_char, "needed": f.needed} for f in task.facts]
+        rec["detail"]["margins"] = margin_records(task, WiMResult.model_validate(rec["detail"]["wim_result"]))
+        n += 1
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return n

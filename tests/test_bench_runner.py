@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.report import write_report
-from benchmarks.runner import Preset, build_tasks, load_records, run_benchmark
+from benchmarks.runner import Preset, annotate_results, build_tasks, load_records, run_benchmark
 from benchmarks.systems import SYSTEMS, Reader, run_margins_only, run_rag_classifier
 from benchmarks.variants import parse_system
 from wim_integrations import WiMConfig, WiMResult
@@ -116,6 +116,21 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
     assert main(["report", str(out), "--img-dir", str(tmp_path / "img2"), "--md", str(tmp_path / "cli.md")]) == 0
     assert (tmp_path / "cli.md").read_text() == md.replace(str(tmp_path / "img"), str(tmp_path / "img2"))
     assert len(list((tmp_path / "img2").glob("*.png"))) == 4
+
+    # Results recorded without margin labels get them back from the regenerated tasks, identical to a fresh run's.
+    stripped = []
+    for rec in load_records(out):
+        rec.get("detail", {}).pop("margins", None)
+        rec.pop("facts", None)
+        stripped.append(json.dumps(rec))
+    out.write_text("\n".join(stripped) + "\n")
+    assert "No margin ground truth" in write_report(out, tmp_path / "img3")
+    assert annotate_results(out, backend) == 2 * 3  # 2 tasks x 3 WiM variants
+    relabelled = {(r["task_id"], r["system"]): r for r in load_records(out)}
+    for key, rec in by.items():
+        assert relabelled[key].get("detail", {}).get("margins") == rec["detail"].get("margins")
+        assert relabelled[key].get("facts", rec["facts"]) == rec["facts"]
+    assert write_report(out, tmp_path / "img") == md
 
 
 def _margin(i: int, text: str, relevant: bool, span: tuple[int, int]) -> Margin:
