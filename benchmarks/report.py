@@ -179,11 +179,16 @@ def relevance_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     ax = axes[0][0]
     width = 0.8 / 3
     for j, (label, attr) in enumerate((("precision", "precision"), ("recall", "recall"), ("F1", "f1"))):
-        values = [getattr(relevance_stats(ms), attr) or 0.0 for ms in by_sys.values()]
-        ax.bar([i + (j - 1) * width for i in range(len(by_sys))], values, width, label=label)
+        values = [getattr(relevance_stats(ms), attr) for ms in by_sys.values()]
+        xs = [i + (j - 1) * width for i in range(len(by_sys))]
+        ax.bar(xs, [v or 0.0 for v in values], width, label=label)
+        for x, v in zip(xs, values, strict=True):  # the value on each bar: a 0 bar is invisible otherwise
+            ax.text(x, (v or 0.0) + 0.01, "–" if v is None else f"{v:.2f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(by_sys)), list(by_sys), rotation=20, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
-    ax.set_title("kept margins vs ground truth", fontsize=10)
+    ax.set_xlim(-0.6, len(by_sys) - 0.4)
+    model = records[0].get("model", "")
+    ax.set_title(f"kept margins vs ground truth ({model})", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     if scored:
