@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from wim_integrations.errors import WiMInputError
+
 from .runner import PRESETS, RESULTS_DIR, annotate_results, build_tasks, run_benchmark, select_tasks, slug
 from .systems import SYSTEMS
 from .tasks import KINDS
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         help="only these task ids, exact or shell patterns (e.g. 'needle-*-s0' 'multihop-*'); "
         "ids look like needle-L4608-d0.25-s0",
     )
+    run.add_argument(
+        "--classifier-model", help="judge model (local dir or HF cache name) for variants with classification=auxiliary"
+    )
     run.add_argument("--out", type=Path, help="results JSONL (default benchmarks/results/<preset>-<model>.jsonl)")
     run.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="markdown table + PNG plots from a results file")
@@ -69,13 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         preset = PRESETS[args.preset]
         kinds = [k for k in args.tasks.split(",") if k] if args.tasks else list(preset.kinds)
         try:  # bad names fail here, before the model loads
-            systems = [s.name for s in parse_systems(split_names(args.systems), preset.wim_config())]
+            specs = parse_systems(split_names(args.systems), preset.wim_config())
+            systems = [s.name for s in specs]
+            judged = [
+                s.name for s in specs if s.reads_with and s.config(preset.wim_config()).classification == "auxiliary"
+            ]
+            if judged and not args.classifier_model:
+                raise ValueError(f"{', '.join(judged)} classify with an auxiliary model: pass --classifier-model PATH")
             unknown = set(kinds) - set(KINDS)
             if unknown:
                 raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
         except ValueError as e:
             parser.error(str(e))
         backend = _load_backend(args.model)
+        classifier = _load_backend(args.classifier_model) if args.classifier_model else None
         tasks = build_tasks(backend, preset, kinds)
         if args.ids:
             try:
@@ -83,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 parser.error(str(e))
         out = args.out or RESULTS_DIR / f"{args.preset}-{slug(backend.name)}.jsonl"
-        run_benchmark(
-            backend, tasks, out, preset_name=args.preset, preset=preset, systems=systems, progress=not args.no_progress
-        )
+        try:
+            run_benchmark(
+                backend,
+                tasks,
+                out,
+                preset_name=args.preset,
+                preset=preset,
+                systems=systems,
+                progress=not args.no_progress,
+                classifier=classifier,
+            )
+        except WiMInputError as e:  # WiM's input checks: their message (with the fix), not a traceback
+            parser.error(str(e))
         print(f"results: {out}", file=sys.stderr)
         return 0
 

@@ -128,13 +128,19 @@ def run_benchmark(
     preset: Preset,
     systems: Sequence[str | SystemSpec] = SYSTEMS,
     progress: bool = True,
+    classifier: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Run what `out` lacks; return all records for these tasks and systems. Results are appended as they come.
 
-    `systems` are names such as "wim" or "wim[classification=inline]" (validated here, before any forward pass)."""
+    `systems` are names such as "wim" or "wim[classification=inline]"; `classifier` is the judge model for variants
+    with classification="auxiliary". Every WiM variant is validated and planned on the first task (WiM's own input
+    checks) before any forward pass."""
     config = preset.wim_config()
     specs = parse_systems([s.name if isinstance(s, SystemSpec) else s for s in systems], config)
-    reader = Reader(backend, config)
+    reader = Reader(backend, config, classifier)
+    for spec in specs:
+        if spec.reads_with and tasks:
+            reader.wim.plan(tasks[0].context, tasks[0].question, spec.config(config))
     out.parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in load_records(out):
@@ -149,6 +155,7 @@ def run_benchmark(
     meta_path = out.with_suffix(".meta.json")
     if not meta_path.exists():
         meta = {"preset": preset_name, "model": backend.name, "preset_settings": asdict(preset), **machine_facts()}
+        meta["classifier_model"] = classifier.name if classifier else None
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     # WiM variants run before the ablations that reuse their margins (parse_systems orders them).

@@ -55,10 +55,10 @@ class Reader:
     """Shared state for one model: the backend, its chat frame, the base WiM settings and each (WiM variant, task)'s
     WiM result."""
 
-    def __init__(self, backend: Backend, config: WiMConfig) -> None:
+    def __init__(self, backend: Backend, config: WiMConfig, classifier: Backend | None = None) -> None:
         self.backend = backend
         self.config = config
-        self.wim = WiM(backend, config=config)
+        self.wim = WiM(backend, config=config, classifier=classifier)  # classifier: for classification="auxiliary"
         self.frame = ChatFrame.from_tokenizer(backend.tokenizer)
         self.wim_results: dict[tuple[str, str], WiMResult] = {}  # (variant name, e.g. "wim[...]", task id) -> result
 

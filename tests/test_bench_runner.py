@@ -189,3 +189,25 @@ def test_ablation_variant_answers_from_its_own_wim_variant(tiny_backends, tasks,
     assert out.detail["reads_with"] == INLINE
     run_margins_only(reader, task)
     assert "NOTE-DEFAULT" in bodies[-1] and "NOTE-INLINE" not in bodies[-1]
+
+
+def test_variants_are_planned_before_any_forward_pass(tiny_backends, tasks, tmp_path, monkeypatch):
+    from wim_integrations.errors import WiMInputError
+
+    backend = tiny_backends["llama"]
+    monkeypatch.setattr(backend, "generate", lambda *_a, **_k: pytest.fail("no generation before the checks"))
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(WiMInputError, match="classification='auxiliary' needs a classifier model"):
+        run_benchmark(
+            backend,
+            tasks,
+            out,
+            preset_name="t",
+            preset=PRESET,
+            systems=["long_context", "wim[classification=auxiliary]"],
+        )
+    with pytest.raises(WiMInputError, match="segment_tokens=8 is smaller than the margin instruction"):
+        run_benchmark(
+            backend, tasks, out, preset_name="t", preset=PRESET, systems=["wim", "rag_classifier[segment_tokens=8]"]
+        )
+    assert load_records(out) == []

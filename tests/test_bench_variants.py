@@ -86,6 +86,7 @@ def test_split_and_order():
         (["--systems", "wim[classification=bogus]"], "invalid WiM setting"),
         (["--systems", "long_context,nope"], "unknown system 'nope'"),
         (["--tasks", "needle,haystack"], "unknown task kind"),
+        (["--systems", "wim[classification=auxiliary]"], "classify with an auxiliary model: pass --classifier-model"),
     ],
 )
 def test_cli_rejects_bad_input_before_loading_a_model(argv, message, monkeypatch, capsys):
