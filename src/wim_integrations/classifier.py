@@ -17,6 +17,10 @@ from .classify import parse_verdict, verdict_is_settled
 from .config import SamplingConfig
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
+from .relevance import CONTENT_FREE_MARGIN, logsumexp
+
+_YES_WORDS = ("YES", "Yes", "yes", " YES", " Yes", " yes")
+_NO_WORDS = ("NO", "No", "no", " NO", " No", " no")
 
 
 class MarginClassifier:
@@ -72,6 +76,30 @@ class MarginClassifier:
         self.generated_tokens += sum(len(o) for o in outs)
         replies = [b.decode(o).strip() for o in outs]
         return [(parse_verdict(r), r) for r in replies]
+
+    def calibrated_scores(self, margins: Sequence[str]) -> list[float]:
+        """log P(yes) - log P(no) of each margin's first reply token, minus the same for a content-free margin.
+
+        No reply is decoded: one pass reads every margin's tail (and the content-free one's) on top of the shared
+        head and looks at the next-token distribution. Yes/no are each the sum over their spellings' first tokens."""
+        if not margins:
+            return []
+        yes, no = self._verdict_tokens()
+        rows = [self._tail_ids(m) for m in [*margins, CONTENT_FREE_MARGIN]]
+        scores = self.backend.score_rows(self._head_cache(), rows, next_ids=[*yes, *no])
+
+        def log_odds(next_lp: dict[int, float]) -> float:
+            return logsumexp([next_lp[t] for t in yes]) - logsumexp([next_lp[t] for t in no])
+
+        *per_margin, baseline = (log_odds(s.next_logprobs) for s in scores)
+        return [v - baseline for v in per_margin]
+
+    def _verdict_tokens(self) -> tuple[list[int], list[int]]:
+        """First tokens of the yes and no spellings; a token that opens both is left out."""
+        first = self.backend.encode_text
+        yes = {first(w)[0] for w in _YES_WORDS}
+        no = {first(w)[0] for w in _NO_WORDS}
+        return sorted(yes - no), sorted(no - yes)
 
     def _generate_one(self, cache: Any, margin: str, check: Callable[[], None]) -> list[int]:
         b, out = self.backend, []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ClassificationMode = Literal["same_model", "auxiliary", "inline", "none"]
+ClassificationMode = Literal["pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
+MarginScope = Literal["segment", "so_far"]
 
 
 class SamplingConfig(BaseModel):
@@ -34,7 +36,20 @@ class WiMConfig(BaseModel):
     segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
     margin_max_new_tokens: int = Field(64, ge=1)
     answer_max_new_tokens: int = Field(256, ge=1)
-    classification: ClassificationMode = "same_model"
+    classification: ClassificationMode = Field(
+        "same_model",
+        description="how margins are judged: scored from the model's probabilities ('pmi', 'calibrated') or the text "
+        "('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', 'auxiliary', "
+        "'inline'); or every margin kept ('none')",
+    )
+    relevance_threshold: float | None = Field(
+        None, description="score-based modes keep margins scoring at least this; None: the mode's default"
+    )
+    margin_scope: MarginScope = Field(
+        "so_far",
+        description="what a margin is written about: 'segment' (the part just read, with the earlier text in view) or "
+        "'so_far' (everything read so far)",
+    )
     classifier_max_new_tokens: int = Field(8, ge=1)
     keep_unknown_verdicts: bool = Field(
         False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
@@ -49,6 +64,39 @@ class WiMConfig(BaseModel):
     reuse_document_cache: bool = Field(
         True, description="start from the WiM's document cache when it holds this context (WiM(document_cache=...))"
     )
+
+    @model_validator(mode="after")
+    def _check_threshold(self) -> WiMConfig:
+        t = self.relevance_threshold
+        if t is None:
+            return self
+        if not self.scored:
+            raise ValueError(
+                f"relevance_threshold applies to the score-based classification modes ('pmi', 'calibrated', "
+                f"'lexical'), not to classification={self.classification!r}; drop it or pick a score-based mode"
+            )
+        if not math.isfinite(t):
+            raise ValueError(f"relevance_threshold must be a finite number, not {t}")
+        if self.classification == "lexical" and not 0.0 <= t <= 1.0:
+            raise ValueError(
+                f"relevance_threshold={t} is out of range for 'lexical' (a share of names and numbers found): "
+                "use a value between 0 and 1"
+            )
+        return self
+
+    @property
+    def scored(self) -> bool:
+        """Whether margins are judged by a score and a threshold (rather than a parsed reply)."""
+        return self.classification in ("pmi", "calibrated", "lexical")
+
+    @property
+    def threshold(self) -> float:
+        """The relevance threshold in force for a score-based mode."""
+        from .relevance import DEFAULT_THRESHOLDS
+
+        if self.relevance_threshold is not None:
+            return self.relevance_threshold
+        return DEFAULT_THRESHOLDS[self.classification]
 
     def with_updates(self, **changes: object) -> WiMConfig:
         """A copy with `changes` applied and validated."""

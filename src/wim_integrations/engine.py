@@ -33,10 +33,12 @@ from .events import (
     SegmentRead,
     Timings,
     TokenCounts,
+    Verdict,
     WiMEvent,
     WiMResult,
 )
 from .prompts import ChatFrame, PromptSet, render, split_at_placeholder
+from .relevance import MarginDraft, PMIScorer, lexical_score
 from .segmenter import Context, Segment, segment_context
 from .textstream import TextDeltas
 
@@ -95,6 +97,7 @@ class _RunState:
     margins: list[Margin]
     read: int = 0
     classifier: MarginClassifier | None = None  # created on the first margin to judge
+    pmi: PMIScorer | None = None  # likewise, for classification="pmi"
     margin_heads: dict[int, PromptAside] = field(default_factory=dict)  # segment end -> margin head keys/values
 
 
@@ -170,8 +173,7 @@ class WiM:
             )
         b = self.backend
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
-        inline = cfg.classification == "inline"
-        instruction = self.prompts.margin_instruction_inline if inline else self.prompts.margin_instruction
+        instruction = self.prompts.margin_instruction_for(inline=cfg.classification == "inline", scope=cfg.margin_scope)
         before_question, from_question = split_at_placeholder(instruction, "question")
         margin_head_ids = b.encode_text(render(before_question, question=question))
         margin_prompt_ids = (
@@ -412,16 +414,7 @@ class WiMStream:
             dt = time.perf_counter() - t0
             timings.prefill_seconds += dt
             run.read += 1
-            char_span, token_span = (seg.start_char, seg.end_char), (seg.start_token, seg.end_token)
-            yield SegmentRead(
-                segment_index=seg.index,
-                n_segments=n,
-                char_span=char_span,
-                token_span=token_span,
-                n_tokens=seg.n_tokens,
-                documents=list(seg.documents),
-                seconds=dt,
-            )
+            yield self._segment_read(seg, dt)
             if self._answer_now.is_set():
                 break
 
@@ -429,7 +422,8 @@ class WiMStream:
             t0 = time.perf_counter()
             end_of_segment = b.cache_length(cache)
             deltas = TextDeltas(b.decode)
-            request = GenerationRequest(plan.margin_prompt_ids, cfg.margin_max_new_tokens, cfg.sampling)
+            logprobs: list[float] = []
+            request = GenerationRequest(plan.margin_prompt_ids, cfg.margin_max_new_tokens, cfg.sampling, logprobs)
             try:
                 for tok in b.generate(cache, request):
                     self._check_cancel()
@@ -447,22 +441,10 @@ class WiMStream:
             tokens.margin_generated += len(deltas.ids)
 
             t0 = time.perf_counter()
-            [(text, verdict, raw)] = self._classify_many([deltas.text.strip()], run)
+            [judged] = self._judge([self._draft(seg, deltas, logprobs)], run)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
-            relevant = verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts)
-            margin = Margin(
-                segment_index=seg.index,
-                text=text,
-                relevant=relevant,
-                verdict=verdict,
-                classifier_output=raw,
-                char_span=char_span,
-                token_span=token_span,
-                documents=list(seg.documents),
-                n_tokens=len(deltas.ids),
-                seconds=t_margin + t_classify,
-            )
+            margin = self._margin(seg, judged, len(deltas.ids), t_margin + t_classify)
             margins.append(margin)
             yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
         if store is not None and run.read == n:  # the whole context read; the cache is back at its end
@@ -516,9 +498,10 @@ class WiMStream:
                 PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for (seg, _), a in zip(group, asides, strict=True)
             ]
             deltas = [TextDeltas(b.decode) for _ in rows]
+            logprobs: list[list[float]] = [[] for _ in rows]
             held: list[list[str]] = [[] for _ in rows]
             yield self._segment_read(*group[0])
-            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling)
+            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, logprobs=logprobs)
             try:
                 for step in steps:
                     self._check_cancel()
@@ -546,16 +529,17 @@ class WiMStream:
             tokens.margin_generated += sum(len(d.ids) for d in deltas)
 
             t0 = time.perf_counter()
-            classified = self._classify_many([d.text.strip() for d in deltas], run)
+            drafts = [self._draft(seg, d, lp) for (seg, _), d, lp in zip(group, deltas, logprobs, strict=True)]
+            judged = self._judge(drafts, run)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             share = (t_margin + t_classify) / len(rows)  # one batch: each margin gets an equal share of its time
-            for i, ((seg, dt), (text, verdict, raw)) in enumerate(zip(group, classified, strict=True)):
+            for i, ((seg, dt), judgement) in enumerate(zip(group, judged, strict=True)):
                 if i > 0:
                     yield self._segment_read(seg, dt)
                     for delta in held[i]:
                         yield MarginToken(segment_index=seg.index, text=delta)
-                margin = self._margin(seg, text, verdict, raw, len(deltas[i].ids), share)
+                margin = self._margin(seg, judgement, len(deltas[i].ids), share)
                 run.margins.append(margin)
                 yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
 
@@ -599,14 +583,20 @@ class WiMStream:
             seconds=seconds,
         )
 
-    def _margin(self, seg: Segment, text: str, verdict: Any, raw: str | None, n_tokens: int, secs: float) -> Margin:
+    @staticmethod
+    def _draft(seg: Segment, deltas: TextDeltas, logprobs: list[float]) -> MarginDraft:
+        return MarginDraft(deltas.text.strip(), list(deltas.ids), logprobs, seg.text)
+
+    def _margin(self, seg: Segment, judged: _Judgement, n_tokens: int, secs: float) -> Margin:
         cfg = self.plan.config
         return Margin(
             segment_index=seg.index,
-            text=text,
-            relevant=verdict in ("yes", "unclassified") or (verdict == "unknown" and cfg.keep_unknown_verdicts),
-            verdict=verdict,
-            classifier_output=raw,
+            text=judged.text,
+            relevant=judged.verdict in ("yes", "unclassified")
+            or (judged.verdict == "unknown" and cfg.keep_unknown_verdicts),
+            verdict=judged.verdict,
+            classifier_output=judged.reply,
+            score=judged.score,
             char_span=(seg.start_char, seg.end_char),
             token_span=(seg.start_token, seg.end_token),
             documents=list(seg.documents),
@@ -614,10 +604,8 @@ class WiMStream:
             seconds=secs,
         )
 
-    def _margin_classifier(self, cfg: WiMConfig) -> MarginClassifier | None:
-        """The run's model judge (WiM's own model or the auxiliary one); None when margins are not judged by a model."""
-        if cfg.classification not in ("same_model", "auxiliary"):
-            return None
+    def _margin_classifier(self, cfg: WiMConfig) -> MarginClassifier:
+        """The run's model judge: the auxiliary model for 'auxiliary', else WiM's own model."""
         if cfg.classification == "auxiliary":
             backend, frame = self.wim.classifier, self.wim._classifier_frame
         else:
@@ -626,18 +614,45 @@ class WiMStream:
         template = self.wim.prompts.classification
         return MarginClassifier(backend, frame, template, self.plan.question, cfg.classifier_max_new_tokens)
 
-    def _classify_many(self, margins: list[str], run: _RunState) -> list[tuple[str, Any, str | None]]:
-        """(margin text, verdict, raw classifier reply) per margin; a group goes through the classifier in one pass."""
+    def _judge(self, drafts: list[MarginDraft], run: _RunState) -> list[_Judgement]:
+        """Verdict (and score) per margin; a group is judged in one pass."""
         cfg = self.plan.config
-        if cfg.classification == "none":
-            return [(m, "unclassified", None) for m in margins]
-        if cfg.classification == "inline":
-            return [(text, verdict, None) for verdict, text in map(split_inline, margins)]
+        mode = cfg.classification
+        if mode == "none":
+            return [_Judgement(d.text, "unclassified") for d in drafts]
+        if mode == "inline":
+            return [_Judgement(text, verdict) for verdict, text in (split_inline(d.text) for d in drafts)]
+        if cfg.scored:
+            scores = self._scores(drafts, run)
+            return [
+                _Judgement(d.text, "yes" if s >= cfg.threshold else "no", score=s)
+                for d, s in zip(drafts, scores, strict=True)
+            ]
         if run.classifier is None:
             run.classifier = self._margin_classifier(cfg)
         judge = run.classifier
-        assert judge is not None
         before = judge.generated_tokens
-        judged = judge.classify(margins, self._check_cancel)
+        replies = judge.classify([d.text for d in drafts], self._check_cancel)
         run.tokens.classifier_generated += judge.generated_tokens - before
-        return [(m, verdict, reply) for m, (verdict, reply) in zip(margins, judged, strict=True)]
+        return [_Judgement(d.text, verdict, reply) for d, (verdict, reply) in zip(drafts, replies, strict=True)]
+
+    def _scores(self, drafts: list[MarginDraft], run: _RunState) -> list[float]:
+        mode, plan = self.plan.config.classification, self.plan
+        if mode == "lexical":
+            return [lexical_score(d.text, d.segment_text, plan.question) for d in drafts]
+        self._check_cancel()
+        if mode == "pmi":
+            if run.pmi is None:
+                run.pmi = PMIScorer(self.wim.backend, plan.head_ids, plan.margin_prompt_ids)
+            return run.pmi.score(drafts)
+        if run.classifier is None:
+            run.classifier = self._margin_classifier(self.plan.config)
+        return run.classifier.calibrated_scores([d.text for d in drafts])
+
+
+@dataclass(frozen=True)
+class _Judgement:
+    text: str
+    verdict: Verdict
+    reply: str | None = None  # the classifier's reply (same_model / auxiliary)
+    score: float | None = None  # score-based modes

@@ -38,8 +38,9 @@ class Margin(BaseModel):
         None, description="raw classifier reply, up to where its verdict was settled (same_model/auxiliary modes)"
     )
     score: float | None = Field(
-        None, description="relevance score computed from the model's probabilities (higher: more relevant); None when "
-        "the classification mode computes no score"
+        None,
+        description="relevance score computed from the model's probabilities (higher: more relevant); None when "
+        "the classification mode computes no score",
     )
     char_span: tuple[int, int]
     token_span: tuple[int, int]

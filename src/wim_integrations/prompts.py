@@ -56,8 +56,10 @@ class PromptSet:
     """The WiM prompt texts. Override any of them with `PromptSet.default().with_overrides(...)`."""
 
     context_opening: str
-    margin_instruction: str
+    margin_instruction: str  # about the text read so far
     margin_instruction_inline: str
+    margin_instruction_segment: str  # about the part just read (margin_scope="segment")
+    margin_instruction_inline_segment: str
     classification: str
     final_answer: str
     no_margins: str
@@ -72,6 +74,12 @@ class PromptSet:
         if unknown:
             raise WiMInputError(f"unknown prompt name(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
         return replace(self, **changes)
+
+    def margin_instruction_for(self, *, inline: bool, scope: str) -> str:
+        """The margin instruction for a classification style (`inline`: YES#/NO# prefix) and a `margin_scope`."""
+        if scope == "segment":
+            return self.margin_instruction_inline_segment if inline else self.margin_instruction_segment
+        return self.margin_instruction_inline if inline else self.margin_instruction
 
     def as_dict(self) -> dict[str, str]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

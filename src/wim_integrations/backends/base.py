@@ -15,6 +15,17 @@ class GenerationRequest:
     prompt_ids: Sequence[int]
     max_new_tokens: int
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # When given, the backend appends log P(token) of every yielded token here, under the model's own distribution
+    # (before sampling processors): the margin's likelihood given what was read, used by relevance scoring.
+    logprobs: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Teacher-forced log-probabilities of one row read on top of a cache (see `score_rows`)."""
+
+    token_logprobs: list[float]  # log P(row[j] | cache, row[:j]) for j >= 1
+    next_logprobs: dict[int, float]  # log P(t | cache, row) for each asked-for next token t
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,11 @@ class Backend(Protocol):
     def rollback(self, cache: Any, length: int) -> None:
         """Drop everything after the first `length` tokens of `cache`."""
 
+    def score_rows(self, cache: Any, rows: Sequence[Sequence[int]], next_ids: Sequence[int] = ()) -> list[RowScores]:
+        """Read each row on top of the whole cache, each on its own (rows never see each other): the log P of every
+        row token after the first, and of each of `next_ids` after the row's last token. The cache is left as it
+        was. Relevance scoring uses it (a margin without the context, a classifier's first reply token)."""
+
 
 @runtime_checkable
 class PackedBackend(Backend, Protocol):
@@ -84,13 +100,15 @@ class PackedBackend(Backend, Protocol):
         max_new_tokens: int,
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
+        logprobs: Sequence[list[float]] | None = None,
     ) -> Iterator[list[tuple[int, int]]]:
         """Yield, per decoding step, the (row index, token) pairs of the rows still running.
 
         Row i attends to the first `rows[i].prefix_length` cache tokens and to its own tokens only, so its output is
         what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded), at
-        its budget, or once `done(i, tokens of row i so far)` is true. The cache is back at its starting length once
-        the iterator ends or is closed."""
+        its budget, or once `done(i, tokens of row i so far)` is true. With `logprobs` (one list per row) the log P of
+        each yielded token is appended to its row's list, as `GenerationRequest.logprobs`. The cache is back at its
+        starting length once the iterator ends or is closed."""
 
     def prefill_aside(self, cache: Any, prompt_ids: Sequence[int]) -> PromptAside:
         """Compute `prompt_ids` on top of `cache` (attending to all of it) and leave the cache as it was."""

@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
 from .attention import use_wim_sdpa
-from .base import GenerationRequest, PackedRow, PromptAside
+from .base import GenerationRequest, PackedRow, PromptAside, RowScores
 from .kv_buffer import BufferedLayer
 
 
@@ -137,6 +137,8 @@ class HFBackend:
             if token in self.stop_ids:
                 return
             history.append(token)
+            if request.logprobs is not None:
+                request.logprobs.append(_logprob(logits, token))
             yield token
             if step + 1 < request.max_new_tokens:  # no forward pass after the last token
                 logits = self._forward(cache, [token])
@@ -172,6 +174,7 @@ class HFBackend:
         max_new_tokens: int,
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
+        logprobs: Sequence[list[float]] | None = None,
     ) -> Iterator[list[tuple[int, int]]]:
         """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
 
@@ -225,6 +228,8 @@ class HFBackend:
                     if token in self.stop_ids:
                         continue
                     histories[i].append(token)
+                    if logprobs is not None:
+                        logprobs[i].append(_logprob(logits[j : j + 1], token))
                     produced[i] += 1
                     step.append((i, token))
                     finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
@@ -242,6 +247,41 @@ class HFBackend:
                 )
         finally:
             self.rollback(cache, base)
+
+    def score_rows(
+        self, cache: DynamicCache, rows: Sequence[Sequence[int]], next_ids: Sequence[int] = ()
+    ) -> list[RowScores]:
+        """Teacher-forced log-probabilities of rows read on top of the cache: one packed forward (each row sees the
+        cache and itself) where the cache keeps every layer whole, else one forward per row."""
+        if any(not r for r in rows):
+            raise ValueError("a scored row needs at least one token")
+        if not rows:
+            return []
+        base = self.cache_length(cache)
+        if self.supports_packed and len(rows) > 1:
+            dev = self.device
+            prefix = torch.full((len(rows),), base, dtype=torch.long, device=dev)
+            q_rows = [i for i, r in enumerate(rows) for _ in r]
+            ids = [t for r in rows for t in r]
+            pos = [base + k for r in rows for k in range(len(r))]
+            try:
+                logits, _ = self._packed_forward(
+                    cache, base, prefix, torch.empty(0, dtype=torch.long, device=dev), q_rows, ids, pos, None
+                )
+            finally:
+                self.rollback(cache, base)
+            starts = [0, *_cumsum(len(r) for r in rows)]
+            return [_row_scores(logits[a:b], r, next_ids) for a, b, r in zip(starts, starts[1:], rows, strict=False)]
+        out = []
+        for r in rows:
+            input_ids = torch.tensor([list(r)], dtype=torch.long, device=self.device)
+            try:
+                with self.lock, torch.inference_mode():
+                    logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0]
+            finally:
+                self.rollback(cache, base)
+            out.append(_row_scores(logits, r, next_ids))
+        return out
 
     def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
         """The first `n_tokens` of a prompt aside (own copies), without logits: a prompt head to continue later."""
@@ -297,6 +337,19 @@ class HFBackend:
                 logits_to_keep=keep if keep is not None else 0,
             )
         return out.logits[0], all_rows
+
+
+def _logprob(logits: torch.Tensor, token: int) -> float:
+    """log P(token) under the model's own distribution (the last row of `logits`), before any sampling processor."""
+    return float(torch.log_softmax(logits[-1].float(), dim=-1)[token])
+
+
+def _row_scores(logits: torch.Tensor, row: Sequence[int], next_ids: Sequence[int]) -> RowScores:
+    """`logits[j]` predicts the token after `row[j]`."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    targets = torch.tensor(list(row[1:]), dtype=torch.long, device=logits.device)
+    token_lp = logp[:-1].gather(1, targets[:, None])[:, 0].tolist() if len(row) > 1 else []
+    return RowScores(token_lp, {int(t): float(logp[-1, t]) for t in next_ids})
 
 
 def _cumsum(values: Iterator[int] | Sequence[int]) -> Iterator[int]:

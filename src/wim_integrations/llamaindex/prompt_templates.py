@@ -19,6 +19,8 @@ PROMPT_VARIABLES: dict[str, frozenset[str]] = {
     "context_opening": frozenset(),
     "margin_instruction": frozenset({"question"}),
     "margin_instruction_inline": frozenset({"question"}),
+    "margin_instruction_segment": frozenset({"question"}),
+    "margin_instruction_inline_segment": frozenset({"question"}),
     "classification": frozenset({"question", "margin"}),
     "final_answer": frozenset({"margins", "question"}),
     "no_margins": frozenset(),

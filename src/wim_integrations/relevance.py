@@ -1,0 +1,154 @@
+"""Relevance of margins as numbers computed from the model (or the text), not parsed from a reply.
+
+Every score-based mode gives each margin a `score` (higher: more relevant) and keeps the margins whose score reaches
+`WiMConfig.relevance_threshold` (or the mode's default below). Measured against the benchmark's ground truth in
+docs/benchmarks.md ("Margin relevance"); how each works and where it fails in docs/architecture.md.
+
+- `pmi`: how much the text read raised the margin's likelihood: the mean log P of the margin's tokens given the
+  context read so far (collected while the margin is decoded, free) minus the same without any text (one short packed
+  pass over the margin prompt alone, shared by every margin of the run). An invented margin is as likely without the
+  text as with it (about 0); a margin copying what was read scores well above 0.
+- `calibrated`: the classifier prompt's first reply token, log P(yes) - log P(no), minus the same for a content-free
+  margin ("Nothing relevant.") on the same question: the model's prior for "yes" is taken out (contextual calibration).
+- `lexical`: the share of the margin's names and numbers (capitalised words, digits; those of the question left out)
+  found in the segment the margin was written after. No model call.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+
+SCORE_MODES = ("pmi", "calibrated", "lexical")
+
+# Default thresholds, chosen on the quick preset (docs/benchmarks.md shows how each separates the ground truth).
+DEFAULT_THRESHOLDS: dict[str, float] = {"pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+
+CONTENT_FREE_MARGIN = "Nothing relevant."
+
+
+@dataclass(frozen=True)
+class MarginDraft:
+    """A margin as written, before it is judged."""
+
+    text: str
+    token_ids: Sequence[int]
+    logprobs: Sequence[float]  # log P of each token given the context read so far, from its decoding
+    segment_text: str
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+class PMIScorer:
+    """Mean log P(margin | text read, prompt) - mean log P(margin | prompt alone). One per run: the prompt without
+    any text is prefilled once, and each group of margins is scored in one packed pass on top of it."""
+
+    def __init__(self, backend: Backend, head_ids: Sequence[int], margin_prompt_ids: Sequence[int]) -> None:
+        if not margin_prompt_ids:
+            raise ValueError("the margin prompt is empty")
+        self.backend = backend
+        # Everything but the prompt's last token goes in the cache; that token opens each scored row, so its logits
+        # (which predict the margin's first token) are computed per row, exactly as when the margin was decoded.
+        self._prefix = [*head_ids, *margin_prompt_ids[:-1]]
+        self._bridge = margin_prompt_ids[-1]
+        self._cache: Any = None
+
+    def score(self, drafts: Sequence[MarginDraft]) -> list[float]:
+        scored = [d for d in drafts if d.token_ids]
+        if not scored:
+            return [0.0 for _ in drafts]
+        if self._cache is None:
+            self._cache = self.backend.new_cache()
+            self.backend.prefill(self._cache, self._prefix)
+        rows = [[self._bridge, *d.token_ids] for d in scored]
+        without_text = iter(self.backend.score_rows(self._cache, rows))
+        # An empty margin says nothing: 0, as for a margin the text did not change.
+        return [_mean(d.logprobs) - _mean(next(without_text).token_logprobs) if d.token_ids else 0.0 for d in drafts]
+
+
+_ENTITY = re.compile(r"\d+(?:[.,:/-]\d+)*|[A-Z][\w'’-]*")
+# Capitalised words that open sentences or are too common to name anything specific.
+_COMMON = frozenset(
+    [
+        "A",
+        "An",
+        "And",
+        "As",
+        "At",
+        "But",
+        "By",
+        "For",
+        "From",
+        "He",
+        "Her",
+        "His",
+        "I",
+        "If",
+        "In",
+        "It",
+        "Its",
+        "No",
+        "Not",
+        "Nothing",
+        "Of",
+        "On",
+        "Or",
+        "She",
+        "So",
+        "That",
+        "The",
+        "Their",
+        "Then",
+        "There",
+        "These",
+        "They",
+        "This",
+        "To",
+        "Was",
+        "We",
+        "What",
+        "When",
+        "Where",
+        "Which",
+        "Who",
+        "Why",
+        "With",
+        "Yes",
+        "You",
+        "Margin",
+        "Note",
+        "Part",
+        "Question",
+        "Answer",
+        "Text",
+    ]
+)
+
+
+def lexical_terms(text: str, question: str) -> list[str]:
+    """The names and numbers a margin states, minus those of the question and common capitalised words."""
+    asked = {w.lower() for w in _ENTITY.findall(question)} | {w.lower() for w in re.findall(r"\w+", question)}
+    return [w for w in _ENTITY.findall(text) if w not in _COMMON and w.lower() not in asked]
+
+
+def lexical_score(margin: str, segment_text: str, question: str) -> float:
+    """Share of the margin's names and numbers found in its segment (0 when it states none)."""
+    terms = lexical_terms(margin, question)
+    if not terms:
+        return 0.0
+    found = sum(1 for w in terms if re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", segment_text))
+    return found / len(terms)
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))

@@ -1,0 +1,186 @@
+"""Score-based relevance against plain recomputation: the log-probabilities a margin is scored with equal those of
+a fresh forward pass over the same tokens, packed scoring equals one-by-one scoring, and the threshold decides."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import SAMPLE
+
+from wim_integrations import WiM, WiMConfig
+from wim_integrations.backends.base import GenerationRequest, PackedRow
+from wim_integrations.classifier import MarginClassifier
+from wim_integrations.config import SamplingConfig
+from wim_integrations.errors import WiMInputError
+from wim_integrations.relevance import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
+
+QUESTION = "Who keeps the lighthouse?"
+CFG = WiMConfig(segment_tokens=150, margin_max_new_tokens=10, answer_max_new_tokens=6, classification="pmi")
+
+
+def plain_logprobs(backend, ids: list[int]) -> torch.Tensor:
+    """log-softmax of a fresh forward pass over the whole sequence: row j predicts ids[j + 1]."""
+    with torch.inference_mode():
+        logits = backend.model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def teacher_forced(backend, prefix: list[int], continuation: list[int]) -> list[float]:
+    logp = plain_logprobs(backend, prefix + continuation)
+    return [float(logp[len(prefix) + j - 1, t]) for j, t in enumerate(continuation)]
+
+
+def test_generate_reports_the_logprobs_of_a_plain_forward(tiny_backend):
+    b = tiny_backend
+    prompt = b.encode_text(SAMPLE)[:90]
+    logprobs: list[float] = []
+    out = list(b.generate(b.new_cache(), GenerationRequest(prompt, 8, logprobs=logprobs)))
+    assert out and len(logprobs) == len(out)
+    assert logprobs == pytest.approx(teacher_forced(b, prompt, out), abs=1e-3)
+
+
+def test_packed_generation_reports_each_rows_logprobs_as_generate_does(tiny_backend):
+    b = tiny_backend
+    ids = b.encode_text(SAMPLE)[:200]
+    prompt = b.encode_text("Write a margin note.")
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    ends = [60, 130, 200]
+    packed_lp: list[list[float]] = [[] for _ in ends]
+    outs: list[list[int]] = [[] for _ in ends]
+    rows = [PackedRow(e, prompt) for e in ends]
+    for step in b.generate_packed(cache, rows, 7, SamplingConfig(), logprobs=packed_lp):
+        for i, tok in step:
+            outs[i].append(tok)
+    for e, out, lp in zip(ends, outs, packed_lp, strict=True):
+        own: list[float] = []
+        solo = b.new_cache()
+        b.prefill(solo, ids[:e])
+        assert list(b.generate(solo, GenerationRequest(prompt, 7, logprobs=own))) == out
+        assert lp == pytest.approx(own, abs=1e-3)
+
+
+def test_score_rows_packed_equals_one_by_one_and_a_plain_forward(tiny_backend):
+    b = tiny_backend
+    ids = b.encode_text(SAMPLE)[:120]
+    rows = [b.encode_text(t) for t in ("The keeper is Ines.", "Nothing relevant.", "4417 is the code of the gate.")]
+    next_ids = [5, 17, 42]
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    packed = b.score_rows(cache, rows, next_ids)
+    assert b.cache_length(cache) == len(ids)  # left as it was
+    for row, scores in zip(rows, packed, strict=True):
+        [alone] = b.score_rows(cache, [row], next_ids)
+        assert scores.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-3)
+        logp = plain_logprobs(b, ids + row)
+        assert scores.token_logprobs == pytest.approx(teacher_forced(b, ids + row[:1], row[1:]), abs=1e-3)
+        assert scores.next_logprobs == pytest.approx({t: float(logp[-1, t]) for t in next_ids}, abs=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backend, batch):
+    b = tiny_backend
+    wim = WiM(b, config=CFG)
+    plan = wim.plan(SAMPLE, QUESTION)
+    result = wim.run(SAMPLE, QUESTION, margin_batch_size=batch)
+    assert result.margins
+    checked = 0
+    for m, end in zip(result.margins, plan.segment_ends, strict=False):
+        # The margin's own tokens, regenerated plainly (re-encoding its text need not give the same tokens).
+        prefix = plan.full_ids[:end] + plan.margin_prompt_ids
+        out = list(b.generate(_cache_with(b, prefix[:-1]), GenerationRequest(prefix[-1:], CFG.margin_max_new_tokens)))
+        if not out:
+            assert m.score == 0.0
+            continue
+        with_text = teacher_forced(b, prefix, out)
+        without = teacher_forced(b, plan.head_ids + plan.margin_prompt_ids, out)
+        expected = sum(with_text) / len(out) - sum(without) / len(out)
+        assert m.score == pytest.approx(expected, abs=2e-3)
+        assert m.relevant == (m.score >= CFG.threshold)
+        assert m.verdict == ("yes" if m.relevant else "no")
+        checked += 1
+    assert checked
+
+
+def _cache_with(b, ids):
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    return cache
+
+
+@pytest.mark.parametrize("mode", ["pmi", "calibrated", "lexical"])
+def test_packed_and_step_by_step_reads_give_the_same_scores(tiny_backend, mode):
+    wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode, margin_scope="segment"))
+    seq = wim.run(SAMPLE, QUESTION, margin_batch_size=1)
+    packed = wim.run(SAMPLE, QUESTION, margin_batch_size=3)
+    assert [m.text for m in seq.margins] == [m.text for m in packed.margins]
+    assert [m.score for m in packed.margins] == pytest.approx([m.score for m in seq.margins], abs=2e-3)
+    assert all(m.score is not None for m in seq.margins)
+
+
+def test_calibrated_score_is_the_first_reply_tokens_yes_no_log_odds_minus_a_content_free_margins(tiny_backend):
+    b = tiny_backend
+    wim = WiM(b, config=CFG)
+    clf = MarginClassifier(b, wim.frame, wim.prompts.classification, QUESTION, 4)
+    margins = ["The keeper is Ines Marlowe.", "Paris is the capital of France."]
+    yes, no = clf._verdict_tokens()
+    assert yes and no and not set(yes) & set(no)
+
+    def log_odds(text: str) -> float:
+        logp = plain_logprobs(b, clf.prompt_ids(text))[-1]
+        lse = lambda ts: float(torch.logsumexp(logp[ts], 0))  # noqa: E731
+        return lse(yes) - lse(no)
+
+    expected = [log_odds(m) - log_odds(CONTENT_FREE_MARGIN) for m in margins]
+    assert clf.calibrated_scores(margins) == pytest.approx(expected, abs=2e-3)
+    assert clf.calibrated_scores([CONTENT_FREE_MARGIN]) == pytest.approx([0.0], abs=1e-4)
+
+
+def test_threshold_decides_relevance(tiny_backend):
+    wim = WiM(tiny_backend, config=CFG)
+    keep_all = wim.run(SAMPLE, QUESTION, relevance_threshold=-1e9)
+    keep_none = wim.run(SAMPLE, QUESTION, relevance_threshold=1e9)
+    assert all(m.relevant for m in keep_all.margins)
+    assert not any(m.relevant for m in keep_none.margins)
+    assert [m.score for m in keep_all.margins] == [m.score for m in keep_none.margins]
+
+
+def test_lexical_score_counts_names_and_numbers_found_in_the_segment():
+    segment = "The keeper of the lighthouse is Ines Marlowe. The gate code is 4417."
+    q = "Who keeps the Corran lighthouse?"
+    assert lexical_terms("The keeper is Ines Marlowe, code 4417.", q) == ["Ines", "Marlowe", "4417"]
+    assert lexical_score("The keeper is Ines Marlowe, code 4417.", segment, q) == 1.0
+    assert lexical_score("The keeper is Ines Varga.", segment, q) == 0.5  # the invented surname is not there
+    assert lexical_score("Nothing relevant.", segment, q) == 0.0  # states nothing specific
+    assert lexical_score("The Corran lighthouse has a keeper.", segment, q) == 0.0  # only the question's own words
+    assert lexical_score("Code 441.", segment, q) == 0.0  # numbers match whole, not as a prefix
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"classification": "lexical", "relevance_threshold": 1.5}, "between 0 and 1"),
+        ({"classification": "pmi", "relevance_threshold": math.nan}, "finite"),
+        ({"classification": "inline", "relevance_threshold": 0.2}, "score-based"),
+    ],
+)
+def test_bad_threshold_settings_raise_before_any_forward_pass(changes, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        WiMConfig(**changes)
+
+
+def test_empty_margin_scores_zero(tiny_backend):
+    from wim_integrations.relevance import MarginDraft, PMIScorer
+
+    wim = WiM(tiny_backend, config=CFG)
+    plan = wim.plan(SAMPLE, QUESTION)
+    scorer = PMIScorer(tiny_backend, plan.head_ids, plan.margin_prompt_ids)
+    assert scorer.score([MarginDraft("", [], [], "text")]) == [0.0]
+
+
+def test_auxiliary_without_a_classifier_model_is_refused_before_reading(tiny_backend):
+    wim = WiM(tiny_backend, config=CFG)
+    with pytest.raises(WiMInputError, match="classifier model"):
+        wim.stream(SAMPLE, QUESTION, classification="auxiliary")
