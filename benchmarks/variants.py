@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from wim_integrations import WiMConfig
 
@@ -53,21 +54,28 @@ def _format(value: Value) -> str:
 
 
 def _problems(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"].removeprefix("Value error, ")
+        for err in e.errors()
+    )
 
 
-def _coerce(base: WiMConfig, key: str, raw: str) -> Value:
-    """`raw` as the field's type, by pydantic's own (lax) validation; "none"/"null" mean None where the field takes
-    no such string (classification="none" stays the string)."""
+def _coerce(key: str, raw: str) -> Value:
+    """`raw` as the field's type and constraints, by pydantic's own (lax) validation of that field alone (checks
+    across fields come after, on all the overrides together); "none"/"null" mean None where the field takes no such
+    string (classification="none" stays the string)."""
+    field = WiMConfig.model_fields[key]
+    typ = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation  # with ge=1 etc.
+    adapter: TypeAdapter[Any] = TypeAdapter(typ)
     values = [raw.strip()] + ([None] if raw.strip().lower() in ("none", "null") else [])
     error: ValidationError | None = None
     for value in values:
         try:
-            return getattr(base.with_updates(**{key: value}), key)
+            return adapter.validate_python(value)
         except ValidationError as e:
             error = error or e
     assert error is not None
-    raise ValueError(_problems(error))
+    raise ValueError(f"{key}: {'; '.join(err['msg'] for err in error.errors())}")
 
 
 def parse_system(text: str, base: WiMConfig) -> SystemSpec:
@@ -96,7 +104,7 @@ def parse_system(text: str, base: WiMConfig) -> SystemSpec:
         if key in overrides:
             raise ValueError(f"{text!r}: {key!r} is set twice")
         try:
-            overrides[key] = _coerce(base, key, raw)  # validated values ("3" for a float is 3.0): canonical names
+            overrides[key] = _coerce(key, raw)  # validated values ("3" for a float is 3.0): canonical names
         except ValueError as e:
             raise ValueError(f"{text!r}: invalid WiM setting ({e})") from None
     if not overrides:
@@ -105,7 +113,7 @@ def parse_system(text: str, base: WiMConfig) -> SystemSpec:
     try:  # the settings together (a check across fields)
         spec.config(base)
     except ValidationError as e:
-        raise ValueError(f"{text!r}: invalid WiM settings together ({_problems(e)})") from None
+        raise ValueError(f"{text!r}: invalid WiM settings ({_problems(e)})") from None
     return spec
 
 

@@ -30,6 +30,13 @@ def test_values_take_the_fields_types():
     assert parse_system(spec.name, BASE) == spec  # names round-trip
 
 
+def test_settings_that_need_each_other():
+    spec = parse_system("wim[relevance_threshold=2,classification=pmi,margin_scope=segment]", BASE)
+    assert spec.name == "wim[classification=pmi,margin_scope=segment,relevance_threshold=2.0]"
+    cfg = spec.config(BASE)
+    assert (cfg.classification, cfg.relevance_threshold, cfg.margin_scope) == ("pmi", 2.0, "segment")
+
+
 def test_ablations_read_with_the_matching_wim_variant():
     assert parse_system("wim_margins_only", BASE).reads_with == "wim"
     spec = parse_system("rag_classifier[classification=inline]", BASE)
@@ -42,7 +49,10 @@ def test_ablations_read_with_the_matching_wim_variant():
     [
         ("wimm", "unknown system 'wimm'"),
         ("wim[classifcation=inline]", "WiMConfig has no field 'classifcation'; fields: segment_tokens"),
-        ("wim[classification=bogus]", "invalid WiM setting \\(classification: Input should be 'same_model'"),
+        ("wim[classification=bogus]", "invalid WiM setting \\(classification: Input should be 'pmi', "),
+        # checks across fields, on all the overrides together
+        ("wim[relevance_threshold=0.5]", "relevance_threshold applies to the score-based classification modes"),
+        ("wim[classification=lexical,relevance_threshold=3]", "out of range for 'lexical'"),
         ("wim[margin_max_new_tokens=0]", "margin_max_new_tokens: Input should be greater than or equal to 1"),
         ("wim[margin_max_new_tokens=lots]", "margin_max_new_tokens: Input should be a valid integer"),
         ("wim[classification]", "'classification' is not field=value"),
