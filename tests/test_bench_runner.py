@@ -25,7 +25,13 @@ def tasks(tiny_backends):
 
 
 INLINE = "wim[classification=inline]"
-VARIANTS = [INLINE, "wim_margins_only[classification=inline]", "wim[classification=none,margin_max_new_tokens=4]"]
+PMI = "wim[classification=pmi,relevance_threshold=0.0]"
+VARIANTS = [
+    INLINE,
+    "wim_margins_only[classification=inline]",
+    "wim[classification=none,margin_max_new_tokens=4]",
+    PMI,
+]
 MARGIN_KEYS = {"segment", "char_span", "text", "verdict", "relevant", "score", "n_tokens", "truth", "hallucinated"}
 
 
@@ -73,6 +79,11 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
         assert {m["verdict"] for m in unjudged["detail"]["margins"]} == {"unclassified"}
         assert all(m["relevant"] and m["n_tokens"] <= 4 for m in unjudged["detail"]["margins"])
         assert all(m["n_tokens"] <= PRESET.margin_max_new_tokens for m in wim["detail"]["margins"])
+        # A score-based variant records every margin's score; kept exactly when it reaches the threshold.
+        scored = by[(t.id, PMI)]["detail"]["margins"]
+        assert all(isinstance(m["score"], float) for m in scored)
+        assert [m["relevant"] for m in scored] == [m["score"] >= 0.0 for m in scored]
+        assert all(m["score"] is None for m in wim["detail"]["margins"] + inline["detail"]["margins"])
         # The inline ablation answers from the inline variant's read, not the default one's.
         ablation = by[(t.id, "wim_margins_only[classification=inline]")]
         assert ablation["detail"]["reads_with"] == INLINE
@@ -103,8 +114,11 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
     relevance = md.split("#### Margin relevance")[1]
     rows = [ln for ln in relevance.splitlines() if ln.startswith("| `")]
     n_needle = by[(tasks[0].id, "wim")]["detail"]["n_segments"]
-    assert [r.split(" | ")[0] for r in rows[:3]] == ["| `wim`", f"| `{INLINE}`", f"| `{VARIANTS[2]}`"]
-    assert all(r.split(" | ")[1] == str(n_needle) for r in rows[:3])
+    names = ["wim", INLINE, VARIANTS[2], PMI]
+    assert [r.split(" | ")[0] for r in rows[:4]] == [f"| `{n}`" for n in names]
+    assert all(r.split(" | ")[1] == str(n_needle) for r in rows[:4])
+    aucs = [r.split(" | ")[7] for r in rows[:4]]
+    assert aucs[:3] == ["–"] * 3 and float(aucs[3]) >= 0.0  # only the score-based variant has an AUC
     pngs = sorted((tmp_path / "img").glob("*.png"))
     assert [p.name for p in pngs] == [
         f"tiny-{n}.png" for n in ("accuracy-vs-depth", "accuracy-vs-length", "margin-relevance", "time-vs-length")
@@ -125,7 +139,7 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
         stripped.append(json.dumps(rec))
     out.write_text("\n".join(stripped) + "\n")
     assert "No margin ground truth" in write_report(out, tmp_path / "img3")
-    assert annotate_results(out, backend) == 2 * 3  # 2 tasks x 3 WiM variants
+    assert annotate_results(out, backend) == 2 * 4  # 2 tasks x 4 WiM variants
     relabelled = {(r["task_id"], r["system"]): r for r in load_records(out)}
     for key, rec in by.items():
         assert relabelled[key].get("detail", {}).get("margins") == rec["detail"].get("margins")
