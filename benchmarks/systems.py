@@ -93,8 +93,10 @@ def _wim_generated(r: WiMResult) -> int:
 
 
 def _wim_calls(r: WiMResult, config: WiMConfig) -> int:
-    """LLM calls of a WiM read: one margin per segment, one classifier call each when a model judges them."""
-    return r.n_segments * (2 if config.classification in ("same_model", "auxiliary") else 1)
+    """Model calls of a WiM read: one margin per segment; one judge prompt per margin where a model judges each
+    (same_model, auxiliary, calibrated); one packed pass for all margins without the text (pmi); none for the rest."""
+    judge = {"same_model": r.n_segments, "auxiliary": r.n_segments, "calibrated": r.n_segments, "pmi": 1}
+    return r.n_segments + judge.get(config.classification, 0)
 
 
 def margin_records(task: Task, r: WiMResult) -> list[dict[str, Any]]:
