@@ -61,8 +61,8 @@ PRESETS = {
         classifier_max_new_tokens=8,
     ),
     # Embedded SmolLM2-135M on a CPU at its default segment size (window 8192 // 8 = 1024 tokens): 4.6k-token
-    # documents in 5 segments; 3 seeds x (2 needles + multihop + location) = 12 tasks x 6 systems, sized for about
-    # 40 minutes on 2 idle cores (the estimate is in docs/benchmarks.md).
+    # documents in 5 segments; 3 seeds x (2 needles + multihop + location) = 12 tasks x 6 systems, estimated at 28-39
+    # minutes on 2 idle cores from the quick preset's timings (docs/benchmarks.md, "Sizing the medium preset").
     "medium": Preset(
         lengths=(4608,),
         depths=(0.25, 0.75),
