@@ -80,14 +80,17 @@ def test_score_rows_packed_equals_one_by_one_and_a_plain_forward(tiny_backend):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backend, batch):
+@pytest.mark.parametrize("mode", ["pmi", "segment_pmi"])
+def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backend, batch, mode):
+    """pmi: without any text; segment_pmi: without the margin's own segment (the text before it stays)."""
     b = tiny_backend
-    wim = WiM(b, config=CFG)
+    wim = WiM(b, config=CFG.with_updates(classification=mode))
     plan = wim.plan(SAMPLE, QUESTION)
     result = wim.run(SAMPLE, QUESTION, margin_batch_size=batch)
-    assert result.margins
+    assert len(result.margins) >= 3
     checked = 0
-    for m, end in zip(result.margins, plan.segment_ends, strict=False):
+    starts = [len(plan.head_ids), *plan.segment_ends]
+    for m, end, start in zip(result.margins, plan.segment_ends, starts, strict=False):
         # The margin's own tokens, regenerated plainly (re-encoding its text need not give the same tokens).
         prefix = plan.full_ids[:end] + plan.margin_prompt_ids
         out = list(b.generate(_cache_with(b, prefix[:-1]), GenerationRequest(prefix[-1:], CFG.margin_max_new_tokens)))
@@ -95,7 +98,8 @@ def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backe
             assert m.score == 0.0
             continue
         with_text = teacher_forced(b, prefix, out)
-        without = teacher_forced(b, plan.head_ids + plan.margin_prompt_ids, out)
+        before = plan.head_ids if mode == "pmi" else plan.full_ids[:start]
+        without = teacher_forced(b, before + plan.margin_prompt_ids, out)
         expected = sum(with_text) / len(out) - sum(without) / len(out)
         assert m.score == pytest.approx(expected, abs=2e-3)
         assert m.relevant == (m.score >= CFG.threshold)
@@ -110,7 +114,7 @@ def _cache_with(b, ids):
     return cache
 
 
-@pytest.mark.parametrize("mode", ["pmi", "calibrated", "lexical"])
+@pytest.mark.parametrize("mode", ["segment_pmi", "pmi", "calibrated", "lexical"])
 def test_packed_and_step_by_step_reads_give_the_same_scores(tiny_backend, mode):
     wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode, margin_scope="segment"))
     seq = wim.run(SAMPLE, QUESTION, margin_batch_size=1)
@@ -118,6 +122,20 @@ def test_packed_and_step_by_step_reads_give_the_same_scores(tiny_backend, mode):
     assert [m.text for m in seq.margins] == [m.text for m in packed.margins]
     assert [m.score for m in packed.margins] == pytest.approx([m.score for m in seq.margins], abs=2e-3)
     assert all(m.score is not None for m in seq.margins)
+
+
+@pytest.mark.parametrize("mode", ["segment_pmi", "pmi"])
+def test_a_document_cache_hit_gives_the_scores_of_a_fresh_read(tiny_backend, mode):
+    from wim_integrations import DocumentCache
+
+    cfg = CFG.with_updates(classification=mode)
+    fresh = WiM(tiny_backend, config=cfg).run(SAMPLE, QUESTION)
+    wim = WiM(tiny_backend, config=cfg, document_cache=DocumentCache(max_bytes=1 << 28))
+    wim.run(SAMPLE, "What is the code of the gate?", margin_batch_size=2)  # stores the document
+    hit = wim.run(SAMPLE, QUESTION, margin_batch_size=2)
+    assert hit.timings.context_cache == "hit"
+    assert [m.text for m in hit.margins] == [m.text for m in fresh.margins]
+    assert [m.score for m in hit.margins] == pytest.approx([m.score for m in fresh.margins], abs=2e-3)
 
 
 def test_calibrated_score_is_the_first_reply_tokens_yes_no_log_odds_minus_a_content_free_margins(tiny_backend):

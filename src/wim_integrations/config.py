@@ -7,8 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ClassificationMode = Literal["pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
+ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
 MarginScope = Literal["segment", "so_far"]
+
+# Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
+# "Margin relevance", shows how each separates the ground truth).
+SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
+DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.5, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
 
 
 class SamplingConfig(BaseModel):
@@ -72,8 +77,8 @@ class WiMConfig(BaseModel):
             return self
         if not self.scored:
             raise ValueError(
-                f"relevance_threshold applies to the score-based classification modes ('pmi', 'calibrated', "
-                f"'lexical'), not to classification={self.classification!r}; drop it or pick a score-based mode"
+                f"relevance_threshold applies to the score-based classification modes {SCORE_MODES}, not to "
+                f"classification={self.classification!r}; drop it or pick a score-based mode"
             )
         if not math.isfinite(t):
             raise ValueError(f"relevance_threshold must be a finite number, not {t}")
@@ -87,13 +92,11 @@ class WiMConfig(BaseModel):
     @property
     def scored(self) -> bool:
         """Whether margins are judged by a score and a threshold (rather than a parsed reply)."""
-        return self.classification in ("pmi", "calibrated", "lexical")
+        return self.classification in SCORE_MODES
 
     @property
     def threshold(self) -> float:
         """The relevance threshold in force for a score-based mode."""
-        from .relevance import DEFAULT_THRESHOLDS
-
         if self.relevance_threshold is not None:
             return self.relevance_threshold
         return DEFAULT_THRESHOLDS[self.classification]

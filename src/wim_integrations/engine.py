@@ -38,7 +38,7 @@ from .events import (
     WiMResult,
 )
 from .prompts import ChatFrame, PromptSet, render, split_at_placeholder
-from .relevance import MarginDraft, PMIScorer, lexical_score
+from .relevance import MarginDraft, PMIScorer, SegmentPMIScorer, lexical_score
 from .segmenter import Context, Segment, segment_context
 from .textstream import TextDeltas
 
@@ -98,6 +98,8 @@ class _RunState:
     read: int = 0
     classifier: MarginClassifier | None = None  # created on the first margin to judge
     pmi: PMIScorer | None = None  # likewise, for classification="pmi"
+    # classification="segment_pmi": the margin prompt computed at a segment's end, kept for the next segment's score
+    prompt_asides: dict[int, PromptAside] = field(default_factory=dict)
     margin_heads: dict[int, PromptAside] = field(default_factory=dict)  # segment end -> margin head keys/values
 
 
@@ -166,6 +168,11 @@ class WiM:
             raise WiMInputError(f"question must be a string, not {type(question).__name__}.")
         if not question.strip():
             raise WiMInputError("question is empty; pass the question WiM should answer.")
+        if cfg.classification == "segment_pmi" and not getattr(self.backend, "supports_packed", False):
+            raise WiMInputError(
+                f"classification='segment_pmi' scores each margin on the cache cut before its segment, which model "
+                f"{self.backend.name!r} cannot do (sliding-window layers); use classification='pmi' instead."
+            )
         if cfg.classification == "auxiliary" and self.classifier is None:
             raise WiMInputError(
                 "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
@@ -433,6 +440,9 @@ class WiMStream:
                     yield MarginToken(segment_index=seg.index, text=delta)
                 if store is not None and plan.margin_head_length:  # kept for later questions (document cache)
                     run.margin_heads[end_of_segment] = b.take_aside(cache, end_of_segment, plan.margin_head_ids)
+                if cfg.classification == "segment_pmi":  # the next margin is scored without its segment from here
+                    prompt_head = plan.margin_prompt_ids[:-1]
+                    run.prompt_asides[end_of_segment] = b.take_aside(cache, end_of_segment, prompt_head)
             finally:
                 b.rollback(cache, end_of_segment)
             t_margin = time.perf_counter() - t0
@@ -441,7 +451,7 @@ class WiMStream:
             tokens.margin_generated += len(deltas.ids)
 
             t0 = time.perf_counter()
-            [judged] = self._judge([self._draft(seg, deltas, logprobs)], run)
+            [judged] = self._judge([self._draft(seg, deltas, logprobs)], run, cache)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             margin = self._margin(seg, judged, len(deltas.ids), t_margin + t_classify)
@@ -530,7 +540,9 @@ class WiMStream:
 
             t0 = time.perf_counter()
             drafts = [self._draft(seg, d, lp) for (seg, _), d, lp in zip(group, deltas, logprobs, strict=True)]
-            judged = self._judge(drafts, run)
+            if cfg.classification == "segment_pmi":
+                run.prompt_asides.update((ends[seg.index], a) for (seg, _), a in zip(group, asides, strict=True))
+            judged = self._judge(drafts, run, cache)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             share = (t_margin + t_classify) / len(rows)  # one batch: each margin gets an equal share of its time
@@ -583,9 +595,9 @@ class WiMStream:
             seconds=seconds,
         )
 
-    @staticmethod
-    def _draft(seg: Segment, deltas: TextDeltas, logprobs: list[float]) -> MarginDraft:
-        return MarginDraft(deltas.text.strip(), list(deltas.ids), logprobs, seg.text)
+    def _draft(self, seg: Segment, deltas: TextDeltas, logprobs: list[float]) -> MarginDraft:
+        start = self.plan.segment_ends[seg.index - 1] if seg.index else len(self.plan.head_ids)
+        return MarginDraft(deltas.text.strip(), list(deltas.ids), logprobs, seg.text, start)
 
     def _margin(self, seg: Segment, judged: _Judgement, n_tokens: int, secs: float) -> Margin:
         cfg = self.plan.config
@@ -614,8 +626,8 @@ class WiMStream:
         template = self.wim.prompts.classification
         return MarginClassifier(backend, frame, template, self.plan.question, cfg.classifier_max_new_tokens)
 
-    def _judge(self, drafts: list[MarginDraft], run: _RunState) -> list[_Judgement]:
-        """Verdict (and score) per margin; a group is judged in one pass."""
+    def _judge(self, drafts: list[MarginDraft], run: _RunState, cache: Any) -> list[_Judgement]:
+        """Verdict (and score) per margin; a group is judged in one pass. `cache` holds the text read so far."""
         cfg = self.plan.config
         mode = cfg.classification
         if mode == "none":
@@ -623,7 +635,7 @@ class WiMStream:
         if mode == "inline":
             return [_Judgement(text, verdict) for verdict, text in (split_inline(d.text) for d in drafts)]
         if cfg.scored:
-            scores = self._scores(drafts, run)
+            scores = self._scores(drafts, run, cache)
             return [
                 _Judgement(d.text, "yes" if s >= cfg.threshold else "no", score=s)
                 for d, s in zip(drafts, scores, strict=True)
@@ -636,11 +648,16 @@ class WiMStream:
         run.tokens.classifier_generated += judge.generated_tokens - before
         return [_Judgement(d.text, verdict, reply) for d, (verdict, reply) in zip(drafts, replies, strict=True)]
 
-    def _scores(self, drafts: list[MarginDraft], run: _RunState) -> list[float]:
+    def _scores(self, drafts: list[MarginDraft], run: _RunState, cache: Any) -> list[float]:
         mode, plan = self.plan.config.classification, self.plan
         if mode == "lexical":
             return [lexical_score(d.text, d.segment_text, plan.question) for d in drafts]
         self._check_cancel()
+        if mode == "segment_pmi":
+            scores = SegmentPMIScorer(self.wim.backend, plan.margin_prompt_ids).score(cache, drafts, run.prompt_asides)
+            last = max(d.segment_start for d in drafts)  # only the newest prompt is needed again (next segment)
+            run.prompt_asides = {k: a for k, a in run.prompt_asides.items() if k > last}
+            return scores
         if mode == "pmi":
             if run.pmi is None:
                 run.pmi = PMIScorer(self.wim.backend, plan.head_ids, plan.margin_prompt_ids)

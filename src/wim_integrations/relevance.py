@@ -8,6 +8,10 @@ docs/benchmarks.md ("Margin relevance"); how each works and where it fails in do
   context read so far (collected while the margin is decoded, free) minus the same without any text (one short packed
   pass over the margin prompt alone, shared by every margin of the run). An invented margin is as likely without the
   text as with it (about 0); a margin copying what was read scores well above 0.
+- `segment_pmi`: how much the segment just read raised the margin's likelihood: the same first term minus the mean
+  log P of the margin given the text *before* its segment (one packed pass over the margins of a group, each row seeing
+  the cache up to its previous segment; the margin prompt there is taken from the previous margin's, not recomputed).
+  A margin repeating an earlier part, or invented, scores about 0; one stating what this segment says scores above.
 - `calibrated`: the classifier prompt's first reply token, log P(yes) - log P(no), minus the same for a content-free
   margin ("Nothing relevant.") on the same question: the model's prior for "yes" is taken out (contextual calibration).
 - `lexical`: the share of the margin's names and numbers (capitalised words, digits; those of the question left out)
@@ -18,16 +22,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend
-
-SCORE_MODES = ("pmi", "calibrated", "lexical")
-
-# Default thresholds, chosen on the quick preset (docs/benchmarks.md shows how each separates the ground truth).
-DEFAULT_THRESHOLDS: dict[str, float] = {"pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+from .backends.base import Backend, PackedRow, PromptAside
 
 CONTENT_FREE_MARGIN = "Nothing relevant."
 
@@ -40,6 +39,7 @@ class MarginDraft:
     token_ids: Sequence[int]
     logprobs: Sequence[float]  # log P of each token given the context read so far, from its decoding
     segment_text: str
+    segment_start: int = 0  # cache length before the segment (the end of the previous one)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -71,6 +71,35 @@ class PMIScorer:
         without_text = iter(self.backend.score_rows(self._cache, rows))
         # An empty margin says nothing: 0, as for a margin the text did not change.
         return [_mean(d.logprobs) - _mean(next(without_text).token_logprobs) if d.token_ids else 0.0 for d in drafts]
+
+
+class SegmentPMIScorer:
+    """Mean log P(margin | text through its segment) - mean log P(margin | text before its segment)."""
+
+    def __init__(self, backend: Backend, margin_prompt_ids: Sequence[int]) -> None:
+        self.backend = backend
+        self.prompt = list(margin_prompt_ids)
+
+    def score(self, cache: Any, drafts: Sequence[MarginDraft], asides: Mapping[int, PromptAside]) -> list[float]:
+        """`cache` holds at least every draft's segment start; `asides` maps a cache length to the margin prompt
+        computed there (reused, but for its last token, so each row's logits start inside the row)."""
+        rows = []
+        for d in drafts:
+            if not d.token_ids:
+                continue
+            aside = asides.get(d.segment_start)
+            if aside is not None and len(aside.prompt_ids) >= len(self.prompt):
+                aside = self.backend.aside_head(aside, len(self.prompt) - 1)  # type: ignore[attr-defined]
+            rows.append(PackedRow(d.segment_start, [*self.prompt, *d.token_ids], aside))
+        before = iter(self.backend.score_rows(cache, rows))
+        scores = []
+        for d in drafts:
+            if not d.token_ids:
+                scores.append(0.0)
+                continue
+            lp = next(before).token_logprobs[-len(d.token_ids) :]
+            scores.append(_mean(d.logprobs) - _mean(lp))
+        return scores
 
 
 _ENTITY = re.compile(r"\d+(?:[.,:/-]\d+)*|[A-Z][\w'’-]*")

@@ -83,10 +83,14 @@ class Backend(Protocol):
     def rollback(self, cache: Any, length: int) -> None:
         """Drop everything after the first `length` tokens of `cache`."""
 
-    def score_rows(self, cache: Any, rows: Sequence[Sequence[int]], next_ids: Sequence[int] = ()) -> list[RowScores]:
-        """Read each row on top of the whole cache, each on its own (rows never see each other): the log P of every
-        row token after the first, and of each of `next_ids` after the row's last token. The cache is left as it
-        was. Relevance scoring uses it (a margin without the context, a classifier's first reply token)."""
+    def score_rows(
+        self, cache: Any, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+    ) -> list[RowScores]:
+        """Read each row on its own (rows never see each other): a token list on top of the whole cache, a `PackedRow`
+        on top of its cache prefix (its aside, if any, not computed again). Returns the log P of every row token after
+        the first one computed, and of each of `next_ids` after the row's last token. The cache is left as it was.
+        Relevance scoring uses it (a margin without the text, or without its segment; a classifier's first reply
+        token). Rows that see less than the whole cache need a packed backend."""
 
 
 @runtime_checkable

@@ -185,17 +185,11 @@ class HFBackend:
         if not rows:
             return
         base = self.cache_length(cache)
+        self._check_rows(rows, base)
         for r in rows:
-            if not r.prompt_ids:
-                raise ValueError("generation needs at least one prompt token")
-            if not 0 <= r.prefix_length <= base:
-                raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
             a = r.aside
-            if a is not None:
-                if a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids):
-                    raise ValueError("a row's prompt aside was computed for another prefix or prompt")
-                if len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
-                    raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
+            if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
+                raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
         dev = self.device
         prefix = torch.tensor([r.prefix_length for r in rows], dtype=torch.long, device=dev)
         samplers = [_Sampler(sampling, dev) for _ in rows]
@@ -249,39 +243,64 @@ class HFBackend:
             self.rollback(cache, base)
 
     def score_rows(
-        self, cache: DynamicCache, rows: Sequence[Sequence[int]], next_ids: Sequence[int] = ()
+        self, cache: DynamicCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
     ) -> list[RowScores]:
-        """Teacher-forced log-probabilities of rows read on top of the cache: one packed forward (each row sees the
-        cache and itself) where the cache keeps every layer whole, else one forward per row."""
-        if any(not r for r in rows):
-            raise ValueError("a scored row needs at least one token")
+        """Teacher-forced log-probabilities of rows read on top of the cache: one packed forward (each row sees its
+        cache prefix and itself) where the cache keeps every layer whole, else one forward per row."""
+        base = self.cache_length(cache)
+        packed_rows = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
+        self._check_rows(packed_rows, base)
         if not rows:
             return []
+        for r in packed_rows:
+            if r.aside is not None and len(r.aside.prompt_ids) == len(r.prompt_ids):
+                raise ValueError("a scored row must compute at least one token after its aside")
+        plain = all(r.prefix_length == base and r.aside is None for r in packed_rows)
+        if plain and (len(rows) == 1 or not self.supports_packed):
+            return [self._score_one(cache, r.prompt_ids, next_ids) for r in packed_rows]
+        if not self.supports_packed:
+            raise ValueError("rows that see only part of the cache need packed rows (no sliding-window layers)")
+        dev = self.device
+        prefix = torch.tensor([r.prefix_length for r in packed_rows], dtype=torch.long, device=dev)
+        asides = [(i, r.aside) for i, r in enumerate(packed_rows) if r.aside is not None]
+        done_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in packed_rows]
+        q_rows = [i for i, r in enumerate(packed_rows) for _ in r.prompt_ids[done_len[i] :]]
+        ids = [t for i, r in enumerate(packed_rows) for t in r.prompt_ids[done_len[i] :]]
+        pos = [r.prefix_length + k for i, r in enumerate(packed_rows) for k in range(done_len[i], len(r.prompt_ids))]
+        try:
+            self._append_asides(cache, [a for _, a in asides])
+            appended = torch.tensor([i for i, a in asides for _ in a.prompt_ids], dtype=torch.long, device=dev)
+            logits, _ = self._packed_forward(cache, base, prefix, appended, q_rows, ids, pos, None)
+        finally:
+            self.rollback(cache, base)
+        starts = [0, *_cumsum(len(r.prompt_ids) - done_len[i] for i, r in enumerate(packed_rows))]
+        return [
+            _row_scores(logits[a:b], r.prompt_ids[d:], next_ids)
+            for a, b, r, d in zip(starts, starts[1:], packed_rows, done_len, strict=False)
+        ]
+
+    def _score_one(self, cache: DynamicCache, row: Sequence[int], next_ids: Sequence[int]) -> RowScores:
         base = self.cache_length(cache)
-        if self.supports_packed and len(rows) > 1:
-            dev = self.device
-            prefix = torch.full((len(rows),), base, dtype=torch.long, device=dev)
-            q_rows = [i for i, r in enumerate(rows) for _ in r]
-            ids = [t for r in rows for t in r]
-            pos = [base + k for r in rows for k in range(len(r))]
-            try:
-                logits, _ = self._packed_forward(
-                    cache, base, prefix, torch.empty(0, dtype=torch.long, device=dev), q_rows, ids, pos, None
-                )
-            finally:
-                self.rollback(cache, base)
-            starts = [0, *_cumsum(len(r) for r in rows)]
-            return [_row_scores(logits[a:b], r, next_ids) for a, b, r in zip(starts, starts[1:], rows, strict=False)]
-        out = []
+        input_ids = torch.tensor([list(row)], dtype=torch.long, device=self.device)
+        try:
+            with self.lock, torch.inference_mode():
+                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0]
+        finally:
+            self.rollback(cache, base)
+        return _row_scores(logits, row, next_ids)
+
+    @staticmethod
+    def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
         for r in rows:
-            input_ids = torch.tensor([list(r)], dtype=torch.long, device=self.device)
-            try:
-                with self.lock, torch.inference_mode():
-                    logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0]
-            finally:
-                self.rollback(cache, base)
-            out.append(_row_scores(logits, r, next_ids))
-        return out
+            if not r.prompt_ids:
+                raise ValueError("a row needs at least one token")
+            if not 0 <= r.prefix_length <= base:
+                raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
+            a = r.aside
+            if a is not None and (
+                a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
+            ):
+                raise ValueError("a row's prompt aside was computed for another prefix or prompt")
 
     def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
         """The first `n_tokens` of a prompt aside (own copies), without logits: a prompt head to continue later."""
