@@ -49,7 +49,7 @@ def test_ablations_read_with_the_matching_wim_variant():
     [
         ("wimm", "unknown system 'wimm'"),
         ("wim[classifcation=inline]", "WiMConfig has no field 'classifcation'; fields: segment_tokens"),
-        ("wim[classification=bogus]", "invalid WiM setting \\(classification: Input should be 'pmi', "),
+        ("wim[classification=bogus]", "invalid WiM setting \\(classification: Input should be .*'inline' or 'none'"),
         # checks across fields, on all the overrides together
         ("wim[relevance_threshold=0.5]", "relevance_threshold applies to the score-based classification modes"),
         ("wim[classification=lexical,relevance_threshold=3]", "out of range for 'lexical'"),
