@@ -94,8 +94,14 @@ def _wim_generated(r: WiMResult) -> int:
 
 def _wim_calls(r: WiMResult, config: WiMConfig) -> int:
     """Model calls of a WiM read: one margin per segment; one judge prompt per margin where a model judges each
-    (same_model, auxiliary, calibrated); one packed pass for all margins without the text (pmi); none for the rest."""
-    judge = {"same_model": r.n_segments, "auxiliary": r.n_segments, "calibrated": r.n_segments, "pmi": 1}
+    (same_model, auxiliary, calibrated); one packed pass for all margins (pmi, segment_pmi); none for the rest."""
+    judge = {
+        "same_model": r.n_segments,
+        "auxiliary": r.n_segments,
+        "calibrated": r.n_segments,
+        "pmi": 1,
+        "segment_pmi": 1,
+    }
     return r.n_segments + judge.get(config.classification, 0)
 
 
