@@ -89,7 +89,7 @@ def main() -> None:
     # `.with_margins()` (and add `| StrOutputParser()` if you like).
     rag = {"context": retriever, "question": RunnablePassthrough()} | reader.with_margins()
 
-    result = rag.invoke(QUESTION)
+    result = rag.invoke(QUESTION)["result"]  # the dict also has "answer" and "margins" (for .pick / .assign)
     print(f"Question: {QUESTION}")
     print(f"Answer: {result.answer}")
     print(f"Margins ({len(result.relevant_margins)} of {len(result.margins)} kept):")

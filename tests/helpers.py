@@ -37,3 +37,10 @@ SAMPLE = (
     "Numbers matter: 4417 is the code of the gate.\n\n"
     "Paris is the capital of France. Berlin is the capital of Germany. "
 ) * 6
+
+# A document a hostile or careless source could send: markup and script that a report must show as text.
+HOSTILE = (
+    'Untrusted notes. <script>document.body.dataset.pwned = "1"</script> <b>not bold</b> '
+    '<img src=x onerror="document.body.dataset.pwned=1"> & "quotes" \'single\' </div></section>\n\n'
+    "The second paragraph of the untrusted document ends here."
+)

@@ -46,3 +46,22 @@ def test_tracing_example():
     assert "segments read" in out and "margin 1 [" in out  # console progress handler
     tree = out.split("the trace that would be sent:", 1)[1]
     assert "WiMChain [chain]" in tree and "wim_margin [llm]" in tree and "wim_answer [llm]" in tree
+
+
+@pytest.mark.slow
+def test_compressor_example():
+    out = run_example("langchain_compressor.py")
+    kept = out.split("Kept ", 1)[1]
+    n_kept = int(kept.split(" of ", 1)[0])
+    assert kept.count("\n  ") >= n_kept  # one line per kept document, with its verdicts and margin
+    answer = next(line for line in out.splitlines() if line.startswith("Answer (plain reader): "))
+    assert len(answer) > len("Answer (plain reader): ")
+
+
+@pytest.mark.slow
+def test_langgraph_example():
+    out = run_example("langgraph_wim_node.py")
+    assert "[updates] retrieve done" in out
+    assert "[custom] read segment 1/" in out and "[custom] margin [" in out
+    # the margins stream before the read node's update arrives
+    assert out.index("[custom] margin [") < out.index("[updates] read: answer = ")

@@ -6,13 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, get_args
 
 from pydantic import ValidationError
 
-from .config import WiMConfig
+from .config import ClassificationMode, WiMConfig
 from .errors import WiMError
 from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
+from .html_report import check_report_path
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--segment-tokens", type=int, help="segment size in model tokens (default: sized for the model)")
     ask.add_argument("--margin-tokens", type=int, default=64, help="max new tokens per margin (default 64)")
     ask.add_argument("--answer-tokens", type=int, default=256, help="max new tokens of the answer (default 256)")
-    ask.add_argument("--classification", choices=["same_model", "auxiliary", "inline", "none"], default="same_model")
+    ask.add_argument(
+        "--classification",
+        choices=list(get_args(ClassificationMode)),
+        help="how margins are judged (default: segment_pmi, scored from the model's probabilities)",
+    )
+    ask.add_argument("--relevance-threshold", type=float, help="score-based modes keep margins scoring at least this")
     ask.add_argument(
         "--batch",
         type=int,
@@ -35,6 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="decode the margins of N segments together (faster; margins then appear N at a time; default 1)",
     )
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
+    ask.add_argument("--html", metavar="PATH", help="also write the reading report (document + margins) as HTML")
     ask.add_argument("--quiet", action="store_true", help="print only the answer")
     return parser
 
@@ -72,6 +79,8 @@ class _Progress:
         elif isinstance(event, MarginWritten):
             m = event.margin
             mark = {"yes": "relevant", "no": "not relevant", "unknown": "unclear -> dropped"}.get(m.verdict, "kept")
+            if m.score is not None:
+                mark = f"{'kept' if m.relevant else 'dropped'}, score {m.score:.2f}"
             text = " ".join(m.text.split()) or "(empty)"
             self.err.write(f"    margin {event.segment_index + 1} [{mark}, {m.seconds:.1f}s]: {text}\n")
         elif isinstance(event, AnswerStarted):
@@ -96,15 +105,18 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = _build_parser().parse_args(argv)
     try:
+        if args.html:
+            check_report_path(args.html)  # before any model work
         document = _read_document(args.file)
         if not document.strip():
             raise WiMError(f"the document {args.file or '(stdin)'} is empty; give WiM some text to read.")
+        chosen = {"classification": args.classification, "relevance_threshold": args.relevance_threshold}
         config = WiMConfig(
             segment_tokens=args.segment_tokens,
             margin_max_new_tokens=args.margin_tokens,
             answer_max_new_tokens=args.answer_tokens,
-            classification=args.classification,
             margin_batch_size=args.batch,
+            **{k: v for k, v in chosen.items() if v is not None},  # unset: WiMConfig's defaults
         )
         from .engine import WiM
 
@@ -122,6 +134,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             if show:
                 show(event)
         assert stream.result is not None
+        if args.html:
+            stream.result.to_html(args.html)
+            err.write(f"Report written to {args.html}.\n")
         if args.json:
             out.write(stream.result.model_dump_json(indent=2) + "\n")
         elif args.quiet:

@@ -13,7 +13,7 @@ MarginScope = Literal["segment", "so_far"]
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
 SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
-DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.5, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.25, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
 
 
 class SamplingConfig(BaseModel):
@@ -42,10 +42,11 @@ class WiMConfig(BaseModel):
     margin_max_new_tokens: int = Field(64, ge=1)
     answer_max_new_tokens: int = Field(256, ge=1)
     classification: ClassificationMode = Field(
-        "same_model",
-        description="how margins are judged: scored from the model's probabilities ('pmi', 'calibrated') or the text "
-        "('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', 'auxiliary', "
-        "'inline'); or every margin kept ('none')",
+        "segment_pmi",
+        description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
+        "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', 'pmi', "
+        "'calibrated') or the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply "
+        "('same_model', 'auxiliary', 'inline'); or every margin kept ('none')",
     )
     relevance_threshold: float | None = Field(
         None, description="score-based modes keep margins scoring at least this; None: the mode's default"
@@ -103,4 +104,5 @@ class WiMConfig(BaseModel):
 
     def with_updates(self, **changes: object) -> WiMConfig:
         """A copy with `changes` applied and validated."""
-        return WiMConfig.model_validate({**self.model_dump(), **changes})
+        # Fields never set stay unset, so defaults that depend on the model (classification) still apply.
+        return WiMConfig.model_validate({**self.model_dump(exclude_unset=True), **changes})

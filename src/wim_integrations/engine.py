@@ -26,10 +26,12 @@ from .errors import ContextTooLongError, WiMCancelled, WiMInputError
 from .events import (
     AnswerStarted,
     AnswerToken,
+    ContextDocument,
     Finished,
     Margin,
     MarginToken,
     MarginWritten,
+    SegmentInfo,
     SegmentRead,
     Timings,
     TokenCounts,
@@ -169,6 +171,9 @@ class WiM:
         if not question.strip():
             raise WiMInputError("question is empty; pass the question WiM should answer.")
         if cfg.classification == "segment_pmi" and not getattr(self.backend, "supports_packed", False):
+            if "classification" not in cfg.model_fields_set:  # the default: the closest score this model supports
+                cfg = cfg.with_updates(classification="pmi")
+                return self.plan(context, question, cfg)
             raise WiMInputError(
                 f"classification='segment_pmi' scores each margin on the cache cut before its segment, which model "
                 f"{self.backend.name!r} cannot do (sliding-window layers); use classification='pmi' instead."
@@ -370,9 +375,15 @@ class WiMStream:
             timings.context_cache = "miss" if doc_cache is not None else "off"
         store = functools.partial(self._store_document, doc_cache, key, cache, run) if doc_cache is not None else None
         if packed and (cfg.margin_batch_size > 1 or stored is not None):
-            yield from self._read_batched(cache, run, prefilled=stored is not None, store=store)
+            reading = self._read_batched(cache, run, prefilled=stored is not None, store=store)
         else:
-            yield from self._read_sequential(cache, run, store=store)
+            reading = self._read_sequential(cache, run, store=store)
+        read_seconds: dict[int, float] = {}  # segment index -> prefill seconds, for the result's segment records
+        with contextlib.closing(reading):  # closed with this run, as `yield from` would
+            for event in reading:
+                if isinstance(event, SegmentRead):
+                    read_seconds[event.segment_index] = event.seconds
+                yield event
         read = run.read
         # A reused cache holds the whole document; answer from the segments actually read.
         if read < n:
@@ -404,6 +415,9 @@ class WiMStream:
             timings=timings,
             tokens=tokens,
             model=b.name,
+            segments=_segment_records(segments, read_seconds),
+            documents=_document_records(plan.context),
+            context_text=plan.context.text,
         )
         yield Finished(result=self.result)
 
@@ -673,3 +687,23 @@ class _Judgement:
     verdict: Verdict
     reply: str | None = None  # the classifier's reply (same_model / auxiliary)
     score: float | None = None  # score-based modes
+
+
+def _segment_records(segments: Sequence[Segment], read_seconds: dict[int, float]) -> list[SegmentInfo]:
+    return [
+        SegmentInfo(
+            index=seg.index,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            read=seg.index in read_seconds,
+            seconds=read_seconds.get(seg.index, 0.0),
+        )
+        for seg in segments
+    ]
+
+
+def _document_records(ctx: Context) -> list[ContextDocument]:
+    return [
+        ContextDocument(index=i, id=doc.id, metadata=dict(doc.metadata), char_span=(start, start + len(doc.text)))
+        for i, (doc, start) in enumerate(zip(ctx.documents, ctx.doc_starts, strict=True))
+    ]

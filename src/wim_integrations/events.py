@@ -6,6 +6,7 @@ A run yields, per segment: `SegmentRead`, then `MarginToken`* and one `MarginWri
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,6 +70,30 @@ class TokenCounts(BaseModel):
     answer_prompt: int = Field(0, description="tokens of the final answer prompt (margins + question)")
 
 
+class SegmentInfo(BaseModel):
+    """One segment of the context as the run saw it: read or not (a run stopped with `answer_now()` leaves the rest
+    unread), with the seconds its prefill took (0 when reused from a document cache)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    char_span: tuple[int, int]
+    token_span: tuple[int, int]
+    read: bool
+    seconds: float = 0.0
+
+
+class ContextDocument(BaseModel):
+    """One input document and where it lies in the joined context text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    char_span: tuple[int, int]
+
+
 class WiMResult(BaseModel):
     answer: str
     question: str
@@ -79,10 +104,27 @@ class WiMResult(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     tokens: TokenCounts = Field(default_factory=TokenCounts)
     model: str = ""
+    segments: list[SegmentInfo] = Field(default_factory=list)
+    documents: list[ContextDocument] = Field(default_factory=list)
+    # The text that was read, for rendering. Left out of dumps (JSON, traces, event payloads): it is the user's input,
+    # often large, and every consumer already has it.
+    context_text: str = Field("", exclude=True, repr=False)
 
     @property
     def relevant_margins(self) -> list[Margin]:
         return [m for m in self.margins if m.relevant]
+
+    def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
+        """This run as a self-contained HTML page (inline CSS, no script): the answer on top, the document in its
+        segments with each margin beside its segment. Written to `path` (UTF-8) when given; the page is returned."""
+        from .html_report import write_page
+
+        return write_page(self, path)
+
+    def _repr_html_(self) -> str:  # Jupyter
+        from .html_report import render_fragment
+
+        return render_fragment(self)
 
 
 class _Event(BaseModel):

@@ -293,7 +293,7 @@ class HFBackend:
     def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
         for r in rows:
             if not r.prompt_ids:
-                raise ValueError("a row needs at least one token")
+                raise ValueError("a row needs at least one prompt token")
             if not 0 <= r.prefix_length <= base:
                 raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
             a = r.aside

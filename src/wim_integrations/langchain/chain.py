@@ -5,93 +5,91 @@ chain = {"context": retriever, "question": RunnablePassthrough()} | WiMChain.def
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from langchain_core.runnables.utils import Input
+from langchain_core.runnables.utils import AddableDict, Input
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
-from ..config import ClassificationMode, SamplingConfig
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
-from ..events import AnswerToken, WiMResult
+from ..events import AnswerToken, Margin, WiMResult
 from ..segmenter import InputDocument
 from .events import AsyncEventRelay, EventRelay
+from .settings import WiMSettings, check_known
 
 QUESTION_KEYS = ("question", "input", "query")
-# Chain fields that override the engine's WiMConfig for each call (None keeps the engine's setting).
-WIM_SETTINGS = (
-    "segment_tokens",
-    "margin_max_new_tokens",
-    "answer_max_new_tokens",
-    "classification",
-    "classifier_max_new_tokens",
-    "keep_unknown_verdicts",
-    "sampling",
-    "margin_batch_size",
-    "reuse_document_cache",
-)
 
 ContextInput = str | Sequence[Document | InputDocument | str | dict[str, Any]]
 
 
 class WiMChainInput(BaseModel):
-    """Input of `WiMChain`. A plain string is also accepted as the question when the chain has a bound context."""
+    """Input of `WiMChain` (and the arguments of its `as_tool`). Aliases of 'question': 'input', 'query'."""
 
-    question: str | None = Field(None, description="the question to answer (aliases: 'input', 'query')")
-    input: str | None = Field(None, description="alias of 'question'")
-    query: str | None = Field(None, description="alias of 'question'")
-    context: str | list[Document] | list[str] | None = Field(
-        None, description="the long context: a string or documents (defaults to the chain's bound context)"
-    )
+    question: str = Field(description="the question to answer")
+    context: str | list[Document] | list[str] = Field(description="the long context: a string or documents")
 
 
-@functools.cache
-def _default_engine() -> WiM:
-    return WiM.default()
+class WiMQuestion(BaseModel):
+    """Input of a `WiMChain` with a bound context: only the question (a plain string works too)."""
+
+    question: str = Field(description="the question to answer from the bound context")
 
 
-class WiMChain(RunnableSerializable[Input, Any]):
+class WiMChainOutput(TypedDict):
+    """Output of `with_margins()`: a dict, so `.pick(...)`, `.assign(...)` and `itemgetter` work on it."""
+
+    question: str
+    answer: str
+    margins: list[Margin]
+    result: WiMResult
+
+
+class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
     """Answer a question over a long context with Writing in the Margins.
 
-    Output: the answer string, or the full `WiMResult` (answer, margins with verdicts and source document
-    metadata, timings) when `return_margins=True` / `.with_margins()`. Every engine event is dispatched as a
-    custom event named ``wim_<event type>``; margins, classifications and the answer are child ``llm`` runs.
+    Output: the answer string, or with `return_margins=True` / `.with_margins()` a `WiMChainOutput` dict
+    (`question`, `answer`, `margins`, `result`: the full `WiMResult` with timings and token counts). Every engine
+    event is dispatched as a custom event named ``wim_<event type>``; margins, classifications and the answer are
+    child ``llm`` runs. Settings: one optional field per `WiMConfig` field (None keeps the engine's setting);
+    they can also be given per call, ``chain.invoke(x, margin_max_new_tokens=16)``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     wim: WiM = Field(exclude=True, description="the engine; shared, never copied")
     context: Any = Field(None, description="a context used when the input has none (str or documents)")
-    return_margins: bool = False
-    segment_tokens: int | None = None
-    margin_max_new_tokens: int | None = None
-    answer_max_new_tokens: int | None = None
-    classification: ClassificationMode | None = None
-    classifier_max_new_tokens: int | None = None
-    keep_unknown_verdicts: bool | None = None
-    sampling: SamplingConfig | None = None
-    margin_batch_size: int | None = Field(None, ge=1, description="margins decoded together (see WiMConfig)")
-    reuse_document_cache: bool | None = None
+    return_margins: bool = Field(False, description="output a WiMChainOutput dict instead of the answer string")
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str, *, classifier_model: str | None = None, **kwargs: Any) -> WiMChain:
-        """Load a local or cached Hugging Face model; chain fields (e.g. `margin_max_new_tokens`) go to the chain."""
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields}
-        return cls(wim=WiM.from_pretrained(model, classifier_model=classifier_model, **kwargs), **fields)
+    def from_model_id(cls, model_id: str, **kwargs: Any) -> WiMChain:
+        """Load a local or cached Hugging Face model, as `HuggingFacePipeline.from_model_id` does.
+
+        Chain fields (settings, `context`, `return_margins`) go to the chain; everything else (`classifier_model`,
+        `document_cache`, and the loading options such as `device`, `dtype`, `model_kwargs`) goes unchanged to
+        `WiM.from_pretrained`, which documents and checks them.
+        """
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields and k != "wim"}
+        return cls(wim=WiM.from_pretrained(model_id, **kwargs), **fields)
+
+    @classmethod
+    def from_pretrained(cls, model: str, **kwargs: Any) -> WiMChain:
+        """Same as `from_model_id` (kept for the name used by transformers)."""
+        return cls.from_model_id(model, **kwargs)
 
     @classmethod
     def default(cls, **fields: Any) -> WiMChain:
-        """On the embedded SmolLM2; the engine is loaded once per process and shared by every default chain."""
-        return cls(wim=_default_engine(), **fields)
+        """On the embedded SmolLM2, with the process-wide default engine `WiM.default()` (shared by all adapters)."""
+        check_known(fields, cls.model_fields, what="WiMChain.default() argument")
+        return cls(wim=WiM.default(), **fields)
 
     def with_margins(self) -> WiMChain:
-        """This chain returning the full `WiMResult` instead of the answer string."""
+        """This chain returning a `WiMChainOutput` dict (answer, margins, full result) instead of the answer string."""
         return self.model_copy(update={"return_margins": True})
 
     def with_context(self, context: ContextInput) -> WiMChain:
@@ -101,22 +99,19 @@ class WiMChain(RunnableSerializable[Input, Any]):
     # -- schemas ---------------------------------------------------------------------------------------
     @property
     def InputType(self) -> type:
-        return WiMChainInput
+        return WiMChainInput if self.context is None else WiMQuestion
 
     @property
     def OutputType(self) -> type:
-        return WiMResult if self.return_margins else str
+        return WiMChainOutput if self.return_margins else str
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return WiMChainInput
+        return self.InputType
 
     # -- input handling --------------------------------------------------------------------------------
-    def _overrides(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in WIM_SETTINGS if getattr(self, k) is not None}
-
     def _parse(self, value: Any) -> tuple[Any, str]:
         """(engine context, question) from any accepted input; clear errors for the rest."""
-        if isinstance(value, WiMChainInput):
+        if isinstance(value, BaseModel):
             value = value.model_dump(exclude_none=True)
         if isinstance(value, str):
             question, context = value, None
@@ -140,15 +135,18 @@ class WiMChain(RunnableSerializable[Input, Any]):
                 "WiMChain got a question but no context: pass {'question': ..., 'context': ...} or bind one with "
                 "WiMChain(wim=..., context=...) / chain.with_context(...)."
             )
-        return _to_engine_context(context), question
+        return to_engine_context(context), question
 
-    def _start(self, value: Any) -> WiMStream:
+    def _start(self, value: Any, per_call: dict[str, Any]) -> WiMStream:
         context, question = self._parse(value)
-        return self.wim.stream(context, question, **self._overrides())
+        return self.wim.stream(context, question, **self.wim_overrides(**per_call))
 
     def _output(self, stream: WiMStream) -> Any:
-        assert stream.result is not None
-        return stream.result if self.return_margins else stream.result.answer
+        result = stream.result
+        assert result is not None
+        if not self.return_margins:
+            return result.answer
+        return AddableDict(question=result.question, answer=result.answer, margins=result.margins, result=result)
 
     # -- invoke ----------------------------------------------------------------------------------------
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
@@ -157,14 +155,18 @@ class WiMChain(RunnableSerializable[Input, Any]):
     async def ainvoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._ainvoke, input, config, run_type="chain", **kwargs)
 
-    def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
-        stream = self._start(value)
+    def _invoke(
+        self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **per_call: Any
+    ) -> Any:
+        stream = self._start(value, per_call)
         for _ in self._relay(stream, run_manager, config):
             pass
         return self._output(stream)
 
-    async def _ainvoke(self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig) -> Any:
-        stream = self._start(value)
+    async def _ainvoke(
+        self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **per_call: Any
+    ) -> Any:
+        stream = self._start(value, per_call)
         async for _ in self._arelay(stream, run_manager, config):
             pass
         return self._output(stream)
@@ -191,30 +193,47 @@ class WiMChain(RunnableSerializable[Input, Any]):
         ):
             yield chunk
 
+    def _chunk(self, ev: Any) -> Any:
+        """An answer delta as a stream chunk: text, or with margins an `AddableDict` piece (chunks add up)."""
+        return AddableDict(answer=ev.text) if self.return_margins else ev.text
+
+    def _last_chunk(self, stream: WiMStream) -> Any:
+        """With margins, what the answer deltas did not carry: question, margins and the result."""
+        out = self._output(stream)
+        return AddableDict({k: v for k, v in out.items() if k != "answer"})
+
     def _transform(
-        self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
+        self,
+        chunks: Iterator[Any],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **per_call: Any,
     ) -> Iterator[Any]:
-        stream = self._start(_merge_chunks(list(chunks)))
+        stream = self._start(_merge_chunks(list(chunks)), per_call)
         for ev in self._relay(stream, run_manager, config):
-            if isinstance(ev, AnswerToken) and not self.return_margins:
-                yield ev.text
+            if isinstance(ev, AnswerToken):
+                yield self._chunk(ev)
         if self.return_margins:
-            yield self._output(stream)
+            yield self._last_chunk(stream)
 
     async def _atransform(
-        self, chunks: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+        self,
+        chunks: AsyncIterator[Any],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **per_call: Any,
     ) -> AsyncIterator[Any]:
-        stream = self._start(_merge_chunks([c async for c in chunks]))
+        stream = self._start(_merge_chunks([c async for c in chunks]), per_call)
         async for ev in self._arelay(stream, run_manager, config):
-            if isinstance(ev, AnswerToken) and not self.return_margins:
-                yield ev.text
+            if isinstance(ev, AnswerToken):
+                yield self._chunk(ev)
         if self.return_margins:
-            yield self._output(stream)
+            yield self._last_chunk(stream)
 
     # -- the event loop shared by all methods ----------------------------------------------------------
     @staticmethod
     def _relay(stream: WiMStream, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Iterator[Any]:
-        relay = EventRelay(run_manager, config, stream.plan)
+        relay = EventRelay(config, stream)
         error: BaseException | None = None
         try:
             for ev in stream:
@@ -233,7 +252,7 @@ class WiMChain(RunnableSerializable[Input, Any]):
     async def _arelay(
         stream: WiMStream, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
     ) -> AsyncIterator[Any]:
-        relay = AsyncEventRelay(run_manager, config, stream.plan)
+        relay = AsyncEventRelay(config, stream)
         error: BaseException | None = None
         events = stream.aiter()
         try:
@@ -264,7 +283,7 @@ def _merge_chunks(chunks: list[Any]) -> Any:
     raise WiMInputError(f"WiMChain.transform cannot merge input chunks of types {[type(c).__name__ for c in chunks]}.")
 
 
-def _to_engine_context(context: Any) -> Any:
+def to_engine_context(context: Any) -> Any:
     """LangChain documents become `InputDocument`s so their id and metadata reach margins and events."""
     if isinstance(context, Document):
         context = [context]

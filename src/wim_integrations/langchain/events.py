@@ -13,23 +13,26 @@ from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
-    AsyncCallbackManagerForChainRun,
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManager,
-    CallbackManagerForChainRun,
     CallbackManagerForLLMRun,
     adispatch_custom_event,
     dispatch_custom_event,
 )
-from langchain_core.outputs import Generation, LLMResult
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
 from pydantic import TypeAdapter
 
-from ..engine import Plan
+from ..classifier import MarginClassifier
+from ..engine import WiMStream
 from ..events import (
     AnswerStarted,
     AnswerToken,
     Finished,
+    Margin,
     MarginToken,
     MarginWritten,
     SegmentRead,
@@ -62,77 +65,164 @@ def parse_event(name: str, data: Any) -> Any | None:
     return _EVENT_ADAPTER.validate_python(data)
 
 
+def with_handler(config: RunnableConfig, handler: BaseCallbackHandler) -> RunnableConfig:
+    """`config` with one more inheritable callback handler (callbacks may be None, a list or a manager)."""
+    callbacks = config.get("callbacks")
+    if callbacks is None:
+        callbacks = [handler]
+    elif isinstance(callbacks, list):
+        callbacks = [*callbacks, handler]
+    else:  # a callback manager (what nested runnables and LangGraph nodes get): add to a copy
+        callbacks = callbacks.copy()
+        callbacks.add_handler(handler, inherit=True)
+    return {**config, "callbacks": callbacks}
+
+
 def _doc_ids(event: SegmentRead | MarginWritten) -> list[str | None]:
     spans = event.documents if isinstance(event, SegmentRead) else event.margin.documents
     return [d.doc_id for d in spans]
 
 
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+
+
+def _llm_result(text: str, info: dict[str, Any], usage: dict[str, int], model: str) -> LLMResult:
+    """An `llm` run's output with its token usage where LangSmith and `UsageMetadataCallbackHandler` read it."""
+    message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": model})  # type: ignore[arg-type]
+    token_usage = {
+        "prompt_tokens": usage["input_tokens"],
+        "completion_tokens": usage["output_tokens"],
+        "total_tokens": usage["total_tokens"],
+    }
+    return LLMResult(
+        generations=[[ChatGeneration(message=message, generation_info=info)]],
+        llm_output={"token_usage": token_usage, "model_name": model},
+    )
+
+
 class _RunSpecs:
-    """What each child run is started and ended with; shared by the sync and async relays."""
+    """What each child run is started and ended with; shared by the sync and async relays.
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+    Token usage counts what each step fed into the model and generated: a margin reads its segment (the first one
+    also the chat head) and the margin prompt, and writes the margin; a classification reads its whole prompt (the
+    engine prefills the shared head once per run) and writes the reply (re-tokenized); the answer reads the final
+    prompt (the context is already in the cache) and writes the answer.
+    """
 
-    def margin_start(self, ev: SegmentRead) -> tuple[list[str], dict[str, Any], list[str]]:
+    def __init__(self, stream: WiMStream) -> None:
+        self.stream, self.plan, self.wim = stream, stream.plan, stream.wim
+        self.relevant: list[Margin] = []
+        self._judge: MarginClassifier | None = None
+        self._seg_tokens: dict[int, int] = {}
+
+    def _params(self, step: str, model: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(ls_* metadata, invocation params) of one child run."""
+        cfg = self.plan.config
+        ls: dict[str, Any] = {
+            "ls_provider": "huggingface",
+            "ls_model_name": model,
+            "ls_model_type": "llm",
+            "ls_max_tokens": max_tokens,
+        }
+        if cfg.sampling.do_sample:
+            ls["ls_temperature"] = cfg.sampling.temperature
+        params = {
+            "_type": "wim",
+            "wim_step": step,
+            "model": model,
+            "max_new_tokens": max_tokens,
+            **cfg.model_dump(mode="json"),
+            "segment_tokens": self.plan.segment_tokens,
+        }
+        return ls, params
+
+    def margin_start(self, ev: SegmentRead) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
         seg = self.plan.context.segments[ev.segment_index]
+        head = len(self.plan.head_ids) if ev.segment_index == 0 else 0
+        self._seg_tokens[ev.segment_index] = head + ev.n_tokens + len(self.plan.margin_prompt_ids)
+        ls, params = self._params("margin", self.wim.model_name, self.plan.config.margin_max_new_tokens)
         meta = {
+            **ls,
             "wim_segment_index": ev.segment_index,
             "wim_n_segments": ev.n_segments,
             "wim_char_span": list(ev.char_span),
             "wim_doc_ids": _doc_ids(ev),
         }
-        return [seg.text], meta, ["wim", MARGIN_RUN]
+        return [seg.text], meta, MARGIN_RUN, params
 
-    @staticmethod
-    def margin_end(ev: MarginWritten) -> LLMResult:
+    def margin_end(self, ev: MarginWritten) -> LLMResult:
         m = ev.margin
-        info = {"verdict": m.verdict, "relevant": m.relevant, "segment_index": m.segment_index, "n_tokens": m.n_tokens}
-        return LLMResult(generations=[[Generation(text=m.text, generation_info=info)]])
+        if m.relevant:
+            self.relevant.append(m)
+        info = {
+            "verdict": m.verdict,
+            "relevant": m.relevant,
+            "score": m.score,
+            "segment_index": m.segment_index,
+            "n_tokens": m.n_tokens,
+        }
+        usage = _usage(self._seg_tokens.pop(m.segment_index, 0), m.n_tokens)
+        return _llm_result(m.text, info, usage, self.wim.model_name)
 
-    @staticmethod
-    def classify(ev: MarginWritten) -> tuple[list[str], dict[str, Any], LLMResult] | None:
+    def classify(self, ev: MarginWritten) -> tuple[list[str], dict[str, Any], str, dict[str, Any], LLMResult] | None:
         m = ev.margin
         if m.classifier_output is None:  # 'inline' and 'none' modes have no separate classification call
             return None
-        info = {"verdict": m.verdict, "relevant": m.relevant}
-        meta = {"wim_segment_index": m.segment_index, "wim_verdict": m.verdict}
-        return [m.text], meta, LLMResult(generations=[[Generation(text=m.classifier_output, generation_info=info)]])
+        if self._judge is None:
+            self._judge = self.stream._margin_classifier(self.plan.config)
+        judge = self._judge
+        assert judge is not None
+        model = judge.backend.name
+        ls, params = self._params("classify", model, self.plan.config.classifier_max_new_tokens)
+        prompt_ids = judge.prompt_ids(m.text)
+        usage = _usage(len(prompt_ids), len(judge.backend.encode_text(m.classifier_output)))
+        info = {"verdict": m.verdict, "relevant": m.relevant, "score": m.score}
+        meta = {**ls, "wim_segment_index": m.segment_index, "wim_verdict": m.verdict}
+        out = _llm_result(m.classifier_output, info, usage, model)
+        return [judge.backend.decode(prompt_ids)], meta, CLASSIFY_RUN, params, out
 
-    def answer_start(self, ev: AnswerStarted) -> tuple[list[str], dict[str, Any], list[str]]:
+    def answer_start(self, ev: AnswerStarted) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
+        # The final prompt as the model gets it after the context: the relevant margins and the question.
+        final_ids = self.wim._final_prompt_ids(self.plan.question, self.relevant, self.plan.n_segments)
+        ls, params = self._params("answer", self.wim.model_name, self.plan.config.answer_max_new_tokens)
         meta = {
+            **ls,
             "wim_n_relevant_margins": ev.n_relevant_margins,
             "wim_segments_read": ev.segments_read,
             "wim_n_segments": ev.n_segments,
+            "wim_question": self.plan.question,
         }
-        return [self.plan.question], meta, ["wim", ANSWER_RUN]
+        return [self.wim.backend.decode(final_ids)], meta, ANSWER_RUN, params
 
-    @staticmethod
-    def answer_end(ev: Finished) -> LLMResult:
+    def answer_end(self, ev: Finished) -> LLMResult:
         r = ev.result
         info = {"stopped_early": r.stopped_early, "segments_read": r.segments_read}
-        return LLMResult(generations=[[Generation(text=r.answer, generation_info=info)]])
-
-
-def _child(manager: Any, tags: list[str], meta: dict[str, Any]) -> Any:
-    child = manager.get_child()
-    child.add_tags(tags, inherit=False)
-    child.add_metadata(meta, inherit=False)
-    return child
+        usage = _usage(r.tokens.answer_prompt, r.tokens.answer_generated)
+        return _llm_result(r.answer, info, usage, r.model)
 
 
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
 class EventRelay:
-    """Turns one run's engine events into custom events and child runs (sync callbacks)."""
+    """Turns one run's engine events into custom events and child runs (sync callbacks).
 
-    def __init__(self, run_manager: CallbackManagerForChainRun, config: RunnableConfig, plan: Plan) -> None:
-        self.rm, self.config, self.specs = run_manager, config, _RunSpecs(plan)
+    Child runs get their callback manager from the run's config like any nested runnable
+    (`get_callback_manager_for_config`), so configure hooks such as `collect_runs()` and tracing from the
+    environment see them, as well as inheritable handlers.
+    """
+
+    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
+        self.config, self.specs = config, _RunSpecs(stream)
+        self.manager: CallbackManager = get_callback_manager_for_config(config)
         self.open: CallbackManagerForLLMRun | None = None
 
-    def _start(self, prompts: list[str], meta: dict[str, Any], tags: list[str]) -> CallbackManagerForLLMRun:
-        cm: CallbackManager = _child(self.rm, tags, meta)
-        return cm.on_llm_start(_SERIALIZED, prompts, name=tags[-1])[0]
+    def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
+        cm = self.manager.copy()
+        cm.add_tags(["wim", name], inherit=False)
+        cm.add_metadata(meta, inherit=False)
+        return cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params)[0]
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
@@ -141,14 +231,11 @@ class EventRelay:
         elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
             self.open.on_llm_new_token(ev.text)
         elif isinstance(ev, MarginWritten) and self.open is not None:
+            self.open.on_llm_end(self.specs.margin_end(ev))
+            self.open = None
             if spec := self.specs.classify(ev):
-                prompts, meta, out = spec
-                self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
-                self._start(prompts, meta, ["wim", CLASSIFY_RUN]).on_llm_end(out)
-            else:
-                self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
+                *start, out = spec
+                self._start(*start).on_llm_end(out)
         elif isinstance(ev, AnswerStarted):
             self.open = self._start(*self.specs.answer_start(ev))
         elif isinstance(ev, Finished) and self.open is not None:
@@ -165,13 +252,16 @@ class EventRelay:
 class AsyncEventRelay:
     """The async twin of `EventRelay` (async callback managers, `adispatch_custom_event`)."""
 
-    def __init__(self, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, plan: Plan) -> None:
-        self.rm, self.config, self.specs = run_manager, config, _RunSpecs(plan)
+    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
+        self.config, self.specs = config, _RunSpecs(stream)
+        self.manager: AsyncCallbackManager = get_async_callback_manager_for_config(config)
         self.open: AsyncCallbackManagerForLLMRun | None = None
 
-    async def _start(self, prompts: list[str], meta: dict[str, Any], tags: list[str]) -> AsyncCallbackManagerForLLMRun:
-        cm: AsyncCallbackManager = _child(self.rm, tags, meta)
-        return (await cm.on_llm_start(_SERIALIZED, prompts, name=tags[-1]))[0]
+    async def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
+        cm = self.manager.copy()
+        cm.add_tags(["wim", name], inherit=False)
+        cm.add_metadata(meta, inherit=False)
+        return (await cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params))[0]
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
@@ -180,14 +270,11 @@ class AsyncEventRelay:
         elif isinstance(ev, MarginToken | AnswerToken) and self.open is not None:
             await self.open.on_llm_new_token(ev.text)
         elif isinstance(ev, MarginWritten) and self.open is not None:
+            await self.open.on_llm_end(self.specs.margin_end(ev))
+            self.open = None
             if spec := self.specs.classify(ev):
-                prompts, meta, out = spec
-                await self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
-                await (await self._start(prompts, meta, ["wim", CLASSIFY_RUN])).on_llm_end(out)
-            else:
-                await self.open.on_llm_end(self.specs.margin_end(ev))
-                self.open = None
+                *start, out = spec
+                await (await self._start(*start)).on_llm_end(out)
         elif isinstance(ev, AnswerStarted):
             self.open = await self._start(*self.specs.answer_start(ev))
         elif isinstance(ev, Finished) and self.open is not None:

@@ -17,7 +17,7 @@ from .events import (
 from .handlers import WiMMarginCollector, WiMProgressHandler
 from .llm import WiMLLM
 from .query_engine import WholeDocumentsRetriever, WiMQueryEngine
-from .synthesizer import WiMSynthesizer, reading_order
+from .synthesizer import WiMSynthesizer, reading_order, wim_result
 
 __all__ = [
     "WIM_EVENT_TYPES",
@@ -34,4 +34,5 @@ __all__ = [
     "WiMSegmentReadEvent",
     "WiMSynthesizer",
     "reading_order",
+    "wim_result",
 ]

@@ -30,6 +30,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from ..config import WiMConfig
 from ..engine import WiM, WiMStream
+from ..errors import WiMInputError
 from ..events import AnswerToken, Finished, MarginWritten, WiMResult
 from ..prompts import PromptSet
 from ..segmenter import InputDocument
@@ -64,6 +65,27 @@ def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "documen
         return groups[n.node.ref_doc_id or f"node:{n.node.node_id}"], start, i
 
     return [n for _, n in sorted(enumerate(unique), key=key)]
+
+
+# Response metadata key of the run's `WiMResult` object (the text it read included), next to its JSON form.
+RESULT_OBJECT_KEY = "wim_result_object"
+
+
+def wim_result(response: Any) -> WiMResult:
+    """The `WiMResult` behind a WiM response, e.g. to render it: `wim_result(response).to_html("report.html")`."""
+    meta = getattr(response, "metadata", None) or {}
+    result = meta.get(RESULT_OBJECT_KEY)
+    if isinstance(result, WiMResult):
+        return result
+    if RESULT_OBJECT_KEY in meta:
+        raise WiMInputError(
+            "this response has no finished WiM run: no nodes were retrieved, or it is a streaming response whose "
+            "tokens have not all been read yet (read them first)."
+        )
+    raise WiMInputError(
+        "this response did not come from WiM (its metadata has no WiM result); query through WiMQueryEngine or a "
+        "query engine with WiMSynthesizer."
+    )
 
 
 def margin_record(margin: Any) -> dict[str, Any]:
@@ -167,6 +189,7 @@ class WiMSynthesizer(BaseSynthesizer):
         meta: dict[str, Any] = {n.node.node_id: n.node.metadata for n in source_nodes}
         meta["wim_margins"] = []
         meta["wim_result"] = None
+        meta[RESULT_OBJECT_KEY] = None
         return meta
 
     # -- driving a run ---------------------------------------------------------------------------------
@@ -329,6 +352,7 @@ class _TracedRun:
             self.meta["wim_margins"].append(margin_record(event.margin))
         elif isinstance(event, Finished):
             self.meta["wim_result"] = event.result.model_dump(mode="json")
+            self.meta[RESULT_OBJECT_KEY] = event.result
         self.tracer.on_event(event)
         self.finished = isinstance(event, Finished)
         return event

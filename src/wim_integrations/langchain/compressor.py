@@ -1,0 +1,126 @@
+"""`WiMDocumentCompressor`: WiM margins as a document filter in front of any reader.
+
+retriever = ContextualCompressionRetriever(base_compressor=WiMDocumentCompressor(wim=...), base_retriever=base)
+
+WiM reads the retrieved documents (in order, segment by segment) and writes a margin per segment; no final answer is
+generated. A document is kept when a relevant margin covers any part of it; the relevant margins' text, verdict and
+score go into its metadata. Like LangChain's `LLMChainFilter`, but one pass over all documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks.manager import AsyncCallbackManager, CallbackManager
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, Field
+
+from ..engine import WiM, WiMStream
+from ..events import AnswerStarted, Margin, MarginWritten
+from .chain import to_engine_context
+from .events import AsyncEventRelay, EventRelay
+from .settings import WiMSettings
+
+RUN_NAME = "WiMDocumentCompressor"
+
+
+def _default_wim() -> WiM:
+    return WiM.default()
+
+
+class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
+    """Keeps the documents whose WiM margins are relevant to the query (no answer is generated).
+
+    Kept documents are copies with metadata ``wim_margin`` (the relevant margins on it, joined by blank lines),
+    ``wim_verdict`` (their verdicts), ``wim_score`` (their highest `Margin.score`, None when the classification mode
+    computes none) and ``wim_segments`` (segment indices). Settings: one optional field per `WiMConfig` field.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    wim: WiM = Field(default_factory=_default_wim, exclude=True, description="the engine (default: WiM.default())")
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        stream = self._start(documents, query)
+        manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+        run = manager.on_chain_start(None, {"query": query, "documents": list(documents)}, name=RUN_NAME)
+        relay = EventRelay({"callbacks": run.get_child()}, stream)
+        margins: list[Margin] = []
+        try:
+            for ev in stream:
+                if isinstance(ev, AnswerStarted):
+                    break  # margins are all we need: stop before the answer is computed
+                relay(ev)
+                if isinstance(ev, MarginWritten):
+                    margins.append(ev.margin)
+        except BaseException as exc:
+            relay.close(exc)
+            run.on_chain_error(exc)
+            raise
+        finally:
+            stream.close()
+        kept = _keep(documents, margins)
+        run.on_chain_end({"documents": kept})
+        return kept
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        stream = self._start(documents, query)
+        manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+        run = await manager.on_chain_start(None, {"query": query, "documents": list(documents)}, name=RUN_NAME)
+        relay = AsyncEventRelay({"callbacks": run.get_child()}, stream)
+        margins: list[Margin] = []
+        events = stream.aiter()
+        try:
+            async for ev in events:
+                if isinstance(ev, AnswerStarted):
+                    break
+                await relay(ev)
+                if isinstance(ev, MarginWritten):
+                    margins.append(ev.margin)
+        except BaseException as exc:
+            await relay.close(exc)
+            await run.on_chain_error(exc)
+            raise
+        finally:
+            await events.aclose()
+        kept = _keep(documents, margins)
+        await run.on_chain_end({"documents": kept})
+        return kept
+
+    def _start(self, documents: Sequence[Document], query: str) -> WiMStream:
+        """Plan the read (input errors raise here, before any compute)."""
+        return self.wim.stream(to_engine_context(list(documents)), query, **self.wim_overrides())
+
+
+def _keep(documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
+    """The documents a relevant margin covers, in their order, with those margins in their metadata."""
+    on_doc: dict[int, list[Margin]] = {}
+    for m in margins:
+        if m.relevant:
+            for span in m.documents:
+                on_doc.setdefault(span.doc_index, []).append(m)
+    kept = []
+    for i, doc in enumerate(documents):
+        if i not in on_doc:
+            continue
+        ms = on_doc[i]
+        scores = [m.score for m in ms if m.score is not None]
+        meta: dict[str, Any] = {
+            **doc.metadata,
+            "wim_margin": "\n\n".join(m.text for m in ms),
+            "wim_verdict": [m.verdict for m in ms],
+            "wim_score": max(scores) if scores else None,
+            "wim_segments": [m.segment_index for m in ms],
+        }
+        kept.append(doc.model_copy(update={"metadata": meta}))
+    return kept

@@ -1,0 +1,79 @@
+"""WiM settings as LangChain fields, derived from `WiMConfig` so the adapters never fall behind the core.
+
+Every `WiMConfig` field becomes an optional field of the same type and constraints; `None` keeps the engine's own
+setting. Unknown constructor arguments and invoke keyword arguments are rejected with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, create_model, model_validator
+
+from ..config import WiMConfig
+from ..errors import WiMInputError
+
+# Engine options that are not per-call settings: they belong to the `WiM` the adapter wraps.
+_ENGINE_OPTIONS = {
+    "document_cache": "WiM(..., document_cache=DocumentCache()) or WiM.default(document_cache=...)",
+    "classifier_model": "WiMChain.from_model_id(model_id, classifier_model=...)",
+    "prompts": "WiM(..., prompts=PromptSet(...))",
+    "config": "WiM(..., config=WiMConfig(...)), or the settings themselves as fields",
+}
+
+
+def _optional_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in WiMConfig.model_fields.items():
+        # Keep the core's constraints (ge=1, gt=0, ...) so bad values fail at construction.
+        ann = Annotated.__class_getitem__((info.annotation, *info.metadata)) if info.metadata else info.annotation
+        default = info.get_default(call_default_factory=True)
+        shown = default.model_dump() if isinstance(default, BaseModel) else default
+        about = f"{info.description}. " if info.description else ""
+        about += f"None keeps the engine's setting (WiMConfig: {shown!r})"
+        fields[name] = (ann | None, Field(None, description=about))
+    return fields
+
+
+WIM_SETTINGS: tuple[str, ...] = tuple(WiMConfig.model_fields)
+
+_WiMSettingsFields = create_model("_WiMSettingsFields", **_optional_fields())
+
+
+class WiMSettings(_WiMSettingsFields):  # type: ignore[misc,valid-type]
+    """Mixin of the per-call WiM settings (one optional field per `WiMConfig` field) for the LangChain adapters."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_known(data, cls.model_fields, what=f"{cls.__name__} argument")
+        return data
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> WiMSettings:
+        # The core's cross-field rules, at construction, against the engine's own config (the settings override it).
+        engine = getattr(self, "wim", None)
+        base = engine.config if isinstance(getattr(engine, "config", None), WiMConfig) else WiMConfig()
+        base.with_updates(**self.wim_overrides())
+        return self
+
+    def wim_overrides(self, **per_call: Any) -> dict[str, Any]:
+        """The settings this object (and `per_call` invoke kwargs) set, as `WiM.stream(**overrides)` takes them."""
+        check_known(per_call, WIM_SETTINGS, what="invoke keyword argument")
+        fixed = {k: getattr(self, k) for k in WIM_SETTINGS if getattr(self, k) is not None}
+        return {**fixed, **{k: v for k, v in per_call.items() if v is not None}}
+
+
+def check_known(given: Iterable[str], valid: Iterable[str], *, what: str) -> None:
+    """Raise `WiMInputError` naming the unknown names, the valid ones, and where engine options go."""
+    valid = set(valid)
+    unknown = sorted(k for k in given if k not in valid)
+    if not unknown:
+        return
+    hints = [f"{k} belongs to the engine: {_ENGINE_OPTIONS[k]}" for k in unknown if k in _ENGINE_OPTIONS]
+    raise WiMInputError(
+        f"unknown {what}{'s' if len(unknown) > 1 else ''} {unknown}. Valid: {sorted(valid)}."
+        + (" " + "; ".join(hints) + "." if hints else "")
+    )

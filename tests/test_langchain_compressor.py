@@ -1,0 +1,129 @@
+"""WiMDocumentCompressor on the tiny random Llama: which documents it keeps, what it attaches, what it skips."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from tests.test_langchain import DOCS, QUESTION
+from wim_integrations import WiM, WiMInputError, engine
+from wim_integrations.langchain import MARGIN_RUN, RecordingClient, WiMDocumentCompressor, langsmith_tracer, parse_event
+
+
+class Margins(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.margins: list = []
+
+    def on_custom_event(self, name, data, **kwargs):
+        self.names.append(name)
+        if name == "wim_margin_written":
+            self.margins.append(parse_event(name, data).margin)
+
+
+@pytest.fixture
+def alternating_verdicts(monkeypatch):
+    """Inline verdicts yes, no, yes, ... by segment (the tiny model's own would be noise)."""
+    verdicts = itertools.cycle(["yes", "no"])
+    monkeypatch.setattr(engine, "split_inline", lambda text: (next(verdicts), text))
+
+
+def _expected(margins, docs):
+    keep = sorted({s.doc_index for m in margins if m.relevant for s in m.documents})
+    return [docs[i].id for i in keep]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_keeps_documents_under_relevant_margins_and_attaches_them(tiny_wim, alternating_verdicts, mode):
+    compressor = WiMDocumentCompressor(wim=tiny_wim, classification="inline", segment_tokens=100)
+    seen = Margins()
+    if mode == "sync":
+        kept = compressor.compress_documents(DOCS, QUESTION, callbacks=[seen])
+    else:
+        kept = asyncio.run(compressor.acompress_documents(DOCS, QUESTION, callbacks=[seen]))
+    verdicts = [m.verdict for m in seen.margins]
+    assert "yes" in verdicts and "no" in verdicts
+    assert [d.id for d in kept] == _expected(seen.margins, DOCS)
+    assert 0 < len(kept) <= len(DOCS)
+    for doc in kept:
+        original = next(d for d in DOCS if d.id == doc.id)
+        assert doc.page_content == original.page_content and doc.metadata["source"] == original.metadata["source"]
+        on_doc = [m for m in seen.margins if m.relevant and any(s.doc_id == doc.id for s in m.documents)]
+        assert doc.metadata["wim_margin"] == "\n\n".join(m.text for m in on_doc)
+        assert doc.metadata["wim_verdict"] == ["yes"] * len(on_doc)
+        assert doc.metadata["wim_segments"] == [m.segment_index for m in on_doc]
+        assert doc.metadata["wim_score"] is None  # inline classification computes no score
+    assert all("wim_margin" not in d.metadata for d in DOCS)  # the inputs are not modified
+    # margins only: the answer is never started
+    assert "wim_margin_written" in seen.names and "wim_answer_started" not in seen.names
+
+
+def test_scores_are_attached_when_margins_have_them(tiny_wim, monkeypatch):
+    from wim_integrations.events import Margin
+    from wim_integrations.langchain import compressor as module
+
+    m = Margin(
+        segment_index=0,
+        text="t",
+        relevant=True,
+        verdict="yes",
+        score=0.25,
+        char_span=(0, 1),
+        token_span=(0, 1),
+        documents=[{"doc_index": 1, "start_char": 0, "end_char": 1}],
+        n_tokens=1,
+        seconds=0,
+    )
+    kept = module._keep(DOCS, [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})])
+    assert [d.id for d in kept] == ["d2"] and kept[0].metadata["wim_score"] == 0.75
+
+
+def test_in_a_contextual_compression_retriever_with_a_trace(tiny_wim):
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=32))
+    store.add_documents(DOCS)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=WiMDocumentCompressor(wim=tiny_wim, classification="none"),
+        base_retriever=store.as_retriever(search_kwargs={"k": 2}),
+    )
+    client = RecordingClient()
+    tracer = langsmith_tracer(client=client)
+    docs = retriever.invoke(QUESTION, {"callbacks": [tracer]})
+    tracer.wait_for_futures()
+    retrieved = store.as_retriever(search_kwargs={"k": 2}).invoke(QUESTION)
+    assert [d.id for d in docs] == [d.id for d in retrieved]  # 'none': every margin is relevant, all kept
+    assert all(d.metadata["wim_margin"] and d.metadata["wim_verdict"][0] == "unclassified" for d in docs)
+    runs = {r["name"]: r for r in client.recorded.values()}
+    compressor_run = runs["WiMDocumentCompressor"]
+    assert runs[MARGIN_RUN]["parent_run_id"] == compressor_run["id"]
+    assert [c["name"] for c in client.children(compressor_run["id"])] == [MARGIN_RUN] * len(
+        client.children(compressor_run["id"])
+    )
+
+
+def test_empty_input_bad_query_and_unknown_settings(tiny_wim):
+    compressor = WiMDocumentCompressor(wim=tiny_wim)
+    assert compressor.compress_documents([], QUESTION) == []
+    with pytest.raises(WiMInputError, match="question is empty"):
+        compressor.compress_documents(DOCS, "  ")
+    with pytest.raises(ValueError, match="Valid:"):
+        WiMDocumentCompressor(wim=tiny_wim, top_n=2)
+    assert isinstance(DOCS[0], Document)
+
+
+def test_default_engine_is_the_process_default(tiny_wim, monkeypatch):
+    monkeypatch.setattr(WiM, "default", classmethod(lambda cls, **kw: tiny_wim))
+    assert WiMDocumentCompressor().wim is tiny_wim
+
+
+def test_score_based_classification_scores_the_kept_documents(tiny_wim):
+    compressor = WiMDocumentCompressor(wim=tiny_wim, classification="lexical", relevance_threshold=0.0)
+    kept = compressor.compress_documents(DOCS, QUESTION)
+    assert [d.id for d in kept] == [d.id for d in DOCS]  # threshold 0: every margin is relevant
+    assert all(isinstance(d.metadata["wim_score"], float) for d in kept)
