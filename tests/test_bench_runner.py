@@ -83,7 +83,9 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
         scored = by[(t.id, PMI)]["detail"]["margins"]
         assert all(isinstance(m["score"], float) for m in scored)
         assert [m["relevant"] for m in scored] == [m["score"] >= 0.0 for m in scored]
-        assert all(m["score"] is None for m in wim["detail"]["margins"] + inline["detail"]["margins"])
+        assert all(m["score"] is None for m in inline["detail"]["margins"])  # a parsed verdict has no score
+        # plain `wim` is the engine's default mode: scored or not
+        assert all((m["score"] is not None) == WiMConfig().scored for m in wim["detail"]["margins"])
         # The inline ablation answers from the inline variant's read, not the default one's.
         ablation = by[(t.id, "wim_margins_only[classification=inline]")]
         assert ablation["detail"]["reads_with"] == INLINE
@@ -118,7 +120,8 @@ def test_run_resume_and_report(tiny_backends, tasks, tmp_path, monkeypatch):
     assert [r.split(" | ")[0] for r in rows[:4]] == [f"| `{n}`" for n in names]
     assert all(r.split(" | ")[1] == str(n_needle) for r in rows[:4])
     aucs = [r.split(" | ")[7] for r in rows[:4]]
-    assert aucs[:3] == ["–"] * 3 and float(aucs[3]) >= 0.0  # only the score-based variant has an AUC
+    assert aucs[1:3] == ["–"] * 2 and float(aucs[3]) >= 0.0  # parsed verdicts have no AUC, scores do
+    assert (aucs[0] != "–") == WiMConfig().scored
     pngs = sorted((tmp_path / "img").glob("*.png"))
     assert [p.name for p in pngs] == [
         f"tiny-{n}.png" for n in ("accuracy-vs-depth", "accuracy-vs-length", "margin-relevance", "time-vs-length")

@@ -51,7 +51,7 @@ def test_ablations_read_with_the_matching_wim_variant():
         ("wim[classifcation=inline]", "WiMConfig has no field 'classifcation'; fields: segment_tokens"),
         ("wim[classification=bogus]", "invalid WiM setting \\(classification: Input should be .*'inline' or 'none'"),
         # checks across fields, on all the overrides together
-        ("wim[relevance_threshold=0.5]", "relevance_threshold applies to the score-based classification modes"),
+        ("wim[classification=inline,relevance_threshold=0.5]", "relevance_threshold applies to the score-based"),
         ("wim[classification=lexical,relevance_threshold=3]", "out of range for 'lexical'"),
         ("wim[margin_max_new_tokens=0]", "margin_max_new_tokens: Input should be greater than or equal to 1"),
         ("wim[margin_max_new_tokens=lots]", "margin_max_new_tokens: Input should be a valid integer"),
