@@ -1,4 +1,4 @@
-"""`python -m benchmarks run --preset quick [--model PATH]` and `python -m benchmarks report`."""
+"""`python -m benchmarks run --preset quick [--model PATH] [--systems ...] [--ids ...]`, `... report`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from .runner import PRESETS, RESULTS_DIR, build_tasks, run_benchmark, slug
+from wim_integrations.errors import WiMInputError
+
+from .runner import PRESETS, RESULTS_DIR, annotate_results, build_tasks, run_benchmark, select_tasks, slug
 from .systems import SYSTEMS
 from .tasks import KINDS
+from .variants import parse_systems, split_names
 
 
 def _load_backend(model: str):
@@ -31,25 +34,80 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--model", default="default", help="local model dir or HF cache name; 'default' = embedded SmolLM2"
     )
-    run.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    run.add_argument("--tasks", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    run.add_argument(
+        "--systems",
+        nargs="+",
+        default=list(SYSTEMS),
+        help=f"systems, space- or comma-separated, from {','.join(SYSTEMS)}; WiM variants as "
+        "'wim[classification=inline,margin_max_new_tokens=32]' (quote them for the shell); an ablation in that form "
+        "(e.g. 'wim_margins_only[classification=inline]') reuses that WiM variant's margins",
+    )
+    run.add_argument("--tasks", help=f"comma-separated task kinds from {','.join(KINDS)} (default: the preset's kinds)")
+    run.add_argument(
+        "--ids",
+        nargs="+",
+        help="only these task ids, exact or shell patterns (e.g. 'needle-*-s0' 'multihop-*'); "
+        "ids look like needle-L4608-d0.25-s0",
+    )
+    run.add_argument(
+        "--classifier-model", help="judge model (local dir or HF cache name) for variants with classification=auxiliary"
+    )
     run.add_argument("--out", type=Path, help="results JSONL (default benchmarks/results/<preset>-<model>.jsonl)")
     run.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="markdown table + PNG plots from a results file")
     rep.add_argument("results", nargs="?", type=Path, help="results JSONL (default: every file in benchmarks/results)")
     rep.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     rep.add_argument("--md", type=Path, help="also write the markdown here")
+    ann = sub.add_parser(
+        "annotate", help="add ground-truth margin labels to results recorded without them (regenerates the tasks)"
+    )
+    ann.add_argument("results", type=Path)
+    ann.add_argument("--model", default="default", help="the model the results were run with (for its tokenizer)")
     args = parser.parse_args(argv)
 
+    if args.command == "annotate":
+        n = annotate_results(args.results, _load_backend(args.model))
+        print(f"{args.results}: labelled the margins of {n} WiM reads", file=sys.stderr)
+        return 0
+
     if args.command == "run":
-        backend = _load_backend(args.model)
         preset = PRESETS[args.preset]
-        tasks = build_tasks(backend, preset, [k for k in args.tasks.split(",") if k])
+        kinds = [k for k in args.tasks.split(",") if k] if args.tasks else list(preset.kinds)
+        try:  # bad names fail here, before the model loads
+            specs = parse_systems(split_names(args.systems), preset.wim_config())
+            systems = [s.name for s in specs]
+            judged = [
+                s.name for s in specs if s.reads_with and s.config(preset.wim_config()).classification == "auxiliary"
+            ]
+            if judged and not args.classifier_model:
+                raise ValueError(f"{', '.join(judged)} classify with an auxiliary model: pass --classifier-model PATH")
+            unknown = set(kinds) - set(KINDS)
+            if unknown:
+                raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+        except ValueError as e:
+            parser.error(str(e))
+        backend = _load_backend(args.model)
+        classifier = _load_backend(args.classifier_model) if args.classifier_model else None
+        tasks = build_tasks(backend, preset, kinds)
+        if args.ids:
+            try:
+                tasks = select_tasks(tasks, args.ids)
+            except ValueError as e:
+                parser.error(str(e))
         out = args.out or RESULTS_DIR / f"{args.preset}-{slug(backend.name)}.jsonl"
-        systems = [s for s in args.systems.split(",") if s]
-        run_benchmark(
-            backend, tasks, out, preset_name=args.preset, preset=preset, systems=systems, progress=not args.no_progress
-        )
+        try:
+            run_benchmark(
+                backend,
+                tasks,
+                out,
+                preset_name=args.preset,
+                preset=preset,
+                systems=systems,
+                progress=not args.no_progress,
+                classifier=classifier,
+            )
+        except WiMInputError as e:  # WiM's input checks: their message (with the fix), not a traceback
+            parser.error(str(e))
         print(f"results: {out}", file=sys.stderr)
         return 0
 

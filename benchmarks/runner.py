@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from wim_integrations import WiMConfig, WiMResult
 from wim_integrations.backends.base import Backend
 
 from .scoring import score
-from .systems import RUNNERS, SYSTEMS, Reader
+from .systems import SYSTEMS, Reader, margin_records, run_system
 from .tasks import KINDS, Task, make_tasks
+from .variants import SystemSpec, parse_system, parse_systems
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -28,9 +30,20 @@ class Preset:
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
     seeds: tuple[int, ...]
-    segment_tokens: int
+    segment_tokens: int | None  # None: the model's default segment size (WiMConfig.segment_tokens=None)
     margin_max_new_tokens: int
     classifier_max_new_tokens: int = 4
+    kinds: tuple[str, ...] = KINDS
+
+    def wim_config(self) -> WiMConfig:
+        """The base WiM settings every WiM variant of this preset starts from."""
+        return WiMConfig(
+            segment_tokens=self.segment_tokens,
+            margin_max_new_tokens=self.margin_max_new_tokens,
+            classifier_max_new_tokens=self.classifier_max_new_tokens,
+            # All of a task's margins decoded in one packed batch: the step-by-step loop's results, at less cost.
+            margin_batch_size=64,
+        )
 
 
 PRESETS = {
@@ -46,6 +59,17 @@ PRESETS = {
         segment_tokens=4096,
         margin_max_new_tokens=64,
         classifier_max_new_tokens=8,
+    ),
+    # Embedded SmolLM2-135M on a CPU at its default segment size (window 8192 // 8 = 1024 tokens): 4.6k-token
+    # documents in 5 segments; 3 seeds x (2 needles + multihop + location) = 12 tasks x 6 systems, estimated at 28-39
+    # minutes on 2 idle cores from the quick preset's timings (docs/benchmarks.md, "Sizing the medium preset").
+    "medium": Preset(
+        lengths=(4608,),
+        depths=(0.25, 0.75),
+        seeds=(0, 1, 2),
+        segment_tokens=None,
+        margin_max_new_tokens=24,
+        kinds=("needle", "multihop", "location"),
     ),
 }
 
@@ -81,8 +105,18 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def build_tasks(backend: Backend, preset: Preset, kinds: Sequence[str] = KINDS) -> list[Task]:
+def build_tasks(backend: Backend, preset: Preset, kinds: Sequence[str] | None = None) -> list[Task]:
+    kinds = preset.kinds if kinds is None else kinds
     return make_tasks(lambda s: len(backend.encode_text(s)), preset.lengths, preset.depths, kinds, preset.seeds)
+
+
+def select_tasks(tasks: Sequence[Task], patterns: Sequence[str]) -> list[Task]:
+    """The tasks whose id matches any of `patterns` (exact ids or shell patterns such as 'needle-*-s0')."""
+    chosen = [t for t in tasks if any(fnmatch.fnmatchcase(t.id, p) for p in patterns)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(t.id, p) for t in tasks)]
+    if unmatched:
+        raise ValueError(f"no task id matches {unmatched}; this preset's ids: {', '.join(t.id for t in tasks)}")
+    return chosen
 
 
 def run_benchmark(
@@ -92,34 +126,41 @@ def run_benchmark(
     *,
     preset_name: str,
     preset: Preset,
-    systems: Sequence[str] = SYSTEMS,
+    systems: Sequence[str | SystemSpec] = SYSTEMS,
     progress: bool = True,
+    classifier: Backend | None = None,
 ) -> list[dict[str, Any]]:
-    """Run what `out` lacks; return all records for these tasks and systems. Results are appended as they come."""
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        raise ValueError(f"unknown system(s) {sorted(unknown)}; known: {list(SYSTEMS)}")
-    config = WiMConfig(
-        segment_tokens=preset.segment_tokens,
-        margin_max_new_tokens=preset.margin_max_new_tokens,
-        classifier_max_new_tokens=preset.classifier_max_new_tokens,
-        # All of a task's margins decoded in one packed batch: the step-by-step loop's results, at less cost.
-        margin_batch_size=64,
-    )
-    reader = Reader(backend, config)
+    """Run what `out` lacks; return all records for these tasks and systems. Results are appended as they come.
+
+    `systems` are names such as "wim" or "wim[classification=inline]"; `classifier` is the judge model for variants
+    with classification="auxiliary". Every WiM variant is validated and planned on the first task (WiM's own input
+    checks) before any forward pass."""
+    config = preset.wim_config()
+    specs = parse_systems([s.name if isinstance(s, SystemSpec) else s for s in systems], config)
+    reader = Reader(backend, config, classifier)
+    for spec in specs:
+        if spec.reads_with and tasks:
+            reader.wim.plan(tasks[0].context, tasks[0].question, spec.config(config))
     out.parent.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in load_records(out):
         if rec.get("model") == backend.name:
             done[(rec["task_id"], rec["system"])] = rec
-            if rec["system"] == "wim" and "wim_result" in rec.get("detail", {}):
-                reader.wim_results[rec["task_id"]] = WiMResult.model_validate(rec["detail"]["wim_result"])
+            if "wim_result" in rec.get("detail", {}):  # a WiM variant's read: its ablations reuse it
+                try:
+                    key = (parse_system(rec["system"], config).name, rec["task_id"])
+                except ValueError:  # a variant of settings this version no longer has: not reusable
+                    continue
+                reader.wim_results[key] = WiMResult.model_validate(rec["detail"]["wim_result"])
     meta_path = out.with_suffix(".meta.json")
     if not meta_path.exists():
-        meta = {"preset": preset_name, "model": backend.name, "preset_settings": preset.__dict__, **machine_facts()}
+        meta = {"preset": preset_name, "model": backend.name, "preset_settings": asdict(preset), **machine_facts()}
+        meta["classifier_model"] = classifier.name if classifier else None
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
-    order = [s for s in SYSTEMS if s in systems]  # wim first among the WiM family: the ablations reuse its margins
+    # WiM variants run before the ablations that reuse their margins (parse_systems orders them).
+    order = [s.name for s in specs]
+    by_name = {s.name: s for s in specs}
     todo = [(t, s) for t in tasks for s in order if (t.id, s) not in done]
     from tqdm.auto import tqdm
 
@@ -134,15 +175,19 @@ def run_benchmark(
     with out.open("a", encoding="utf-8") as f:
         for task, system in todo:
             bar.set_postfix_str(f"{task.id} {system}")
-            result = RUNNERS[system](reader, task)
+            spec = by_name[system]
+            result = run_system(reader, spec, task)
             rec = {
                 "task_id": task.id,
                 "kind": task.kind,
                 "length": task.length,
                 "n_tokens": task.n_tokens,
                 "depth": task.depth,
+                "facts": [{"text": f.text, "start_char": f.start_char, "needed": f.needed} for f in task.facts],
                 "seed": task.seed,
                 "system": system,
+                "base_system": spec.base,
+                "wim_overrides": dict(spec.overrides),
                 "model": backend.name,
                 "preset": preset_name,
                 "question": task.question,
@@ -162,3 +207,32 @@ def run_benchmark(
             bar.update(1)
     bar.close()
     return [done[(t.id, s)] for t in tasks for s in order]
+
+
+def preset_of(meta: dict[str, Any]) -> Preset:
+    """The preset a results file was run with, from its `.meta.json` (as it was then, not as PRESETS has it now)."""
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset_settings"].items()}
+    return Preset(**settings)
+
+
+def annotate_results(path: Path, backend: Backend) -> int:
+    """Relabel the margins of every WiM read in `path` with ground truth (relevance.py), regenerating the tasks from
+    the file's preset: for results recorded before the labels existed, or after the truth definition changed.
+    Returns the number of records relabelled; the file is rewritten in place."""
+    meta = json.loads(path.with_suffix(".meta.json").read_text(encoding="utf-8"))
+    tasks = {t.id: t for t in build_tasks(backend, preset_of(meta), KINDS)}
+    records = load_records(path)
+    n = 0
+    for rec in records:
+        task = tasks.get(rec["task_id"])
+        if task is None or "wim_result" not in rec.get("detail", {}):
+            continue
+        if (task.question, list(task.answers), task.n_tokens) != (rec["question"], rec["gold"], rec["n_tokens"]):
+            raise ValueError(f"{path}: task {task.id} no longer matches its record (other tokenizer or task code?)")
+        rec["facts"] = [{"text": f.text, "start_char": f.start_char, "needed": f.needed} for f in task.facts]
+        rec["detail"]["margins"] = margin_records(task, WiMResult.model_validate(rec["detail"]["wim_result"]))
+        n += 1
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return n

@@ -5,6 +5,8 @@
 - `wim_margins_only`, `rag_classifier`: the paper's ablations. They reuse the margins of the task's `wim` run (the
   reading pass is identical) and answer from a fresh prompt: only the relevant margins, or only the segments whose
   margin was classified relevant (no margins). Their time is the `wim` reading time + their own answer time.
+- `wim[field=value,...]` and the ablations in that form: the same with `WiMConfig` overrides (see variants.py); an
+  ablation reuses the margins of the `wim` variant with the same overrides.
 - `refine`, `tree_summarize`: LlamaIndex response synthesizers over the same segments, with the same model through a
   minimal `CustomLLM` (`BackendLLM` below).
 """
@@ -20,9 +22,12 @@ from wim_integrations import WiM, WiMConfig, WiMResult
 from wim_integrations.backends.base import Backend, GenerationRequest
 from wim_integrations.prompts import ChatFrame, render
 
+from .relevance import annotate_margin
 from .tasks import Task
+from .variants import BASE_SYSTEMS, SystemSpec
 
-SYSTEMS = ("long_context", "wim", "wim_margins_only", "rag_classifier", "refine", "tree_summarize")
+SYSTEMS = BASE_SYSTEMS
+_WIM, _MARGINS_ONLY, _RAG = SystemSpec("wim"), SystemSpec("wim_margins_only"), SystemSpec("rag_classifier")
 
 # Baseline prompts use the same opening and closing wording as WiM's templates, minus the margin notes.
 _TEXT_ANSWER = (
@@ -47,14 +52,15 @@ class SystemOutput:
 
 
 class Reader:
-    """Shared state for one model: the backend, its chat frame, the WiM settings and each task's WiM result."""
+    """Shared state for one model: the backend, its chat frame, the base WiM settings and each (WiM variant, task)'s
+    WiM result."""
 
-    def __init__(self, backend: Backend, config: WiMConfig) -> None:
+    def __init__(self, backend: Backend, config: WiMConfig, classifier: Backend | None = None) -> None:
         self.backend = backend
         self.config = config
-        self.wim = WiM(backend, config=config)
+        self.wim = WiM(backend, config=config, classifier=classifier)  # classifier: for classification="auxiliary"
         self.frame = ChatFrame.from_tokenizer(backend.tokenizer)
-        self.wim_results: dict[str, WiMResult] = {}
+        self.wim_results: dict[tuple[str, str], WiMResult] = {}  # (variant name, e.g. "wim[...]", task id) -> result
 
     def generate(self, body: str, max_new_tokens: int) -> tuple[str, int, int]:
         """One plain chat turn from an empty cache: (text, generated tokens, prompt tokens)."""
@@ -63,16 +69,19 @@ class Reader:
         out = list(b.generate(b.new_cache(), GenerationRequest(ids, max_new_tokens, self.config.sampling)))
         return b.decode(out).strip(), len(out), len(ids)
 
-    def run_wim(self, task: Task) -> WiMResult:
-        result = self.wim.run(task.context, task.question, answer_max_new_tokens=task.answer_tokens)
-        self.wim_results[task.id] = result
+    def run_wim(self, task: Task, spec: SystemSpec = _WIM) -> WiMResult:
+        config = spec.config(self.config).with_updates(answer_max_new_tokens=task.answer_tokens)
+        result = self.wim.run(task.context, task.question, config=config)
+        self.wim_results[(spec.reads_with or "wim", task.id)] = result
         return result
 
-    def wim_result(self, task: Task) -> tuple[WiMResult, bool]:
-        """The task's WiM result (from this run or the results file) and whether it was computed just now."""
-        if task.id in self.wim_results:
-            return self.wim_results[task.id], False
-        return self.run_wim(task), True
+    def wim_result(self, task: Task, spec: SystemSpec = _WIM) -> tuple[WiMResult, bool]:
+        """The task's result of the WiM variant `spec` reads with (from this run or the results file) and whether it
+        was computed just now."""
+        key = (spec.reads_with or "wim", task.id)
+        if key in self.wim_results:
+            return self.wim_results[key], False
+        return self.run_wim(task, spec), True
 
 
 def _reading_seconds(r: WiMResult) -> float:
@@ -83,34 +92,65 @@ def _wim_generated(r: WiMResult) -> int:
     return r.tokens.margin_generated + r.tokens.classifier_generated
 
 
-def run_long_context(reader: Reader, task: Task) -> SystemOutput:
+def _wim_calls(r: WiMResult, config: WiMConfig) -> int:
+    """Model calls of a WiM read: one margin per segment; one judge prompt per margin where a model judges each
+    (same_model, auxiliary, calibrated); one packed pass for all margins (pmi, segment_pmi); none for the rest."""
+    judge = {
+        "same_model": r.n_segments,
+        "auxiliary": r.n_segments,
+        "calibrated": r.n_segments,
+        "pmi": 1,
+        "segment_pmi": 1,
+    }
+    return r.n_segments + judge.get(config.classification, 0)
+
+
+def margin_records(task: Task, r: WiMResult) -> list[dict[str, Any]]:
+    """Per margin: where it was written, what it says, its verdict and score, and its ground truth (relevance.py)."""
+    return [
+        annotate_margin(
+            task,
+            {
+                "segment": m.segment_index,
+                "char_span": list(m.char_span),
+                "text": m.text,
+                "verdict": m.verdict,
+                "relevant": m.relevant,
+                "score": m.score,
+                "n_tokens": m.n_tokens,
+            },
+        )
+        for m in r.margins
+    ]
+
+
+def run_long_context(reader: Reader, task: Task, spec: SystemSpec) -> SystemOutput:
     t0 = time.perf_counter()
     body = render(_TEXT_ANSWER, opening=reader.wim.prompts.context_opening, text=task.context, question=task.question)
     answer, n_out, n_in = reader.generate(body, task.answer_tokens)
     return SystemOutput(answer, time.perf_counter() - t0, n_out, n_in, 1)
 
 
-def run_wim(reader: Reader, task: Task) -> SystemOutput:
+def run_wim(reader: Reader, task: Task, spec: SystemSpec = _WIM) -> SystemOutput:
     t0 = time.perf_counter()
-    r = reader.run_wim(task)
-    calls = 1 + r.n_segments * (2 if reader.config.classification in ("same_model", "auxiliary") else 1)
+    r = reader.run_wim(task, spec)
     return SystemOutput(
         r.answer,
         time.perf_counter() - t0,
         _wim_generated(r) + r.tokens.answer_generated,
         r.tokens.context + r.tokens.prompt + r.tokens.answer_prompt,
-        calls,
+        1 + _wim_calls(r, spec.config(reader.config)),
         {
             "n_segments": r.n_segments,
             "n_relevant": len(r.relevant_margins),
-            "margins": [{"segment": m.segment_index, "text": m.text, "verdict": m.verdict} for m in r.margins],
+            "margins": margin_records(task, r),
             "wim_result": r.model_dump(mode="json"),
         },
     )
 
 
-def _derived(reader: Reader, task: Task, body_of: Callable[[WiMResult], str]) -> SystemOutput:
-    r, _ = reader.wim_result(task)
+def _derived(reader: Reader, task: Task, spec: SystemSpec, body_of: Callable[[WiMResult], str]) -> SystemOutput:
+    r, _ = reader.wim_result(task, spec)
     t0 = time.perf_counter()
     answer, n_out, n_in = reader.generate(body_of(r), task.answer_tokens)
     own = time.perf_counter() - t0
@@ -119,12 +159,12 @@ def _derived(reader: Reader, task: Task, body_of: Callable[[WiMResult], str]) ->
         _reading_seconds(r) + own,
         _wim_generated(r) + n_out,
         r.tokens.context + r.tokens.prompt + n_in,
-        1 + r.n_segments * 2,
-        {"n_relevant": len(r.relevant_margins), "answer_seconds": own},
+        1 + _wim_calls(r, spec.config(reader.config)),
+        {"n_relevant": len(r.relevant_margins), "answer_seconds": own, "reads_with": spec.reads_with},
     )
 
 
-def run_margins_only(reader: Reader, task: Task) -> SystemOutput:
+def run_margins_only(reader: Reader, task: Task, spec: SystemSpec = _MARGINS_ONLY) -> SystemOutput:
     def body(r: WiMResult) -> str:
         notes = "\n\n".join(
             f"Margin note {i} (part {m.segment_index + 1} of {r.n_segments}):\n{m.text}"
@@ -132,11 +172,11 @@ def run_margins_only(reader: Reader, task: Task) -> SystemOutput:
         )
         return render(_NOTES_ANSWER, margins=notes or reader.wim.prompts.no_margins, question=task.question)
 
-    return _derived(reader, task, body)
+    return _derived(reader, task, spec, body)
 
 
-def run_rag_classifier(reader: Reader, task: Task) -> SystemOutput:
-    segments = reader.wim.plan(task.context, task.question).context.segments
+def run_rag_classifier(reader: Reader, task: Task, spec: SystemSpec = _RAG) -> SystemOutput:
+    segments = reader.wim.plan(task.context, task.question, spec.config(reader.config)).context.segments
 
     def body(r: WiMResult) -> str:
         keep = {m.segment_index for m in r.relevant_margins}
@@ -145,7 +185,7 @@ def run_rag_classifier(reader: Reader, task: Task) -> SystemOutput:
         )
         return render(_TEXT_ANSWER, opening=reader.wim.prompts.context_opening, text=text, question=task.question)
 
-    return _derived(reader, task, body)
+    return _derived(reader, task, spec, body)
 
 
 # -- LlamaIndex peers -----------------------------------------------------------------------------------------------
@@ -230,11 +270,15 @@ def run_llamaindex(reader: Reader, task: Task, mode: str) -> SystemOutput:
     )
 
 
-RUNNERS: dict[str, Callable[[Reader, Task], SystemOutput]] = {
+RUNNERS: dict[str, Callable[[Reader, Task, SystemSpec], SystemOutput]] = {
     "long_context": run_long_context,
     "wim": run_wim,
     "wim_margins_only": run_margins_only,
     "rag_classifier": run_rag_classifier,
-    "refine": lambda reader, task: run_llamaindex(reader, task, "refine"),
-    "tree_summarize": lambda reader, task: run_llamaindex(reader, task, "tree_summarize"),
+    "refine": lambda reader, task, _spec: run_llamaindex(reader, task, "refine"),
+    "tree_summarize": lambda reader, task, _spec: run_llamaindex(reader, task, "tree_summarize"),
 }
+
+
+def run_system(reader: Reader, spec: SystemSpec, task: Task) -> SystemOutput:
+    return RUNNERS[spec.base](reader, task, spec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 TokenCounter = Callable[[str], int]
@@ -141,6 +141,7 @@ class PlantedFact:
     requested_depth: float  # fraction of the document's tokens before the fact
     start_char: int
     start_token: int  # tokens of the document text before the fact
+    needed: bool = True  # whether answering needs this fact (False: a decoy or another person's move)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ def multihop_task(count: TokenCounter, length: int, seed: int = 0, depths: tuple
         (depths[1], f"{receiver} lives in the town of {town}."),
     ]
     text, planted = build_document(rng, count, length, facts)
+    planted[1] = replace(planted[1], needed=False)  # the decoy
     return _task(
         "multihop",
         count,
@@ -302,6 +304,7 @@ def location_task(count: TokenCounter, length: int, seed: int = 0, n_moves: int 
         where[who] = room
         facts.append(((i + 0.5) / n_moves, f"{who} {rng.choice(verbs)} the {room}."))
     text, planted = build_document(rng, count, length, facts)
+    planted = [replace(f, needed=who == target) for f, who in zip(planted, movers, strict=True)]
     return _task(
         "location",
         count,
