@@ -6,8 +6,8 @@
 # notebook (`_repr_html_`) and writes the same page to an HTML file (`to_html`): the answer on top, the document cut
 # into its segments, each margin beside the segment it was written on, kept or dropped.
 #
-# The settings are the README's `wim ask` example (inline verdicts). With a score-based mode, e.g.
-# `classification="pmi"`, the page shows each margin's score instead of its verdict.
+# The settings are the README's `wim ask` example: margins scored (the default segment_pmi), so the page shows each
+# margin's score; with a reply-parsing mode (e.g. `classification="inline"`) it shows the verdict instead.
 
 # %%
 import sys
@@ -20,7 +20,7 @@ document = (HERE / "harbor_report.txt").read_text(encoding="utf-8")
 question = "Who is the new keeper of the Corran Point lighthouse?"
 
 wim = WiM.default()
-result = wim.run(document, question, segment_tokens=256, classification="inline")
+result = wim.run(document, question, segment_tokens=256)
 
 # %% [markdown]
 # In a notebook, the last expression of a cell shows the report:

@@ -88,9 +88,13 @@ def view_of_result(result: WiMResult) -> ReadingView:
     ]
     ids_from = f"{result.question}\0{result.answer}\0{result.context_text}".encode()
     digest = hashlib.sha1(ids_from, usedforsecurity=False).hexdigest()  # ids only, not security
+    # A summary / analysis (WiMSummary) has an instruction where a question run has its question.
+    instruction = getattr(result, "instruction", None)
+    asked = Lead("Instruction", instruction) if instruction else Lead("Question", result.question)
+    answer = Lead("Summary" if instruction else "Answer", result.answer, emphasis=True)
     return ReadingView(
-        title=f"WiM: {result.question}",
-        leads=[Lead("Question", result.question), Lead("Answer", result.answer, emphasis=True)],
+        title=f"WiM: {asked.text}",
+        leads=[asked, answer],
         context_text=result.context_text,
         segments=segments,
         margins=result.margins,

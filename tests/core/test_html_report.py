@@ -281,3 +281,11 @@ def test_cli_rejects_a_bad_report_path_before_loading_a_model(tmp_path):
     code, _, err = run_cli("ask", "-f", str(doc), "-q", "Who?", "-m", "/no/model/here", "--html", str(bad))
     assert code == 2 and "no-such-dir" in err and "does not exist" in err
     assert "Loading" not in err  # refused before any model work
+
+
+def test_a_summary_renders_with_its_instruction_and_notes(tiny_wim):
+    result = tiny_wim.summarize(SAMPLE, "List the codes.", segment_tokens=150)
+    page = result.to_html()
+    assert ">Instruction<" in page and ">Summary<" in page and "List the codes." in page
+    assert ">Question<" not in page
+    assert page.count('class="margin') >= result.n_segments  # every note beside its segment
