@@ -32,7 +32,7 @@ def main() -> None:
     chain = WiMChain.default(
         segment_tokens=256, margin_max_new_tokens=48, answer_max_new_tokens=160, margin_batch_size=8
     )
-    result = chain.with_margins().invoke({"context": docs, "summarize": True})
+    result = chain.with_margins().invoke({"context": docs, "summarize": True})["result"]
     for note in result.notes:
         source = ", ".join(f"{d.doc_id}[{d.start_char}:{d.end_char}]" for d in note.documents)
         print(f"Note {note.segment_index + 1}/{result.n_segments} <- {source}: {' '.join(note.text.split())}")

@@ -13,7 +13,7 @@ MarginScope = Literal["segment", "so_far"]
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
 SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
-DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.25, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.15, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
 
 
 class SamplingConfig(BaseModel):
@@ -52,7 +52,7 @@ class WiMConfig(BaseModel):
         None, description="score-based modes keep margins scoring at least this; None: the mode's default"
     )
     margin_scope: MarginScope = Field(
-        "so_far",
+        "segment",
         description="what a margin is written about: 'segment' (the part just read, with the earlier text in view) or "
         "'so_far' (everything read so far)",
     )

@@ -102,7 +102,7 @@ def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backe
         without = teacher_forced(b, before + plan.margin_prompt_ids, out)
         expected = sum(with_text) / len(out) - sum(without) / len(out)
         assert m.score == pytest.approx(expected, abs=2e-3)
-        assert m.relevant == (m.score >= CFG.threshold)
+        assert m.relevant == (m.score >= wim.config.threshold)
         assert m.verdict == ("yes" if m.relevant else "no")
         checked += 1
     assert checked

@@ -274,7 +274,7 @@ def test_configurable_fields_take_effect(chain):
     base = configurable.invoke(x)["result"]
     assert max(m.n_tokens for m in base.margins) > 1
     small = configurable.with_config(
-        configurable={"margin_max_new_tokens": 1, "classification": "none", "segment_tokens": 100}
+        configurable={"margin_max_new_tokens": 1, "classification": "none", "segment_tokens": 120}
     ).invoke(x)["result"]
     assert all(m.n_tokens <= 1 for m in small.margins)
     assert {m.verdict for m in small.margins} == {"unclassified"}

@@ -42,7 +42,7 @@ def _expected(margins, docs):
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_keeps_documents_under_relevant_margins_and_attaches_them(tiny_wim, alternating_verdicts, mode):
-    compressor = WiMDocumentCompressor(wim=tiny_wim, classification="inline", segment_tokens=100)
+    compressor = WiMDocumentCompressor(wim=tiny_wim, classification="inline", segment_tokens=120)
     seen = Margins()
     if mode == "sync":
         kept = compressor.compress_documents(DOCS, QUESTION, callbacks=[seen])

@@ -303,13 +303,14 @@ def test_prompts_round_trip_and_take_effect(index, tiny_wim):
     before = engine.query(QUESTION).metadata["wim"]["result"]["tokens"]["prompt"]
 
     new = 'Notes on {question}; keep {"literal": braces} as text. ' * 3
-    engine.update_prompts({"response_synthesizer:margin_instruction": PromptTemplate(new)})
-    core = engine.synthesizer.wim.prompts.margin_instruction
+    # The instruction in use: margins about the part just read (margin_scope="segment", the default).
+    engine.update_prompts({"response_synthesizer:margin_instruction_segment": PromptTemplate(new)})
+    core = engine.synthesizer.wim.prompts.margin_instruction_segment
     assert core.startswith('Notes on {{question}}; keep {"literal": braces} as text.')
-    assert engine.get_prompts()["response_synthesizer:margin_instruction"].template == new
+    assert engine.get_prompts()["response_synthesizer:margin_instruction_segment"].template == new
     after = engine.query(QUESTION).metadata["wim"]["result"]["tokens"]["prompt"]
     assert after != before  # the longer instruction is what the model was given
-    assert tiny_wim.prompts.margin_instruction != core  # the shared WiM is untouched
+    assert tiny_wim.prompts.margin_instruction_segment != core  # the shared WiM is untouched
 
     with pytest.raises(WiMInputError, match=r"\{answer\}"):
         engine.update_prompts({"response_synthesizer:final_answer": PromptTemplate("{answer} {question}")})
