@@ -4,7 +4,7 @@
 
 For a text of N tokens, pushes the tokens one by one through each TextDeltas and reports the total time; the
 whole-list version decodes N growing lists (quadratic), DecodeStream a short window per token. Same text either way
-(tests/test_textstream.py).
+(tests/core/test_textstream.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium (Debian's `chromium` package) for the HTML report's browser test, tests/test_html_browser.py.
+# Headless Chromium (Debian's `chromium` package) for the HTML report's browser test, tests/core/test_html_browser.py.
 # Without it that test skips and says so; CI runs this script and requires the browser.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1; then
