@@ -65,7 +65,7 @@ def main() -> dict[str, object]:
         root.add_event_handler(handler)
     root.add_span_handler(spans)
     try:
-        wim = WiM.default(config=WiMConfig(segment_tokens=128, margin_max_new_tokens=24, answer_max_new_tokens=32))
+        wim = WiM.default(config=WiMConfig(segment_tokens=112, margin_max_new_tokens=24, answer_max_new_tokens=32))
         engine = WiMQueryEngine.from_documents(DOCUMENTS, wim, streaming=True)
         response = engine.query(QUESTION)
         print(f"Question: {QUESTION}\nAnswer: ", end="", flush=True)
