@@ -10,9 +10,9 @@ class TextDeltas:
 
     `decode` turns a whole id list into text. When it is a backend's bound `decode` and that backend offers
     `stream_decoder()` (HFBackend on a fast tokenizer), each token goes through the tokenizers library's incremental
-    `DecodeStream` instead, which decodes only the last few tokens: the same text (tests/core/test_textstream.py) without
-    re-decoding the whole list per token. `decode` of the whole list is then used only by `flush` after held-back
-    tokens.
+    `DecodeStream` instead, which decodes only the last few tokens: the same text (tests/core/test_textstream.py)
+    without re-decoding the whole list per token. `decode` of the whole list is then used only by `flush` after
+    held-back tokens.
     """
 
     def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
