@@ -202,3 +202,12 @@ def test_auxiliary_without_a_classifier_model_is_refused_before_reading(tiny_bac
     wim = WiM(tiny_backend, config=CFG)
     with pytest.raises(WiMInputError, match="classifier model"):
         wim.stream(SAMPLE, QUESTION, classification="auxiliary")
+
+
+def test_segment_pmi_needs_packed_rows_and_the_default_falls_back_to_pmi(tiny_backends, monkeypatch):
+    b = tiny_backends["llama"]
+    monkeypatch.setattr(type(b), "supports_packed", property(lambda self: False))  # as with sliding-window layers
+    wim = WiM(b)  # the default config: classification left unset
+    assert wim.plan(SAMPLE, QUESTION).config.classification == "pmi"
+    with pytest.raises(WiMInputError, match="use classification='pmi'"):
+        wim.plan(SAMPLE, QUESTION, WiMConfig(classification="segment_pmi"))
