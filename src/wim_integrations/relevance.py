@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,7 @@ class PMIScorer:
             self._cache = self.backend.new_cache()
             self.backend.prefill(self._cache, self._prefix)
         rows = [[self._bridge, *d.token_ids] for d in scored]
-        without_text = iter(self.backend.score_rows(self._cache, rows))
-        # An empty margin says nothing: 0, as for a margin the text did not change.
-        return [_mean(d.logprobs) - _mean(next(without_text).token_logprobs) if d.token_ids else 0.0 for d in drafts]
+        return _lift(drafts, (s.token_logprobs for s in self.backend.score_rows(self._cache, rows)))
 
 
 class SegmentPMIScorer:
@@ -83,23 +81,21 @@ class SegmentPMIScorer:
     def score(self, cache: Any, drafts: Sequence[MarginDraft], asides: Mapping[int, PromptAside]) -> list[float]:
         """`cache` holds at least every draft's segment start; `asides` maps a cache length to the margin prompt
         computed there (reused, but for its last token, so each row's logits start inside the row)."""
+        scored = [d for d in drafts if d.token_ids]
         rows = []
-        for d in drafts:
-            if not d.token_ids:
-                continue
+        for d in scored:
             aside = asides.get(d.segment_start)
             if aside is not None and len(aside.prompt_ids) >= len(self.prompt):
                 aside = self.backend.aside_head(aside, len(self.prompt) - 1)  # type: ignore[attr-defined]
             rows.append(PackedRow(d.segment_start, [*self.prompt, *d.token_ids], aside))
-        before = iter(self.backend.score_rows(cache, rows))
-        scores = []
-        for d in drafts:
-            if not d.token_ids:
-                scores.append(0.0)
-                continue
-            lp = next(before).token_logprobs[-len(d.token_ids) :]
-            scores.append(_mean(d.logprobs) - _mean(lp))
-        return scores
+        before = self.backend.score_rows(cache, rows)
+        return _lift(drafts, (s.token_logprobs[-len(d.token_ids) :] for s, d in zip(before, scored, strict=True)))
+
+
+def _lift(drafts: Sequence[MarginDraft], baselines: Iterator[Sequence[float]]) -> list[float]:
+    """Per draft: mean log P of its tokens as decoded minus the mean of the same tokens' log P in `baselines` (one per
+    non-empty draft, in order). An empty margin says nothing: 0, as for a margin the text did not change."""
+    return [_mean(d.logprobs) - _mean(next(baselines)) if d.token_ids else 0.0 for d in drafts]
 
 
 _ENTITY = re.compile(r"\d+(?:[.,:/-]\d+)*|[A-Z][\w'’-]*")
