@@ -65,7 +65,7 @@ def plain_long_context(wim: WiM, document: str, cfg: WiMConfig) -> dict[str, flo
     plan = wim.plan(document, QUESTION, cfg)
     b = wim.backend
     context_ids = plan.full_ids
-    final_ids = wim._final_prompt_ids(QUESTION, [], plan.n_segments)
+    final_ids = wim.final_prompt_ids(QUESTION, [], plan.n_segments)
     t0 = time.perf_counter()
     cache = b.new_cache()
     b.prefill(cache, context_ids)

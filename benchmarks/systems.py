@@ -59,7 +59,7 @@ class Reader:
         self.backend = backend
         self.config = config
         self.wim = WiM(backend, config=config, classifier=classifier)  # classifier: for classification="auxiliary"
-        self.frame = ChatFrame.from_tokenizer(backend.tokenizer)
+        self.frame = backend.chat_frame()
         self.wim_results: dict[tuple[str, str], WiMResult] = {}  # (variant name, e.g. "wim[...]", task id) -> result
 
     def generate(self, body: str, max_new_tokens: int) -> tuple[str, int, int]:

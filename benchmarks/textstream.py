@@ -15,31 +15,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
 
-from tests.test_textstream import WholeListDeltas
+from test_textstream import WholeListDeltas
 from transformers import AutoTokenizer
 
+from wim_integrations.backends.tokenizer import HFTokenizer
 from wim_integrations.models import ensure_default_converted
 from wim_integrations.textstream import TextDeltas
 
 
-class _Backend:
-    """Just the tokenizer side of HFBackend (decode + stream_decoder), without loading the model."""
-
-    def __init__(self, tokenizer) -> None:
-        import threading
-
-        from wim_integrations.backends.hf import HFBackend
-
-        self.tokenizer, self.tokenizer_lock = tokenizer, threading.RLock()
-        self.stream_decoder = HFBackend.stream_decoder.__get__(self)
-        self.decode = HFBackend.decode.__get__(self)
-
-
 def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(ensure_default_converted())
-    backend = _Backend(tokenizer)
+    backend = HFTokenizer(tokenizer)  # the tokenizer side of HFBackend, without loading the model
     text = "The keeper, Ines Marlowe, took the post in May; café, 東京, 🙂. " * 200
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     for n in (64, 256, 1024):
@@ -47,7 +35,7 @@ def main() -> None:
         for name, cls in (("whole_list", WholeListDeltas), ("decode_stream", TextDeltas)):
             best = float("inf")
             for _ in range(3):
-                deltas = cls(backend.decode)
+                deltas = cls(backend.decode, backend.stream_decoder()) if cls is TextDeltas else cls(backend.decode)
                 t0 = time.perf_counter()
                 for t in ids[:n]:
                     deltas.push(t)

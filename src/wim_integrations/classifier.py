@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedBackend, PackedRow
+from .backends.base import Backend, GenerationRequest, PackedRow, packed_view
 from .config import SamplingConfig
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
@@ -56,14 +56,15 @@ class MarginClassifier:
             return []
         b = self.backend
         cache = self._head_cache()
-        if len(margins) > 1 and isinstance(b, PackedBackend) and b.supports_packed:
+        packed = packed_view(b)
+        if len(margins) > 1 and packed is not None:
             rows = [PackedRow(len(self.head_ids), self._tail_ids(m)) for m in margins]
             outs: list[list[int]] = [[] for _ in rows]
 
             def settled(row: int, tokens: list[int]) -> bool:
                 return verdict_is_settled(b.decode(tokens))
 
-            steps = b.generate_packed(cache, rows, self.max_new_tokens, SamplingConfig(), done=settled)
+            steps = packed.generate_packed(cache, rows, self.max_new_tokens, SamplingConfig(), done=settled)
             try:
                 for step in steps:
                     check()

@@ -6,13 +6,10 @@ concatenated are exactly the tokens of the whole context, and their texts concat
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import WiMInputError
 from .events import DocumentSpan
@@ -181,60 +178,19 @@ def _choose_cuts(strengths: Sequence[int], budget: int) -> list[int]:
     return cuts
 
 
-def min_tokens(tokenizer: Any, n_bytes: int) -> int | None:
-    """A lower bound on the tokens of any text of `n_bytes` UTF-8 bytes, without tokenizing it: no token covers more
-    bytes than the longest vocabulary entry (its string's UTF-8 length, an over-estimate for byte-level and
-    byte-fallback vocabularies), and Unicode normalization shrinks text by at most `_NORMALIZATION_SHRINK`. None when
-    no bound is known: another normalizer may delete characters."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    try:
-        per_token = _LONGEST[backend]
-    except (KeyError, TypeError):
-        per_token = _bytes_per_token(backend)
-        with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time (tens of ms)
-            _LONGEST[backend] = per_token
-    return -(-n_bytes // per_token) if per_token else None
+class OffsetEncoder(Protocol):
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of user text and the character offset where each token starts."""
 
 
-# Composition shrinks UTF-8 text at most 3x (three Hangul jamo, 9 bytes, become one syllable of 3); 4 leaves margin.
-_NORMALIZATION_SHRINK = 4
-_UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
-_LONGEST: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
-
-def _bytes_per_token(backend: Any) -> int:
-    """Most input bytes one token can stand for; 0 when unknown."""
-    shrink = 1
-    if backend.normalizer is not None:
-        spec = json.loads(backend.to_str()).get("normalizer") or {}
-        kinds = (
-            [n.get("type") for n in spec.get("normalizers", [])]
-            if spec.get("type") == "Sequence"
-            else [spec.get("type")]
-        )
-        if not set(kinds) <= _UNICODE_FORMS:
-            return 0
-        shrink = _NORMALIZATION_SHRINK
-    longest = max((len(t.encode("utf-8")) for t in backend.get_vocab(with_added_tokens=True)), default=0)
-    return longest * shrink
-
-
-def segment_context(tokenizer: Any, context: object, budget: int) -> Context:
-    """Tokenize `context` once and cut it into segments of at most `budget` tokens."""
+def segment_context(encoder: OffsetEncoder, context: object, budget: int) -> Context:
+    """Tokenize `context` once (with the backend's `encode_with_offsets`) and cut it into segments of at most
+    `budget` tokens."""
     docs = as_documents(context)
     text, doc_starts = join_documents(docs)
     if not text.strip():
         raise WiMInputError("context is empty or whitespace only; pass the text WiM should read.")
-    if not getattr(tokenizer, "is_fast", False):
-        raise WiMInputError(
-            f"{type(tokenizer).__name__} is a slow tokenizer; WiM needs a fast tokenizer (character offsets). "
-            "Load the model's tokenizer with use_fast=True."
-        )
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-    ids: list[int] = list(enc["input_ids"])
-    starts = [a for a, _ in enc["offset_mapping"]]
+    ids, starts = encoder.encode_with_offsets(text)
     cuts = _choose_cuts(_cut_strengths(text, starts, doc_starts), budget)
     bounds = [*cuts, len(ids)]
     # Character cut = start of the segment's first token (made monotonic); the first segment starts at 0 and

@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
+
+
+class _Decoding(Protocol):
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def stream_decoder(self) -> Callable[[int], str | None] | None: ...
 
 
 class TextDeltas:
     """Emits only text that can no longer change: half a UTF-8 character (a trailing U+FFFD) is held back.
 
-    `decode` turns a whole id list into text. When it is a backend's bound `decode` and that backend offers
-    `stream_decoder()` (HFBackend on a fast tokenizer), each token goes through the tokenizers library's incremental
-    `DecodeStream` instead, which decodes only the last few tokens: the same text (tests/core/test_textstream.py)
-    without re-decoding the whole list per token. `decode` of the whole list is then used only by `flush` after
-    held-back tokens.
+    `decode` turns a whole id list into text. With a `stream_decoder` step (a backend's `stream_decoder()`, e.g. the
+    tokenizers library's incremental `DecodeStream` on a fast tokenizer) each token is decoded on its own, looking at
+    only the last few tokens: the same text (tests/core/test_textstream.py) without re-decoding the whole list per
+    token. `decode` of the whole list is then used only by `flush` after held-back tokens.
     """
 
-    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
+    def __init__(
+        self, decode: Callable[[Sequence[int]], str], stream_decoder: Callable[[int], str | None] | None = None
+    ) -> None:
         self._decode = decode
         self.ids: list[int] = []
         self._text = ""  # everything emitted so far
         self._held = False  # tokens pushed since the last emitted text
-        make = getattr(getattr(decode, "__self__", None), "stream_decoder", None)
-        self._step: Callable[[int], str | None] | None = make() if callable(make) else None
+        self._step = stream_decoder
+
+    @classmethod
+    def for_backend(cls, backend: _Decoding) -> TextDeltas:
+        """Deltas with the backend's `decode` and, where it offers one, its incremental decoder."""
+        return cls(backend.decode, backend.stream_decoder())
 
     def push(self, token: int) -> str:
         self.ids.append(token)

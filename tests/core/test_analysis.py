@@ -57,7 +57,7 @@ def test_summary_notes_and_report_equal_plain_generation_on_the_same_tokens(tiny
         assert note.verdict == "unclassified" and note.relevant and note.classifier_output is None
         ids = plan.head_ids + context[: seg.end_token] + plan.margin_prompt_ids
         assert note.text == plain_text(tiny_backend, ids, CFG.margin_max_new_tokens)
-    final = wim._final_prompt_ids(task, result.notes, plan.n_segments)
+    final = wim.final_prompt_ids(task, result.notes, plan.n_segments)
     report = tiny_backend.decode(final)
     assert (
         DEFAULT_SUMMARY_INSTRUCTION in report
@@ -73,7 +73,7 @@ def test_analysis_instruction_reaches_notes_and_report(wim):
     assert "for this task: List every code and its gate." in text
     separate = wim.plan(SAMPLE, Analysis.create("Report the codes.", note_instruction="Copy every number."))
     assert "for this task: Copy every number." in wim.backend.decode(separate.margin_prompt_ids)
-    final = wim.backend.decode(wim._final_prompt_ids(separate.analysis, [], separate.n_segments))
+    final = wim.backend.decode(wim.final_prompt_ids(separate.analysis, [], separate.n_segments))
     assert "Report the codes." in final and wim.prompts.no_notes in final
 
 

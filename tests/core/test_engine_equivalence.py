@@ -76,7 +76,7 @@ def test_final_answer_equals_plain_generate_on_the_full_final_sequence(tiny_back
     result = wim.run(SAMPLE, QUESTION)
     relevant = [m for m in result.margins if m.relevant]
     assert len(relevant) == plan.n_segments  # classification="none" keeps every margin
-    final = wim._final_prompt_ids(QUESTION, relevant, plan.n_segments)
+    final = wim.final_prompt_ids(QUESTION, relevant, plan.n_segments)
     ids = plan.head_ids + list(plan.context.token_ids) + final
     assert result.answer == plain_text(tiny_backend, ids, CFG.answer_max_new_tokens)
     assert result.tokens.context == len(plan.context.token_ids)
@@ -95,7 +95,7 @@ def test_answer_now_answers_from_the_segments_read_so_far(tiny_backends):
     assert result is not None and result.stopped_early
     assert result.segments_read == 1 and len(result.margins) == 1
     seg = plan.context.segments[0]
-    final = wim._final_prompt_ids(QUESTION, result.margins, plan.n_segments)
+    final = wim.final_prompt_ids(QUESTION, result.margins, plan.n_segments)
     ids = plan.head_ids + list(plan.context.token_ids[: seg.end_token]) + final
     assert result.answer == plain_text(b, ids, CFG.answer_max_new_tokens)
 
@@ -107,7 +107,7 @@ def test_auxiliary_classifier_reply_equals_its_plain_generation(tiny_backends):
     main, aux = tiny_backends["llama"], tiny_backends["qwen2"]
     wim = WiM(main, config=CFG.with_updates(classification="auxiliary", classifier_max_new_tokens=4), classifier=aux)
     result = wim.run(SAMPLE, QUESTION)
-    frame = wim._classifier_frame
+    frame = aux.chat_frame()
     judge = MarginClassifier(aux, frame, wim.prompts.classification, QUESTION, 4)
     for m in result.margins:
         ids = judge.prompt_ids(m.text)  # the whole prompt, tokenized as the run split it (shared head + tail)

@@ -27,7 +27,7 @@ text_strategy = st.lists(
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_backends):
-    return tiny_backends["llama"].tokenizer
+    return tiny_backends["llama"].tokens  # the backend's tokenizer side (encode_with_offsets)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -39,7 +39,7 @@ def test_segments_tile_the_input_exactly(tokenizer, text, budget):
         return
     ctx = segment_context(tokenizer, text, budget)
     assert "".join(s.text for s in ctx.segments) == text
-    whole = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    whole = tokenizer.encode_text(text)
     assert [t for s in ctx.segments for t in s.token_ids] == list(whole)
     pos = tok = 0
     for k, s in enumerate(ctx.segments):
@@ -88,7 +88,7 @@ def test_a_sentence_longer_than_the_budget_is_split_by_tokens(tokenizer):
 
 def test_special_token_strings_in_user_text_stay_plain_text(tokenizer):
     ctx = segment_context(tokenizer, "Ignore this <|im_end|> marker.", 50)
-    special = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    special = tokenizer.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert special not in ctx.token_ids
 
 

@@ -39,7 +39,7 @@ def _run(deltas, ids: list[int]) -> tuple[list[str], str, str]:
 
 
 def _check_same(backend, ids: list[int]) -> None:
-    new = TextDeltas(backend.decode)
+    new = TextDeltas.for_backend(backend)
     assert new._step is not None  # the incremental decoder is in use
     ref = WholeListDeltas(backend.decode)
     pushed, flushed, text = _run(new, ids)
@@ -65,7 +65,7 @@ def test_same_text_on_real_text_with_split_characters(tiny_backend, text):
 def test_same_text_on_any_token_sequence(tiny_backends, data):
     """Random ids over the whole vocabulary: byte tokens that make invalid UTF-8, special tokens, anything."""
     backend = tiny_backends["llama"]
-    vocab = len(backend.tokenizer)
+    vocab = backend.tokens.vocab_size
     ids = data.draw(st.lists(st.integers(0, vocab - 1), max_size=40))
     _check_same(backend, ids)
 
@@ -74,7 +74,7 @@ def test_partial_character_is_held_then_completed(tiny_backends):
     backend = tiny_backends["llama"]
     ids = backend.encode_text("🙂")
     assert len(ids) > 1  # the emoji is several byte tokens in this vocabulary
-    deltas = TextDeltas(backend.decode)
+    deltas = TextDeltas.for_backend(backend)
     assert [deltas.push(t) for t in ids[:-1]] == [""] * (len(ids) - 1)  # nothing printable yet
     assert deltas.push(ids[-1]) == "🙂" and deltas.flush() == ""
 
@@ -92,7 +92,7 @@ def test_same_text_on_the_embedded_tokenizer(default_wim):
     ids = backend.encode_text("Café, naïve, 東京, emoji 🙂 — the keeper, Ines Marlowe, took the post in May. ")
     for cut in range(1, len(ids) + 1):
         _check_same(backend, ids[:cut])
-    vocab = len(backend.tokenizer)
+    vocab = backend.tokens.vocab_size
     import random
 
     rng = random.Random(0)

@@ -13,7 +13,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 from test_langchain import DOCS, QUESTION
 
-from wim_integrations import WiM, WiMInputError, engine
+from wim_integrations import WiM, WiMInputError, reading
 from wim_integrations.langchain import MARGIN_RUN, RecordingClient, WiMDocumentCompressor, langsmith_tracer, parse_event
 
 
@@ -32,7 +32,7 @@ class Margins(BaseCallbackHandler):
 def alternating_verdicts(monkeypatch):
     """Inline verdicts yes, no, yes, ... by segment (the tiny model's own would be noise)."""
     verdicts = itertools.cycle(["yes", "no"])
-    monkeypatch.setattr(engine, "split_inline", lambda text: (next(verdicts), text))
+    monkeypatch.setattr(reading, "split_inline", lambda text: (next(verdicts), text))
 
 
 def _expected(margins, docs):

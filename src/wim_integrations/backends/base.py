@@ -1,13 +1,38 @@
-"""The backend protocol: prefill into a cache, remember its length, generate from it, roll it back."""
+"""The backend protocol: prefill into a cache, remember its length, generate from it, roll it back.
+
+A backend declares what else it can do in `capabilities`; the engine picks its path from them (never by probing for
+attributes). The protocols below are layered: `Backend` (every backend), `PackedBackend` (several rows over prefixes of
+one cache decoded together), `LocalKVBackend` (keys/values held in this process: prompt asides, forks, byte sizes).
+`packed_view`/`local_kv_view` give the engine a typed view where the capabilities allow it."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..config import SamplingConfig
+from ..prompts import ChatFrame
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond prefill / generate / rollback."""
+
+    # `generate_packed`: rows that each see a prefix of one cache, decoded together (batched margins).
+    packed_rows: bool = False
+    # `score_rows`: "rows" scores packed rows on their own cache prefixes, "plain" only token rows on the whole cache,
+    # "none" nothing (no prompt log-probabilities: PMI and calibrated relevance are not available).
+    scoring: Literal["rows", "plain", "none"] = "none"
+    # `GenerationRequest.logprobs` is filled (log P of each generated token).
+    generation_logprobs: bool = False
+    # Prompt keys/values computed aside and packed in later (`LocalKVBackend`).
+    kv_asides: bool = False
+    # The cache can be forked and measured in bytes, so a `DocumentCache` can keep a read document in this process.
+    local_document_cache: bool = False
+    # Rows are independent requests sent at once (a server batches them); where false they share one computation.
+    concurrent_requests: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,18 +80,39 @@ class PackedRow:
 @runtime_checkable
 class Backend(Protocol):
     name: str
-    tokenizer: Any
     lock: threading.RLock
     max_context_tokens: int | None
+    # A cache cannot be rolled back to fewer than this many tokens from its end (sliding-window layers); None: any.
+    rollback_limit: int | None
     stop_ids: frozenset[int]
+    capabilities: Capabilities
 
+    # -- tokens: everything tokenizer-facing goes through the backend ---------------------------------------------
     def encode_text(self, text: str) -> list[int]:
         """Tokens of user text (special-token strings inside it stay plain text)."""
 
     def encode_template(self, text: str) -> list[int]:
         """Tokens of template text (special-token strings become special tokens)."""
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Tokens of user text and the character offset where each starts (the segmenter cuts on these)."""
+
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def chat_frame(self) -> ChatFrame:
+        """The model's chat template around one user message."""
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """A conversation in the chat template, ending where the assistant's reply starts."""
+
+    def min_tokens(self, n_bytes: int) -> int | None:
+        """A lower bound on the tokens of any text of `n_bytes` bytes (None: unknown); refuses huge inputs early."""
+
+    def stream_decoder(self) -> Callable[[int], str | None] | None:
+        """An incremental decoder step (text added by one more token, None while a character is incomplete), or None
+        where only whole-list `decode` is right."""
+
+    # -- the cache ----------------------------------------------------------------------------------------------
 
     def new_cache(self) -> Any: ...
 
@@ -95,10 +141,7 @@ class Backend(Protocol):
 
 @runtime_checkable
 class PackedBackend(Backend, Protocol):
-    """A backend that decodes several rows at once over one shared cache (batched margins, document cache)."""
-
-    supports_packed: bool  # False where a model cannot pack (e.g. sliding-window layers): the engine reads step by step
-    cache_namespace: str  # identifies the loaded model in document-cache keys
+    """A backend that decodes several rows at once over prefixes of one cache (batched margins)."""
 
     def generate_packed(
         self,
@@ -117,6 +160,14 @@ class PackedBackend(Backend, Protocol):
         each yielded token is appended to its row's list, as `GenerationRequest.logprobs`. The cache is back at its
         starting length once the iterator ends or is closed."""
 
+
+@runtime_checkable
+class LocalKVBackend(PackedBackend, Protocol):
+    """A packed backend whose keys/values live in this process: prompts computed aside, caches forked and measured
+    (the document cache)."""
+
+    cache_namespace: str  # identifies the loaded model in document-cache keys
+
     def prefill_aside(self, cache: Any, prompt_ids: Sequence[int]) -> PromptAside:
         """Compute `prompt_ids` on top of `cache` (attending to all of it) and leave the cache as it was."""
 
@@ -132,3 +183,18 @@ class PackedBackend(Backend, Protocol):
         """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""
 
     def cache_nbytes(self, cache: Any) -> int: ...
+
+
+def packed_view(backend: Backend) -> PackedBackend | None:
+    """`backend` as a `PackedBackend` where it declares packed rows, else None."""
+    if backend.capabilities.packed_rows and isinstance(backend, PackedBackend):
+        return backend
+    return None
+
+
+def local_kv_view(backend: Backend) -> LocalKVBackend | None:
+    """`backend` as a `LocalKVBackend` where it declares prompt asides and a local document cache, else None."""
+    caps = backend.capabilities
+    if caps.packed_rows and caps.kv_asides and caps.local_document_cache and isinstance(backend, LocalKVBackend):
+        return backend
+    return None

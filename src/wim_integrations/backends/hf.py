@@ -23,8 +23,9 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
 from .attention import wim_sdpa
-from .base import GenerationRequest, PackedRow, PromptAside, RowScores
+from .base import Capabilities, GenerationRequest, PackedRow, PromptAside, RowScores
 from .kv_buffer import BufferedLayer
+from .tokenizer import HFTokenizer, TokenizerMethods
 
 
 def _as_id_set(value: int | Sequence[int] | None) -> set[int]:
@@ -33,17 +34,15 @@ def _as_id_set(value: int | Sequence[int] | None) -> set[int]:
     return {int(value)} if isinstance(value, int) else {int(v) for v in value}
 
 
-class HFBackend:
+class HFBackend(TokenizerMethods):
     """Runs a transformers causal LM. Thread-safe through `lock`; each WiM call owns its own cache."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str | None = None) -> None:
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the Hugging Face tokenizer, for users; WiM goes through `tokens`
+        self.tokens = HFTokenizer(tokenizer)
         self.name = name or getattr(model, "name_or_path", "") or type(model).__name__
         self.lock = threading.RLock()
-        # A fast tokenizer call sets flags on the shared Rust tokenizer (encode_special_tokens, truncation) before
-        # encoding, so concurrent calls can encode with each other's flags: every tokenizer call holds this lock.
-        self.tokenizer_lock = threading.RLock()
         # transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns, then goes away in
         # 5.40): pass the cache under the name the installed version's model takes.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -67,48 +66,19 @@ class HFBackend:
         return self.rollback_limit is None
 
     @property
+    def capabilities(self) -> Capabilities:
+        packed = self.supports_packed
+        return Capabilities(
+            packed_rows=packed,
+            scoring="rows" if packed else "plain",
+            generation_logprobs=True,
+            kv_asides=packed,
+            local_document_cache=packed,
+        )
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
-
-    # -- tokens ----------------------------------------------------------------------------------------
-    def encode_text(self, text: str) -> list[int]:
-        with self.tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
-    def encode_template(self, text: str) -> list[int]:
-        with self.tokenizer_lock:
-            # Explicit False: the flag left by a previous encode_text call must not leak into this one.
-            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        with self.tokenizer_lock:
-            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def stream_decoder(self) -> Callable[[int], str | None] | None:
-        """A step of the tokenizers library's incremental decoder (`DecodeStream`): the text `decode` would add for
-        one more token, None while a character is incomplete. None where `decode` is more than the Rust tokenizer's
-        decoding (a tokenizer without a Rust backend, a custom `_decode`, or transformers' space clean-up)."""
-        try:
-            from tokenizers.decoders import DecodeStream
-            from transformers.tokenization_utils_tokenizers import TokenizersBackend
-        except ImportError:
-            return None
-        tok = self.tokenizer
-        rust = getattr(tok, "backend_tokenizer", None)
-        if rust is None or getattr(type(tok), "_decode", None) is not TokenizersBackend._decode:
-            return None
-        if tok.clean_up_tokenization_spaces and (
-            type(rust.model).__name__ != "BPE"  # transformers skips the clean-up for BPE unless forced
-            or getattr(tok, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
-        ):
-            return None
-        stream = DecodeStream(skip_special_tokens=True)
-
-        def step(token: int) -> str | None:
-            with self.tokenizer_lock:
-                return stream.step(rust, token)
-
-        return step
 
     # -- cache -----------------------------------------------------------------------------------------
     def new_cache(self) -> DynamicCache:

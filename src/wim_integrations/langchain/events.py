@@ -182,7 +182,7 @@ class _RunSpecs:
 
     def answer_start(self, ev: AnswerStarted) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
         # The final prompt as the model gets it after the context: the relevant margins and the question.
-        final_ids = self.wim._final_prompt_ids(self.plan.question, self.relevant, self.plan.n_segments)
+        final_ids = self.wim.final_prompt_ids(self.plan.question, self.relevant, self.plan.n_segments)
         ls, params = self._params("answer", self.wim.model_name, self.plan.config.answer_max_new_tokens)
         meta = {
             **ls,

@@ -7,7 +7,6 @@ OpenAI LLM (which `index.as_query_engine()` and chat engines look up when no llm
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -154,9 +153,7 @@ class WiMLLM(CustomLLM):
             check_text(m.content or "", f"message {i}")
         roles = {MessageRole.SYSTEM, MessageRole.USER, MessageRole.ASSISTANT}
         msgs = [{"role": m.role.value if m.role in roles else "user", "content": m.content or ""} for m in messages]
-        with getattr(b, "tokenizer_lock", contextlib.nullcontext()):  # see HFBackend.tokenizer_lock
-            text = b.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return b.encode_template(text)
+        return b.encode_template(b.render_chat(msgs))
 
     def _request(self, ids: list[int], kwargs: dict[str, Any]) -> GenerationRequest:
         """Validated now, before any forward pass: settings and the model window."""
@@ -174,7 +171,7 @@ class WiMLLM(CustomLLM):
     def _generate(self, request: GenerationRequest) -> Iterator[tuple[str, str]]:
         """(text so far, delta) pairs."""
         b = self._wim.backend
-        deltas = TextDeltas(b.decode)
+        deltas = TextDeltas.for_backend(b)
         text = ""
         for tok in b.generate(b.new_cache(), request):
             if delta := deltas.push(tok):
