@@ -62,6 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--question", "-q", required=True)
     ask.add_argument("--model", "-m", help="local HF model directory or cached hub id (default: embedded SmolLM2)")
     ask.add_argument("--classifier-model", help="auxiliary classifier model (with --classification auxiliary)")
+    _server_options(ask)
     for flag, name in CONFIG_OPTIONS.items():
         _add_config_option(ask, flag, name)
     ask.add_argument("--json", action="store_true", help="print the full result as JSON instead of progress")
@@ -97,9 +98,19 @@ def _add_summarize(sub: argparse._SubParsersAction) -> None:
     summ.add_argument("--model", "-m", help="local HF model directory or cached hub id (default: embedded SmolLM2)")
     for flag in SUMMARY_OPTIONS:
         _add_config_option(summ, flag, CONFIG_OPTIONS[flag])
+    _server_options(summ)
     summ.add_argument("--json", action="store_true", help="print the full result (summary, notes) as JSON")
     summ.add_argument("--html", metavar="PATH", help="also write the reading report (document + notes) as HTML")
     summ.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", metavar="URL", help="read with a served model (e.g. http://127.0.0.1:8080)")
+    parser.add_argument("--tokenizer", metavar="PATH", help="with --server: the served model's local tokenizer")
+    parser.add_argument(
+        "--engine", choices=["llama.cpp", "vllm", "sglang", "openai"], default="llama.cpp", help="with --server"
+    )
+    parser.add_argument("--served-model", metavar="NAME", help="with --server: the model name the server expects")
 
 
 def _read_document(path: str | None) -> str:
@@ -121,6 +132,10 @@ def _read_document(path: str | None) -> str:
 def _config(args: argparse.Namespace) -> WiMConfig:
     """The run's settings from the options given (the others keep WiMConfig's defaults); checks that need no model."""
     config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n, None)) is not None})
+    if getattr(args, "server", None) and not args.tokenizer:
+        raise WiMError("--server needs --tokenizer PATH: the served model's tokenizer directory, checked at start.")
+    if getattr(args, "server", None) and args.model:
+        raise WiMError("--server and --model both name the model; use one (--model loads it here).")
     if args.command != "ask":
         return config
     if config.classification == "auxiliary" and not args.classifier_model:
@@ -158,7 +173,12 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         t0 = time.perf_counter()
         classifier_model = getattr(args, "classifier_model", None)
         classifier = load_backend(classifier_model) if classifier_model else None
-        if args.model:
+        if args.server:
+            from .backends.server import ServerBackend
+
+            err.write(f"Connecting to the {args.engine} server at {args.server}...\n")
+            backend = ServerBackend(args.server, tokenizer=args.tokenizer, engine=args.engine, model=args.served_model)
+        elif args.model:
             err.write(f"Loading {args.model}...\n")
             backend = load_backend(args.model)
         else:

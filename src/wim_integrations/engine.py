@@ -81,6 +81,42 @@ class WiM:
         )
 
     @classmethod
+    def from_server(
+        cls,
+        base_url: str,
+        *,
+        tokenizer: Any,
+        model: str | None = None,
+        engine: str = "llama.cpp",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        max_concurrency: int = 8,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+        **server_options: Any,
+    ) -> WiM:
+        """WiM on a model served by a serving engine, as `ChatOpenAI(base_url=...)` or LlamaIndex's `OpenAILike` are
+        built: `engine` is "llama.cpp" (llama-server), "vllm", "sglang" or "openai" (any OpenAI-compatible
+        completions server); `tokenizer` the served model's local tokenizer directory (or a loaded tokenizer), checked
+        against the server at start; `api_key` defaults to the WIM_SERVER_API_KEY environment variable. The server's
+        prefix cache stands in for the document cache. See docs/serving.md for launch commands."""
+        from .backends.server import ServerBackend
+
+        backend = ServerBackend(
+            base_url,
+            tokenizer=tokenizer,
+            model=model,
+            engine=engine,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            **server_options,
+        )
+        return cls(backend, config=config, prompts=prompts)
+
+    @classmethod
     def from_model_id(
         cls,
         model_id: str,

@@ -19,3 +19,23 @@ class ModelLoadError(WiMError, OSError):
 
 class WiMCancelled(WiMError):
     """The run was cancelled by its consumer."""
+
+
+class ServerError(WiMError, RuntimeError):
+    """A serving engine (llama.cpp server, vLLM, SGLang, ...) failed a request WiM needed."""
+
+
+class ServerUnavailableError(ServerError, ConnectionError):
+    """The server could not be reached, or the connection dropped mid-request."""
+
+
+class ServerTimeoutError(ServerError, TimeoutError):
+    """The server did not answer within the backend's `timeout`."""
+
+
+class ServerResponseError(ServerError):
+    """The server answered with an error status (after the bounded retries for 429/5xx) or a reply WiM cannot read."""
+
+
+class ServerMismatchError(ServerError, ValueError):
+    """The local tokenizer does not match the served model, so token-id prompts would mean something else."""

@@ -85,7 +85,9 @@ class Backend(Protocol):
     # A cache cannot be rolled back to fewer than this many tokens from its end (sliding-window layers); None: any.
     rollback_limit: int | None
     stop_ids: frozenset[int]
-    capabilities: Capabilities
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     # -- tokens: everything tokenizer-facing goes through the backend ---------------------------------------------
     def encode_text(self, text: str) -> list[int]:

@@ -79,6 +79,14 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
         return cls(wim=WiM.from_pretrained(model_id, **kwargs), **fields)
 
     @classmethod
+    def from_server(cls, base_url: str, **kwargs: Any) -> WiMChain:
+        """On a served model (llama.cpp server, vLLM, SGLang, OpenAI-compatible): chain fields go to the chain,
+        everything else (`tokenizer`, `model`, `engine`, `api_key`, `timeout`, `max_retries`, `max_concurrency`) to
+        `WiM.from_server`."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields and k != "wim"}
+        return cls(wim=WiM.from_server(base_url, **kwargs), **fields)
+
+    @classmethod
     def from_pretrained(cls, model: str, **kwargs: Any) -> WiMChain:
         """Same as `from_model_id` (kept for the name used by transformers)."""
         return cls.from_model_id(model, **kwargs)

@@ -1,0 +1,402 @@
+"""WiM on a serving engine over HTTP (llama.cpp's server, vLLM, SGLang, or any OpenAI-compatible server).
+
+The "cache" is a client-side token list (`ServerCache`): prefill appends, rollback truncates, and a generation is one
+request whose prompt is the token ids `cache[:prefix] + prompt`, so the server's prefix cache does the work the KV
+cache does in process. Before a generation the part of the cache the server has not seen yet is sent once on its own
+(a warm-up request that only fills the prefix cache), so every margin request finds its whole prefix cached. Prompts
+are always token ids from the local copy of the served model's tokenizer, never re-tokenized strings; at start the
+backend checks that this tokenizer matches the server's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from array import array
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import SamplingConfig
+from ..errors import ContextTooLongError, ServerMismatchError, WiMInputError
+from .base import Capabilities, GenerationRequest, PackedRow, RowScores
+from .http import HTTPClient
+from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
+from .tokenizer import HFTokenizer, TokenizerMethods
+
+# Text whose tokens must be the same on both sides: plain words, digits, accents, CJK, an emoji.
+_PROBE_TEXT = "WiM checks the tokenizer: 4417 keepers, naïve café, 東京, 🙂."
+
+
+@dataclass
+class ServerCache:
+    """A document as the server should see it: its token ids, and how many of them are known to be in the server's
+    prefix cache (a belief: an evicted prefix is computed again by the server, correct but slower)."""
+
+    tokens: list[int] = field(default_factory=list)
+    warm: int = 0
+    slot: int | None = None  # llama.cpp: the slot this document's requests go to
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request sent: what it was for, its prompt length, how much of it was the cache (the prefix), and what the
+    server reported as reused from its prefix cache / computed (None where it does not say)."""
+
+    kind: str  # "warm", "generate", "row", "score"
+    prompt_tokens: int
+    prefix_tokens: int
+    cached_tokens: int | None
+    computed_tokens: int | None
+
+
+class ServerBackend(TokenizerMethods):
+    """The backend protocol over a serving engine. Thread-safe; each WiM run owns its own `ServerCache`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tokenizer: Any,
+        model: str | None = None,
+        engine: str = "llama.cpp",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        max_concurrency: int = 8,
+        context_window: int | None = None,
+        cache_salt: str | None = None,
+        stop_ids: Sequence[int] | None = None,
+        check: bool = True,
+        name: str | None = None,
+    ) -> None:
+        if engine not in PROFILES:
+            raise WiMInputError(f"engine={engine!r} is not known; use one of {sorted(PROFILES)}.")
+        if max_concurrency < 1:
+            raise WiMInputError(f"max_concurrency must be at least 1, not {max_concurrency}.")
+        self.profile: Profile = PROFILES[engine](model, cache_salt)
+        self.engine = engine
+        self.tokens = HFTokenizer(_load_tokenizer(tokenizer))
+        self.name = name or f"{engine}:{model or base_url}"
+        self.lock = threading.RLock()
+        self.rollback_limit: int | None = None
+        self.max_concurrency = max_concurrency
+        api_key = api_key if api_key is not None else os.environ.get("WIM_SERVER_API_KEY")
+        self.client = HTTPClient(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_connections=max_concurrency + 2,
+            what=f"{engine} server",
+        )
+        ids = set(stop_ids) if stop_ids is not None else _stop_ids(self.tokens)
+        if not ids:
+            raise WiMInputError("the tokenizer names no end-of-turn token; pass stop_ids=[...] for the served model.")
+        self.stop_ids = frozenset(ids)
+        self.requests: deque[RequestRecord] = deque(maxlen=100_000)  # newest last; for tests and benchmarks
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="wim-server")
+        self.n_slots = 1
+        self.max_context_tokens: int | None = context_window
+        if check:
+            self.check()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.profile.capabilities
+
+    def check(self) -> None:
+        """Reach the server, read its context window, and compare its tokenizer with ours (raises on mismatch)."""
+        self.client.get_json(self.profile.health_path)
+        if self.max_context_tokens is None:
+            try:
+                self.max_context_tokens = self.profile.window(self.client)
+            except Exception:  # the window is optional information: planning then checks nothing against it
+                self.max_context_tokens = None
+        if isinstance(self.profile, LlamaCppProfile):
+            self.n_slots = self.profile.slots(self.client)
+        probe = self.tokens.chat_frame().prefix + _PROBE_TEXT
+        request = self.profile.tokenize(probe)
+        if request is None:
+            return  # the engine has no tokenize endpoint: documented as unchecked
+        ours = self.tokens.encode_template(probe)
+        theirs = self.profile.tokens_of(self.client.post_json(*request))
+        if theirs != ours:
+            same = (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+            at = next(same, min(len(ours), len(theirs)))
+            raise ServerMismatchError(
+                f"the local tokenizer ({self.tokens.name!r}) does not match the model served at "
+                f"{self.client.base_url}: {_PROBE_TEXT!r} (in the chat frame) is {len(ours)} tokens here and "
+                f"{len(theirs)} there, first different at token {at} ({ours[at : at + 3]} vs {theirs[at : at + 3]}). "
+                "Pass tokenizer= the served model's own tokenizer directory."
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # -- the cache: a token list -------------------------------------------------------------------------------
+    def new_cache(self) -> ServerCache:
+        return ServerCache()
+
+    def cache_length(self, cache: ServerCache) -> int:
+        return len(cache.tokens)
+
+    def prefill(self, cache: ServerCache, ids: Sequence[int]) -> None:
+        cache.tokens.extend(int(t) for t in ids)  # sent with the next request that needs it (see `_warm`)
+
+    def rollback(self, cache: ServerCache, length: int) -> None:
+        if length > len(cache.tokens):
+            raise ValueError(f"cannot roll a cache of {len(cache.tokens)} tokens forward to {length}")
+        del cache.tokens[length:]
+        cache.warm = min(cache.warm, length)
+
+    # -- generation --------------------------------------------------------------------------------------------
+    def generate(self, cache: ServerCache, request: GenerationRequest) -> Generator[int, None, None]:
+        if not request.prompt_ids:
+            raise ValueError("generation needs at least one prompt token")
+        self._warm(cache, len(cache.tokens))
+        prefix = len(cache.tokens)
+        prompt = [*cache.tokens, *request.prompt_ids]
+        self._check_fits(len(prompt) + request.max_new_tokens)
+        out: list[int] = []
+        cancel = threading.Event()
+        try:
+            for token, logprob in self._stream(
+                "generate",
+                prompt,
+                prefix,
+                request.max_new_tokens,
+                request.sampling,
+                request.logprobs is not None,
+                self._slot(cache),
+                cancel,
+            ):
+                out.append(token)
+                if request.logprobs is not None:
+                    request.logprobs.append(_required(logprob, self.engine))
+                yield token
+        finally:
+            cancel.set()
+        # As in process: the prompt and every output token but the last are now in the (server's) cache.
+        cache.tokens.extend(request.prompt_ids)
+        cache.tokens.extend(out[:-1])
+        cache.warm = len(cache.tokens)
+
+    def generate_packed(
+        self,
+        cache: ServerCache,
+        rows: Sequence[PackedRow],
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        done: Callable[[int, list[int]], bool] | None = None,
+        logprobs: Sequence[list[float]] | None = None,
+    ) -> Generator[list[tuple[int, int]], None, None]:
+        """Each row is its own streamed request (at most `max_concurrency` at once; the server batches them), sent
+        after one warm-up request for the longest prefix, so every row's prefix is a prefix-cache hit."""
+        if not rows:
+            return
+        for r in rows:
+            if not r.prompt_ids or not 0 <= r.prefix_length <= len(cache.tokens):
+                raise ValueError(f"row prefix {r.prefix_length} is outside the cache or its prompt is empty")
+        self._warm(cache, max(r.prefix_length for r in rows))
+        events: queue.Queue[tuple[int, int | None, float | None, BaseException | None]] = queue.Queue()
+        cancels = [threading.Event() for _ in rows]
+        slot = self._slot(cache)
+
+        def run(i: int) -> None:
+            r = rows[i]
+            prompt = [*cache.tokens[: r.prefix_length], *r.prompt_ids]
+            try:
+                self._check_fits(len(prompt) + max_new_tokens)
+                for token, lp in self._stream(
+                    "row", prompt, r.prefix_length, max_new_tokens, sampling, logprobs is not None, slot, cancels[i]
+                ):
+                    events.put((i, token, lp, None))
+            except BaseException as e:  # handed to the consumer, raised there
+                events.put((i, None, None, e))
+                return
+            events.put((i, None, None, None))
+
+        for i in range(len(rows)):
+            self._pool.submit(run, i)
+        outputs: list[list[int]] = [[] for _ in rows]
+        pending: list[deque[tuple[int, float | None] | None]] = [deque() for _ in rows]  # None: the row ended
+        running = set(range(len(rows)))
+
+        def absorb(item: tuple[int, int | None, float | None, BaseException | None]) -> None:
+            i, token, lp, error = item
+            if error is not None:
+                raise error
+            pending[i].append(None if token is None else (token, lp))
+
+        try:
+            while running:
+                absorb(events.get())  # wait for the next token (or end) of any row
+                while not events.empty():
+                    absorb(events.get_nowait())
+                while any(pending[j] for j in running):  # one step: at most one token per row
+                    step: list[tuple[int, int]] = []
+                    for j in sorted(running):
+                        if not pending[j]:
+                            continue
+                        item = pending[j].popleft()
+                        if item is None:
+                            running.discard(j)
+                            continue
+                        token, lp = item
+                        outputs[j].append(token)
+                        if logprobs is not None:
+                            logprobs[j].append(_required(lp, self.engine))
+                        step.append((j, token))
+                        if done is not None and done(j, outputs[j]):
+                            cancels[j].set()
+                            running.discard(j)
+                    if step:
+                        yield step
+        finally:
+            for c in cancels:
+                c.set()
+
+    def score_rows(
+        self, cache: ServerCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+    ) -> list[RowScores]:
+        """Teacher-forced log-probabilities from the server's prompt log-probabilities: one request per row, and one
+        per (row, next id) since a server reports the log P of the tokens it is given, not of any token asked for."""
+        if self.capabilities.scoring == "none":
+            raise NotImplementedError(f"the {self.engine} server offers no prompt log-probabilities")
+        base = len(cache.tokens)
+        prepared = []
+        for r in rows:
+            prefix, ids = (r.prefix_length, list(r.prompt_ids)) if isinstance(r, PackedRow) else (base, list(r))
+            if prefix != base and self.capabilities.scoring != "rows":
+                raise ValueError("rows that see only part of the cache are not scored on this server")
+            if not ids:
+                raise ValueError("a row needs at least one prompt token")
+            prepared.append((cache.tokens[:prefix], ids))
+        self._warm(cache, base)
+        slot = self._slot(cache)
+
+        def lp(prompt: list[int], prefix: int) -> list[float]:
+            reply = self.client.post_json(*self.profile.score(prompt, slot))
+            self._record("score", prompt, prefix, self.profile.usage(reply))
+            return self.profile.prompt_logprobs(reply, prompt)
+
+        jobs = [
+            self._pool.submit(lp, [*head, *ids, *([t] if t is not None else [])], len(head))
+            for head, ids in prepared
+            for t in [None, *next_ids]
+        ]
+        results = [j.result() for j in jobs]
+        out, k = [], 0
+        for _, ids in prepared:
+            whole = results[k]
+            scores = whole[-(len(ids) - 1) :] if len(ids) > 1 else []
+            nexts = {int(t): results[k + 1 + n][-1] for n, t in enumerate(next_ids)}
+            out.append(RowScores(scores, nexts))
+            k += 1 + len(next_ids)
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _warm(self, cache: ServerCache, upto: int) -> None:
+        """Put `cache.tokens[:upto]` into the server's prefix cache with one request, unless it is there already."""
+        if upto <= cache.warm or upto == 0:
+            return
+        prompt = cache.tokens[:upto]
+        self._check_fits(len(prompt) + 1)
+        reply = self.client.post_json(*self.profile.warm(prompt, self._slot(cache)))
+        self._record("warm", prompt, cache.warm, self.profile.usage(reply))
+        cache.warm = upto
+
+    def _stream(
+        self,
+        kind: str,
+        prompt: list[int],
+        prefix: int,
+        max_tokens: int,
+        sampling: SamplingConfig,
+        want_logprobs: bool,
+        slot: int | None,
+        cancel: threading.Event,
+    ) -> Generator[tuple[int, float | None], None, None]:
+        """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget."""
+        path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
+        n, usage, finished = 0, None, False
+        for event in self.client.stream_events(path, body, cancel):
+            usage = self.profile.usage(event) or usage
+            if finished:  # the server stops at the same stop ids and budget: read on to its usage report
+                continue
+            tokens = self.profile.chunk_tokens(event, self.tokens.encode_text)
+            for token, logprob in tokens[n:] if self.profile.cumulative else tokens:
+                if token in self.stop_ids or n >= max_tokens:
+                    finished = True
+                    break
+                n += 1
+                yield token, logprob
+        self._record(kind, prompt, prefix, usage)
+
+    def _record(self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None) -> None:
+        u = usage or Usage()
+        self.requests.append(RequestRecord(kind, len(prompt), prefix, u.cached, u.computed))
+
+    def _slot(self, cache: ServerCache) -> int | None:
+        """llama.cpp: the document's slot, fixed by its first tokens, so a second question lands where the first
+        left the document (others: None)."""
+        if not isinstance(self.profile, LlamaCppProfile):
+            return None
+        if cache.slot is None:
+            digest = hashlib.sha256(array("q", cache.tokens[:1024]).tobytes()).digest()
+            cache.slot = int.from_bytes(digest[:4], "big") % max(1, self.n_slots)
+        return cache.slot
+
+    def _check_fits(self, n_tokens: int) -> None:
+        if self.max_context_tokens and n_tokens > self.max_context_tokens:
+            raise ContextTooLongError(
+                f"a request of up to {n_tokens} tokens does not fit the served window of {self.max_context_tokens} "
+                f"({self.name}); start the server with a larger context (llama.cpp: -c, vLLM: --max-model-len) or "
+                "shorten the input."
+            )
+
+
+def _required(logprob: float | None, engine: str) -> float:
+    if logprob is None:
+        from ..errors import ServerResponseError
+
+        raise ServerResponseError(f"the {engine} server sent a token without the log-probability that was asked for")
+    return logprob
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if not isinstance(tokenizer, str | os.PathLike):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)
+    except OSError as e:
+        from ..errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"could not load the tokenizer {os.fspath(tokenizer)!r} ({e}); pass the served model's local directory "
+            "(with tokenizer.json), or a loaded tokenizer."
+        ) from e
+
+
+def _stop_ids(tokens: HFTokenizer) -> set[int]:
+    """End-of-turn ids: the tokenizer's eos plus its generation_config's where the tokenizer's directory has one."""
+    ids = set(tokens.eos_ids)
+    path = getattr(tokens.tokenizer, "name_or_path", "")
+    if path and os.path.isdir(path):
+        try:
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
+        except OSError:
+            eos = None
+        if eos is not None:
+            ids |= {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+    return ids
