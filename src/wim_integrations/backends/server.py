@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import SamplingConfig
-from ..errors import ContextTooLongError, ServerMismatchError, WiMInputError
+from ..errors import ContextTooLongError, ServerMismatchError, ServerUnavailableError, WiMInputError
 from .base import Capabilities, GenerationRequest, PackedRow, RowScores
 from .http import HTTPClient
 from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
@@ -71,6 +71,7 @@ class ServerBackend(TokenizerMethods):
         context_window: int | None = None,
         cache_salt: str | None = None,
         stop_ids: Sequence[int] | None = None,
+        reuse_prefix: bool = True,
         check: bool = True,
         name: str | None = None,
     ) -> None:
@@ -78,7 +79,8 @@ class ServerBackend(TokenizerMethods):
             raise WiMInputError(f"engine={engine!r} is not known; use one of {sorted(PROFILES)}.")
         if max_concurrency < 1:
             raise WiMInputError(f"max_concurrency must be at least 1, not {max_concurrency}.")
-        self.profile: Profile = PROFILES[engine](model, cache_salt)
+        # reuse_prefix=False sends every request cold (no warm-ups; llama.cpp: cache_prompt off): for comparisons.
+        self.profile: Profile = PROFILES[engine](model, cache_salt, reuse_prefix)
         self.engine = engine
         self.tokens = HFTokenizer(_load_tokenizer(tokenizer))
         self.name = name or f"{engine}:{model or base_url}"
@@ -304,7 +306,7 @@ class ServerBackend(TokenizerMethods):
     # -- internals ---------------------------------------------------------------------------------------------
     def _warm(self, cache: ServerCache, upto: int) -> None:
         """Put `cache.tokens[:upto]` into the server's prefix cache with one request, unless it is there already."""
-        if upto <= cache.warm or upto == 0:
+        if upto <= cache.warm or upto == 0 or not self.profile.reuse_prefix:
             return
         prompt = cache.tokens[:upto]
         self._check_fits(len(prompt) + 1)
@@ -325,9 +327,10 @@ class ServerBackend(TokenizerMethods):
     ) -> Generator[tuple[int, float | None], None, None]:
         """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
-        n, usage, finished = 0, None, False
+        n, usage, finished, final = 0, None, False, False
         for event in self.client.stream_events(path, body, cancel):
             usage = self.profile.usage(event) or usage
+            final = final or self.profile.is_final(event)
             if finished:  # the server stops at the same stop ids and budget: read on to its usage report
                 continue
             tokens = self.profile.chunk_tokens(event, self.tokens.encode_text)
@@ -337,6 +340,11 @@ class ServerBackend(TokenizerMethods):
                     break
                 n += 1
                 yield token, logprob
+        if not final and not cancel.is_set():
+            raise ServerUnavailableError(
+                f"the {self.engine} server's stream ended after {n} tokens without its final event (connection cut "
+                "off?); the run was stopped, nothing partial was kept. Check the server's log."
+            )
         self._record(kind, prompt, prefix, usage)
 
     def _record(self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None) -> None:

@@ -33,9 +33,10 @@ class Profile:
     cumulative = False  # stream events carry the whole output so far (SGLang), not just what is new
     capabilities = Capabilities(packed_rows=True, concurrent_requests=True)
 
-    def __init__(self, model: str | None, cache_salt: str | None = None) -> None:
+    def __init__(self, model: str | None, cache_salt: str | None = None, reuse_prefix: bool = True) -> None:
         self.model = model
         self.cache_salt = cache_salt
+        self.reuse_prefix = reuse_prefix  # False: ask the server not to reuse cached prefixes (where it can be asked)
 
     # -- requests ----------------------------------------------------------------------------------------------
     def generate(
@@ -83,6 +84,11 @@ class Profile:
                 ids = encode(choice.get("text") or "")
                 lps = []
         return [(int(t), float(lps[k]) if k < len(lps) and lps[k] is not None else None) for k, t in enumerate(ids)]
+
+    def is_final(self, event: Any) -> bool:
+        """Whether a stream event is the completion's last (a stream that ends without one was cut off)."""
+        choice = _first_choice(event)
+        return choice is not None and choice.get("finish_reason") is not None
 
     def usage(self, event: Any) -> Usage | None:
         u = event.get("usage") if isinstance(event, dict) else None
@@ -234,6 +240,9 @@ class SGLangProfile(Profile):
 
     cumulative = True
 
+    def is_final(self, event: Any) -> bool:
+        return (event.get("meta_info") or {}).get("finish_reason") is not None
+
     def usage(self, event: Any) -> Usage | None:
         meta = event.get("meta_info") if isinstance(event, dict) else None
         if not meta or "cached_tokens" not in meta:
@@ -276,7 +285,7 @@ class LlamaCppProfile(Profile):
             "prompt": list(prompt),
             "n_predict": max_tokens,
             "stream": True,
-            "cache_prompt": True,
+            "cache_prompt": self.reuse_prefix,
             "return_tokens": True,
             "id_slot": -1 if slot is None else slot,
             # Every sampler set explicitly: the server's defaults (temperature 0.8, top_k 40, min_p 0.05, ...)
@@ -316,6 +325,9 @@ class LlamaCppProfile(Profile):
             (int(t), float(probs[k]["logprob"]) if k < len(probs) and "logprob" in probs[k] else None)
             for k, t in enumerate(ids)
         ]
+
+    def is_final(self, event: Any) -> bool:
+        return event.get("stop") is True
 
     def usage(self, event: Any) -> Usage | None:
         timings = event.get("timings") if isinstance(event, dict) else None

