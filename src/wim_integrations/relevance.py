@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend, PackedRow, PromptAside
+from .backends.base import Backend, PackedRow, PromptAside, local_kv_view
 
 CONTENT_FREE_MARGIN = "Nothing relevant."
 
@@ -86,7 +86,9 @@ class SegmentPMIScorer:
         for d in scored:
             aside = asides.get(d.segment_start)
             if aside is not None and len(aside.prompt_ids) >= len(self.prompt):
-                aside = self.backend.aside_head(aside, len(self.prompt) - 1)  # type: ignore[attr-defined]
+                kv = local_kv_view(self.backend)  # asides only exist where the backend keeps keys/values here
+                assert kv is not None
+                aside = kv.aside_head(aside, len(self.prompt) - 1)
             rows.append(PackedRow(d.segment_start, [*self.prompt, *d.token_ids], aside))
         before = self.backend.score_rows(cache, rows)
         return _lift(drafts, (s.token_logprobs[-len(d.token_ids) :] for s, d in zip(before, scored, strict=True)))

@@ -10,6 +10,9 @@ from wim_integrations.backends.server import ServerBackend
 from wim_integrations.events import AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead
 from wim_integrations.textstream import TextDeltas
 
+# On the embedded model served by a real llama-server: run in CI (job 1), deselected by -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 def _margin_requests(backend: ServerBackend) -> list:
     return [r for r in backend.requests if r.kind in ("generate", "row") and r.prefix_tokens > 0]

@@ -19,6 +19,9 @@ from wim_integrations.errors import (
     ServerUnavailableError,
 )
 
+# On the embedded model served by a real llama-server: run in CI (job 1), deselected by -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def proxy(llama_server):
