@@ -138,3 +138,19 @@ def test_langchain_and_llamaindex_read_through_the_server(llama_server, served_m
     nodes = [NodeWithScore(node=TextNode(text=part)) for part in HARBOR.split("\n\n") if part.strip()]
     response = synth.synthesize(QUESTION, nodes)
     assert str(response) and response.metadata["wim"]["margins"]
+
+
+def test_the_cli_reads_through_the_server(llama_server, served_model):
+    import io
+    from pathlib import Path
+
+    from wim_integrations.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    harbor = str(Path(__file__).parents[2] / "examples" / "harbor_report.txt")
+    args = ["ask", "-f", harbor, "-q", QUESTION, "--server", llama_server.url, "--tokenizer", str(served_model[1])]
+    args += ["--segment-tokens", "256", "--margin-tokens", "24", "--answer-tokens", "24", "--quiet"]
+    assert main(args, stdout=out, stderr=err) == 0, err.getvalue()
+    assert "Marlowe" in out.getvalue() and "llama.cpp server" in err.getvalue()
+    assert main(["ask", "-f", harbor, "-q", QUESTION, "--server", llama_server.url], stdout=out, stderr=err) == 2
+    assert "--server needs --tokenizer" in err.getvalue()
