@@ -252,7 +252,9 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 def report(summary: dict[str, Any]) -> str:
     m, r = summary["modes"], summary["ratios"]
     lines = [
-        f"# {summary['engine']} ({summary['server_version']}); {summary['machine']}",
+        f"# {summary['engine']} ({summary['server_version']}"
+        + (f", --cache-ram {c}" if (c := summary["llama_server_cache_ram_mib"]) is not None else "")
+        + f"); {summary['machine']}",
         f"# model {summary['model']}; {summary['segments']} segments of {summary['segment_tokens']} tokens "
         f"({summary['context_tokens']} context tokens); classification {summary['classification']}; margins "
         f"{summary['margin_max_new_tokens']} tokens, answer {summary['answer_max_new_tokens']} tokens, greedy; "
@@ -319,6 +321,14 @@ def main() -> None:
     ap.add_argument("--served-model", help="with --url: the model name the server expects")
     ap.add_argument("--tokenizer", help="the served model's tokenizer directory (default: the embedded model's)")
     ap.add_argument("--threads", type=int, help="llama-server -t (default: llama.cpp's own choice)")
+    ap.add_argument(
+        "--cache-ram",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="llama-server --cache-ram: its host-memory prompt cache across requests (default 0: off, so only the "
+        "slot's own prefix cache is in play; -1: no limit)",
+    )
     ap.add_argument("--cold-client", action="store_true", help="also run WiM with reuse_prefix=False")
     ap.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
     args = ap.parse_args()
@@ -347,7 +357,11 @@ def main() -> None:
                 ap.error("without --url the script starts llama-server: --engine must be llama.cpp")
             context = max(8192, 2 * args.segments * args.segment_tokens)
             server = LlamaServer(
-                default_gguf_path(), context=context, slots=1, threads=args.threads, extra_args=("--cache-ram", "0")
+                default_gguf_path(),
+                context=context,
+                slots=1,
+                threads=args.threads,
+                extra_args=("--cache-ram", str(args.cache_ram)),
             )
             stack.enter_context(server)
             url, engine, model, binary = server.url, "llama.cpp", DEFAULT_MODEL_NAME, server.binary
@@ -405,6 +419,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()} {platform.release()}",
         "cpu_count": os.cpu_count(),
         "llama_server_threads": args.threads,
+        "llama_server_cache_ram_mib": None if args.url else args.cache_ram,
         "segments": plan.n_segments,
         "segment_tokens": args.segment_tokens,
         "context_tokens": plan.context.n_tokens,

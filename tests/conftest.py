@@ -149,14 +149,52 @@ def default_wim():
     return WiM.default()
 
 
-# The backends the fault suite (tests/test_faults.py) runs on: name -> factory(request) -> backend. A new backend
-# (e.g. an OpenAI-compatible server) plugs in with one entry here.
+@pytest.fixture(scope="session")
+def served_model():
+    """(GGUF file a llama.cpp server loads, local tokenizer directory WiM encodes with): the embedded SmolLM2."""
+    from wim_integrations.models import default_gguf_path, ensure_default_converted
+
+    return default_gguf_path(), ensure_default_converted()
+
+
+@pytest.fixture(scope="session")
+def llama_server(served_model):
+    """A real `llama-server` (scripts/build_llama_server.sh) serving the embedded model on 127.0.0.1 for the session.
+    Without the binary its tests skip, unless WIM_REQUIRE_LLAMA_SERVER=1 (CI) makes that a failure."""
+    from wim_integrations.backends.llama_server import LlamaServer, find_llama_server
+
+    if find_llama_server() is None:
+        if os.environ.get("WIM_REQUIRE_LLAMA_SERVER") == "1":
+            pytest.fail("llama-server is required here (WIM_REQUIRE_LLAMA_SERVER=1): run scripts/build_llama_server.sh")
+        pytest.skip("llama-server not built (scripts/build_llama_server.sh)")
+    # One slot: every request of a run goes to it, so prefix reuse is as WiM plans it; no RAM prompt cache, so a
+    # prefix is either in the slot or computed again.
+    with LlamaServer(served_model[0], context=8192, slots=1, extra_args=("--cache-ram", "0")) as server:
+        yield server
+
+
+def _llama_cpp_backend(request: pytest.FixtureRequest):
+    from wim_integrations.backends.server import ServerBackend
+
+    server, (_, tokenizer) = request.getfixturevalue("llama_server"), request.getfixturevalue("served_model")
+    backend = ServerBackend(server.url, tokenizer=tokenizer, engine="llama.cpp")
+    request.addfinalizer(backend.close)
+    return backend
+
+
+# The backends the fault suite (tests/core/test_faults.py) runs on: name -> factory(request) -> backend. A new backend
+# plugs in with one entry here; "llama.cpp-server" is the serving backend on a real llama-server (slow: the embedded
+# model).
 FAULT_BACKENDS = {
     "hf-llama": lambda request: request.getfixturevalue("tiny_backends")["llama"],
     "hf-qwen2": lambda request: request.getfixturevalue("tiny_backends")["qwen2"],
+    "llama.cpp-server": _llama_cpp_backend,
 }
+_SLOW_BACKENDS = {"llama.cpp-server"}
 
 
-@pytest.fixture(params=sorted(FAULT_BACKENDS))
+@pytest.fixture(
+    params=[pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_BACKENDS else n for n in sorted(FAULT_BACKENDS)]
+)
 def fault_backend(request: pytest.FixtureRequest):
     return FAULT_BACKENDS[request.param](request)

@@ -209,10 +209,10 @@ class ServerBackend(TokenizerMethods):
         events: queue.Queue[tuple[int, int | None, float | None, BaseException | None]] = queue.Queue()
         cancels = [threading.Event() for _ in rows]
         slot = self._slot(cache)
+        prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
 
         def run(i: int) -> None:
-            r = rows[i]
-            prompt = [*cache.tokens[: r.prefix_length], *r.prompt_ids]
+            r, prompt = rows[i], prompts[i]
             try:
                 self._check_fits(len(prompt) + max_new_tokens)
                 for token, lp in self._stream(

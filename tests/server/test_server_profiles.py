@@ -1,0 +1,224 @@
+"""The vLLM, SGLang and plain OpenAI profiles against fake servers (tests/server/fake_engines.py) that speak those
+engines' wire formats in front of a deterministic toy model: a WiM run over HTTP equals the same run in process, the
+margins of a group are requested together and find their prefix in the server's cache, relevance is scored from
+prompt log-probabilities, sampling values are sent explicitly, and a tokenizer mismatch is refused. Fast: no GPU, no
+llama-server, no embedded model (the llama.cpp profile is tested against a real server in test_llama_server.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import HARBOR, QUESTION
+from fake_engines import FakeEngine, FakeSGLang, FakeVLLM, ReferenceBackend
+
+from wim_integrations import WiM, WiMConfig
+from wim_integrations.backends.server import ServerBackend
+from wim_integrations.backends.server_profiles import PROFILES
+from wim_integrations.config import SamplingConfig
+from wim_integrations.errors import ServerMismatchError
+from wim_integrations.events import WiMResult
+
+ENGINES: dict[str, type[FakeEngine]] = {"vllm": FakeVLLM, "sglang": FakeSGLang}
+GENERATE_PATH = {"vllm": "/v1/completions", "sglang": "/generate"}
+# HARBOR is ~2500 tokens of the tiny tokenizer: 5-6 segments.
+BUDGETS: dict[str, Any] = dict(segment_tokens=500, margin_max_new_tokens=10, answer_max_new_tokens=16)
+CFG = WiMConfig(**BUDGETS, classification="none")
+SAMPLED = SamplingConfig(do_sample=True, temperature=0.7, top_p=0.9, top_k=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_backends):
+    return tiny_backends["llama"].tokenizer
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest, tokenizer) -> Iterator[FakeEngine]:
+    with ENGINES[request.param](tokenizer) as e:
+        yield e
+
+
+def _backend(engine: FakeEngine, tokenizer, kind: str | None = None) -> ServerBackend:
+    return ServerBackend(engine.url, tokenizer=tokenizer, engine=kind or engine.kind, max_retries=0, timeout=30)
+
+
+def _reference(tokenizer, kind: str, config: WiMConfig = CFG, **overrides: Any) -> WiMResult:
+    """The same run in process, on a backend that can do what the engine's profile says it can."""
+    backend = ReferenceBackend(tokenizer, PROFILES[kind].capabilities, max_context_tokens=8192)
+    return WiM(backend, config=config).run(HARBOR, QUESTION, **overrides)
+
+
+def _texts(result: WiMResult) -> list[str]:
+    return [m.text for m in result.margins]
+
+
+def test_the_engines_are_reached(engine: FakeEngine, tokenizer) -> None:
+    """vLLM and SGLang answer GET /health with 200 and an empty body (not JSON)."""
+    backend = _backend(engine, tokenizer)
+    assert backend.capabilities.scoring == "plain" and backend.capabilities.packed_rows
+    backend.close()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "vllm",
+        pytest.param(
+            "sglang",
+            marks=pytest.mark.xfail(
+                raises=AssertionError,
+                strict=True,
+                reason="SGLangProfile.window reads /get_model_info, which has no context length in SGLang; it is in "
+                "/get_server_info (context_length, max_req_input_len)",
+            ),
+        ),
+    ],
+)
+def test_the_served_window_is_read(kind: str, tokenizer) -> None:
+    with ENGINES[kind](tokenizer, context_window=4096) as engine:
+        backend = _backend(engine, tokenizer)
+        assert backend.max_context_tokens == 4096
+        backend.close()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_run_over_the_server_equals_the_run_in_process(engine: FakeEngine, tokenizer, batch: int) -> None:
+    backend = _backend(engine, tokenizer)
+    result = WiM(backend, config=CFG).run(HARBOR, QUESTION, margin_batch_size=batch)
+    backend.close()
+    expected = _reference(tokenizer, engine.kind, margin_batch_size=batch)
+    assert result.n_segments == expected.n_segments >= 4
+    assert _texts(result) == _texts(expected)
+    assert sum(bool(t) for t in _texts(result)) >= 3 and len(set(_texts(result))) > 1
+    assert result.answer == expected.answer and result.answer
+    assert not engine.unknown, f"fields the {engine.kind} server does not know: {engine.unknown}"
+    kinds = {r.kind for r in backend.requests}
+    assert kinds == ({"warm", "generate"} if batch == 1 else {"warm", "row", "generate"})
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cached(kind: str, tokenizer) -> None:
+    # A few milliseconds per streamed token, so that requests sent together are seen in flight together.
+    with ENGINES[kind](tokenizer, token_delay=0.004) as engine:
+        backend = _backend(engine, tokenizer)
+        wim = WiM(backend, config=CFG)
+        result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
+        assert engine.max_in_flight > 1
+        rows = [r for r in backend.requests if r.kind == "row"]
+        assert len(rows) == result.n_segments
+        for r in rows:  # the whole prefix, but for a last partial block (vLLM caches whole blocks of 16 tokens)
+            assert r.cached_tokens is not None and r.cached_tokens >= _whole_blocks(engine, r.prefix_tokens) > 0, r
+        # The context is computed once (by the warm-ups), not once per request.
+        computed = sum(r.prompt_tokens - (r.cached_tokens or 0) for r in backend.requests)
+        assert computed < 0.5 * sum(r.prompt_tokens for r in backend.requests if r.kind != "warm")
+
+        backend.requests.clear()
+        engine.reset_counts()
+        wim.run(HARBOR, "What was damaged in the storm?", margin_batch_size=1)
+        assert engine.max_in_flight == 1  # one margin after another
+        margins = [r for r in backend.requests if r.kind == "generate"]
+        assert len(margins) == result.n_segments + 1  # and the answer
+        for r in margins:
+            assert r.cached_tokens is not None and r.cached_tokens >= _whole_blocks(engine, r.prefix_tokens) > 0, r
+        backend.close()
+
+
+def _whole_blocks(engine: FakeEngine, n_tokens: int) -> int:
+    return n_tokens // engine.block_size * engine.block_size
+
+
+def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(engine: FakeEngine, tokenizer) -> None:
+    backend = _backend(engine, tokenizer)
+    wim = WiM(backend, config=WiMConfig(**BUDGETS))  # classification left at its default
+    assert wim.plan(HARBOR, QUESTION).config.classification == "pmi"
+    result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
+    backend.close()
+    expected = _reference(tokenizer, engine.kind, WiMConfig(**BUDGETS, classification="pmi"), margin_batch_size=3)
+    assert _texts(result) == _texts(expected)
+    scores = [m.score for m in result.margins]
+    assert all(s is not None for s in scores) and any(s != 0 for s in scores)
+    assert scores == pytest.approx([m.score for m in expected.margins], abs=1e-9, rel=0)
+    assert [m.relevant for m in result.margins] == [m.relevant for m in expected.margins]
+    assert result.answer == expected.answer
+    scored = [r for r in backend.requests if r.kind == "score"]
+    assert len(scored) == sum(bool(m.text) for m in result.margins)
+    asks = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("prompt_logprobs") == 0]
+    asks += [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("logprob_start_len") == 0]
+    assert len(asks) == len(scored)
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_a_server_with_another_tokenizer_is_refused_at_start(kind: str, tokenizer) -> None:
+    def other(text: str) -> list[int]:  # the served model's tokenizer reads special-token strings as plain text
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    with ENGINES[kind](tokenizer, tokenize=other) as engine:
+        if kind == "sglang":  # SGLangProfile sends no tokenize request: documented as unchecked
+            _backend(engine, tokenizer).close()
+            assert not engine.requests
+            return
+        with pytest.raises(ServerMismatchError, match="does not match the model served"):
+            _backend(engine, tokenizer)
+        assert [path for path, _ in engine.requests] == ["/tokenize"]
+
+
+def _sampling_of(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The sampling values of a generation request, by their name in the engine's API."""
+    if kind == "sglang":
+        p = body["sampling_params"]
+        return {k: p.get(k) for k in ("temperature", "top_p", "top_k", "sampling_seed", "stop_token_ids")}
+    return {k: body.get(k) for k in ("temperature", "top_p", "top_k", "seed", "stop_token_ids")}
+
+
+def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer) -> None:
+    backend = _backend(engine, tokenizer)
+    stops = sorted(backend.stop_ids)
+    assert engine.model.stop_id in stops
+    seed = "sampling_seed" if engine.kind == "sglang" else "seed"
+    wim = WiM(backend, config=CFG)
+    wim.run(HARBOR, QUESTION, margin_batch_size=3)
+    streamed = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("stream")]
+    assert len(streamed) > 3
+    for body in streamed:
+        assert _sampling_of(engine.kind, body) == {
+            "temperature": 0,
+            "top_p": 1.0,
+            "top_k": -1,
+            seed: None,
+            "stop_token_ids": stops,
+        }
+
+    engine.reset_counts()
+    result = wim.run(HARBOR, QUESTION, margin_batch_size=3, sampling=SAMPLED)
+    backend.close()
+    streamed = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("stream")]
+    assert len(streamed) > 3
+    for body in streamed:
+        assert _sampling_of(engine.kind, body) == {
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "top_k": 5,
+            seed: 3,
+            "stop_token_ids": stops,
+        }
+    # The fake samples as fake_backend does (one generator seeded per request or row), so even this run is equal.
+    expected = _reference(tokenizer, engine.kind, margin_batch_size=3, sampling=SAMPLED)
+    assert _texts(result) == _texts(expected) and result.answer == expected.answer
+
+
+def test_the_openai_profile_reencodes_the_text_of_a_plain_server(tokenizer) -> None:
+    """A plain OpenAI-compatible server sends text only (no token ids, no log-probabilities): the profile encodes each
+    chunk's text again with the local tokenizer. With several tokens a chunk that gives other (merged) ids than the
+    model wrote, but the same text."""
+    with FakeVLLM(tokenizer, token_ids=False, logprobs=False, tokens_per_chunk=4) as engine:
+        backend = _backend(engine, tokenizer, kind="openai")
+        result = WiM(backend, config=CFG).run(HARBOR, QUESTION)
+        backend.close()
+        for body in engine.bodies("/v1/completions"):
+            assert "return_token_ids" not in body and "stop_token_ids" not in body
+        assert not engine.unknown
+    expected = _reference(tokenizer, "openai")
+    assert _texts(result) == _texts(expected)
+    assert result.answer == expected.answer and result.answer
+    assert result.tokens.margin_generated < expected.tokens.margin_generated  # ids re-encoded: fewer, merged
