@@ -322,6 +322,10 @@ class FakeEngine:
                 finished()
                 self._send_json(h, 400, self.error_body(str(e)))
                 return
+            except Exception as e:  # a bug in the fake: said, not a dropped connection
+                finished()
+                self._send_json(h, 500, self.error_body(f"fake engine error: {type(e).__name__}: {e}"))
+                return
             if isinstance(reply, tuple):
                 finished()
                 self._send_json(h, *reply)

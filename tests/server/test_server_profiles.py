@@ -6,7 +6,7 @@ llama-server, no embedded model (the llama.cpp profile is tested against a real 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -39,8 +39,19 @@ def engine(request: pytest.FixtureRequest, tokenizer) -> Iterator[FakeEngine]:
         yield e
 
 
-def _backend(engine: FakeEngine, tokenizer, kind: str | None = None) -> ServerBackend:
-    return ServerBackend(engine.url, tokenizer=tokenizer, engine=kind or engine.kind, max_retries=0, timeout=30)
+@pytest.fixture
+def connect(tokenizer) -> Iterator[Callable[..., ServerBackend]]:
+    """connect(engine, kind=engine.kind): a ServerBackend on a fake engine, closed after the test."""
+    backends: list[ServerBackend] = []
+
+    def backend(engine: FakeEngine, kind: str | None = None) -> ServerBackend:
+        b = ServerBackend(engine.url, tokenizer=tokenizer, engine=kind or engine.kind, max_retries=0, timeout=30)
+        backends.append(b)
+        return b
+
+    yield backend
+    for b in backends:
+        b.close()
 
 
 def _reference(tokenizer, kind: str, config: WiMConfig = CFG, **overrides: Any) -> WiMResult:
@@ -53,40 +64,29 @@ def _texts(result: WiMResult) -> list[str]:
     return [m.text for m in result.margins]
 
 
-def test_the_engines_are_reached(engine: FakeEngine, tokenizer) -> None:
+def test_the_engines_are_reached(engine: FakeEngine, connect) -> None:
     """vLLM and SGLang answer GET /health with 200 and an empty body (not JSON)."""
-    backend = _backend(engine, tokenizer)
+    backend = connect(engine)
     assert backend.capabilities.scoring == "plain" and backend.capabilities.packed_rows
-    backend.close()
 
 
 @pytest.mark.parametrize(
     "kind",
     [
         "vllm",
-        pytest.param(
-            "sglang",
-            marks=pytest.mark.xfail(
-                raises=AssertionError,
-                strict=True,
-                reason="SGLangProfile.window reads /get_model_info, which has no context length in SGLang; it is in "
-                "/get_server_info (context_length, max_req_input_len)",
-            ),
-        ),
+        "sglang",
     ],
 )
-def test_the_served_window_is_read(kind: str, tokenizer) -> None:
+def test_the_served_window_is_read(kind: str, tokenizer, connect) -> None:
     with ENGINES[kind](tokenizer, context_window=4096) as engine:
-        backend = _backend(engine, tokenizer)
+        backend = connect(engine)
         assert backend.max_context_tokens == 4096
-        backend.close()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_a_run_over_the_server_equals_the_run_in_process(engine: FakeEngine, tokenizer, batch: int) -> None:
-    backend = _backend(engine, tokenizer)
+def test_a_run_over_the_server_equals_the_run_in_process(engine: FakeEngine, tokenizer, connect, batch: int) -> None:
+    backend = connect(engine)
     result = WiM(backend, config=CFG).run(HARBOR, QUESTION, margin_batch_size=batch)
-    backend.close()
     expected = _reference(tokenizer, engine.kind, margin_batch_size=batch)
     assert result.n_segments == expected.n_segments >= 4
     assert _texts(result) == _texts(expected)
@@ -98,10 +98,12 @@ def test_a_run_over_the_server_equals_the_run_in_process(engine: FakeEngine, tok
 
 
 @pytest.mark.parametrize("kind", sorted(ENGINES))
-def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cached(kind: str, tokenizer) -> None:
+def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cached(
+    kind: str, tokenizer, connect
+) -> None:
     # A few milliseconds per streamed token, so that requests sent together are seen in flight together.
     with ENGINES[kind](tokenizer, token_delay=0.004) as engine:
-        backend = _backend(engine, tokenizer)
+        backend = connect(engine)
         wim = WiM(backend, config=CFG)
         result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
         assert engine.max_in_flight > 1
@@ -121,19 +123,19 @@ def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cac
         assert len(margins) == result.n_segments + 1  # and the answer
         for r in margins:
             assert r.cached_tokens is not None and r.cached_tokens >= _whole_blocks(engine, r.prefix_tokens) > 0, r
-        backend.close()
 
 
 def _whole_blocks(engine: FakeEngine, n_tokens: int) -> int:
     return n_tokens // engine.block_size * engine.block_size
 
 
-def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(engine: FakeEngine, tokenizer) -> None:
-    backend = _backend(engine, tokenizer)
+def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(
+    engine: FakeEngine, tokenizer, connect
+) -> None:
+    backend = connect(engine)
     wim = WiM(backend, config=WiMConfig(**BUDGETS))  # classification left at its default
     assert wim.plan(HARBOR, QUESTION).config.classification == "pmi"
     result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
-    backend.close()
     expected = _reference(tokenizer, engine.kind, WiMConfig(**BUDGETS, classification="pmi"), margin_batch_size=3)
     assert _texts(result) == _texts(expected)
     scores = [m.score for m in result.margins]
@@ -149,17 +151,17 @@ def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(eng
 
 
 @pytest.mark.parametrize("kind", sorted(ENGINES))
-def test_a_server_with_another_tokenizer_is_refused_at_start(kind: str, tokenizer) -> None:
+def test_a_server_with_another_tokenizer_is_refused_at_start(kind: str, tokenizer, connect) -> None:
     def other(text: str) -> list[int]:  # the served model's tokenizer reads special-token strings as plain text
         return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     with ENGINES[kind](tokenizer, tokenize=other) as engine:
         if kind == "sglang":  # SGLangProfile sends no tokenize request: documented as unchecked
-            _backend(engine, tokenizer).close()
+            connect(engine)
             assert not engine.requests
             return
         with pytest.raises(ServerMismatchError, match="does not match the model served"):
-            _backend(engine, tokenizer)
+            connect(engine)
         assert [path for path, _ in engine.requests] == ["/tokenize"]
 
 
@@ -171,8 +173,8 @@ def _sampling_of(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     return {k: body.get(k) for k in ("temperature", "top_p", "top_k", "seed", "stop_token_ids")}
 
 
-def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer) -> None:
-    backend = _backend(engine, tokenizer)
+def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer, connect) -> None:
+    backend = connect(engine)
     stops = sorted(backend.stop_ids)
     assert engine.model.stop_id in stops
     seed = "sampling_seed" if engine.kind == "sglang" else "seed"
@@ -191,7 +193,6 @@ def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer) -> N
 
     engine.reset_counts()
     result = wim.run(HARBOR, QUESTION, margin_batch_size=3, sampling=SAMPLED)
-    backend.close()
     streamed = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("stream")]
     assert len(streamed) > 3
     for body in streamed:
@@ -207,14 +208,13 @@ def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer) -> N
     assert _texts(result) == _texts(expected) and result.answer == expected.answer
 
 
-def test_the_openai_profile_reencodes_the_text_of_a_plain_server(tokenizer) -> None:
+def test_the_openai_profile_reencodes_the_text_of_a_plain_server(tokenizer, connect) -> None:
     """A plain OpenAI-compatible server sends text only (no token ids, no log-probabilities): the profile encodes each
     chunk's text again with the local tokenizer. With several tokens a chunk that gives other (merged) ids than the
     model wrote, but the same text."""
     with FakeVLLM(tokenizer, token_ids=False, logprobs=False, tokens_per_chunk=4) as engine:
-        backend = _backend(engine, tokenizer, kind="openai")
+        backend = connect(engine, "openai")
         result = WiM(backend, config=CFG).run(HARBOR, QUESTION)
-        backend.close()
         for body in engine.bodies("/v1/completions"):
             assert "return_token_ids" not in body and "stop_token_ids" not in body
         assert not engine.unknown

@@ -48,6 +48,10 @@ class HTTPClient:
     def close(self) -> None:
         self._client.close()
 
+    def get_ok(self, path: str) -> None:
+        """A GET that only has to succeed (health endpoints answer with an empty body on vLLM and SGLang)."""
+        self._with_retries("GET", path, None, lambda r: None)
+
     def get_json(self, path: str) -> Any:
         return self._with_retries("GET", path, None, lambda r: _json(r, self._where(path)))
 

@@ -113,7 +113,7 @@ class ServerBackend(TokenizerMethods):
 
     def check(self) -> None:
         """Reach the server, read its context window, and compare its tokenizer with ours (raises on mismatch)."""
-        self.client.get_json(self.profile.health_path)
+        self.client.get_ok(self.profile.health_path)
         if self.max_context_tokens is None:
             try:
                 self.max_context_tokens = self.profile.window(self.client)
@@ -167,6 +167,8 @@ class ServerBackend(TokenizerMethods):
         self._check_fits(len(prompt) + request.max_new_tokens)
         out: list[int] = []
         cancel = threading.Event()
+        # Asked for only where the engine reports them (the plain OpenAI profile does not: its list stays empty).
+        want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
         try:
             for token, logprob in self._stream(
                 "generate",
@@ -174,12 +176,12 @@ class ServerBackend(TokenizerMethods):
                 prefix,
                 request.max_new_tokens,
                 request.sampling,
-                request.logprobs is not None,
+                want_logprobs,
                 self._slot(cache),
                 cancel,
             ):
                 out.append(token)
-                if request.logprobs is not None:
+                if want_logprobs and request.logprobs is not None:
                     request.logprobs.append(_required(logprob, self.engine))
                 yield token
         finally:
@@ -210,13 +212,14 @@ class ServerBackend(TokenizerMethods):
         cancels = [threading.Event() for _ in rows]
         slot = self._slot(cache)
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
+        want_logprobs = logprobs is not None and self.capabilities.generation_logprobs
 
         def run(i: int) -> None:
             r, prompt = rows[i], prompts[i]
             try:
                 self._check_fits(len(prompt) + max_new_tokens)
                 for token, lp in self._stream(
-                    "row", prompt, r.prefix_length, max_new_tokens, sampling, logprobs is not None, slot, cancels[i]
+                    "row", prompt, r.prefix_length, max_new_tokens, sampling, want_logprobs, slot, cancels[i]
                 ):
                     events.put((i, token, lp, None))
             except BaseException as e:  # handed to the consumer, raised there
@@ -252,7 +255,7 @@ class ServerBackend(TokenizerMethods):
                             continue
                         token, lp = item
                         outputs[j].append(token)
-                        if logprobs is not None:
+                        if want_logprobs and logprobs is not None:
                             logprobs[j].append(_required(lp, self.engine))
                         step.append((j, token))
                         if done is not None and done(j, outputs[j]):
@@ -280,7 +283,7 @@ class ServerBackend(TokenizerMethods):
             if not ids:
                 raise ValueError("a row needs at least one prompt token")
             prepared.append((cache.tokens[:prefix], ids))
-        self._warm(cache, base)
+        # No warm-up: vLLM and SGLang compute prompt log-probabilities without their prefix cache anyway.
         slot = self._slot(cache)
 
         def lp(prompt: list[int], prefix: int) -> list[float]:

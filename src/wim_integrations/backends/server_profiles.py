@@ -254,11 +254,11 @@ class SGLangProfile(Profile):
         entries = (reply.get("meta_info") or {}).get("input_token_logprobs")
         if not entries or len(entries) != len(prompt):
             raise ServerResponseError("SGLang sent no input_token_logprobs for a scoring request")
-        return [float(e[0]) for e in entries[1:]]
+        return [float(e[0]) if e[0] is not None else float("-inf") for e in entries[1:]]  # null: -inf (orjson)
 
     def window(self, client: Any) -> int | None:
-        info = client.get_json("/get_model_info")
-        n = info.get("max_context_length") or info.get("context_length")
+        info = client.get_json("/get_server_info")
+        n = info.get("context_length") or info.get("max_req_input_len")
         return int(n) if n else None
 
 
