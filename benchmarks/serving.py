@@ -149,6 +149,12 @@ def request_stats(records: Sequence[RequestRecord]) -> dict[str, Any]:
         "requests": len(records),
         "warm_requests": sum(r.kind == "warm" for r in records),
         "computed_tokens": sum(computed) if None not in computed else None,  # type: ignore[arg-type]
+        # what the warm-up requests computed: the document's segments that were not in the cache
+        "warm_computed_tokens": (
+            sum(r.computed_tokens or 0 for r in records if r.kind == "warm")
+            if all(r.computed_tokens is not None for r in records if r.kind == "warm")
+            else None
+        ),
         "cold_prompt_tokens": sum(r.prompt_tokens for r in records if r.kind != "warm"),
         "margin_requests": len(margin),
         "margin_prefix_cached_min": min(shares) if shares else None,
@@ -204,6 +210,10 @@ def wim_run(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str,
         "margins_kept": sum(m.relevant for m in r.margins),
         "margin_tokens": r.tokens.margin_generated,
         "answer_tokens": r.tokens.answer_generated,
+        # Where the time went (the segments' warm-ups are inside the margins' time: prefill is local bookkeeping).
+        "margin_seconds": r.timings.margin_seconds,
+        "classify_seconds": r.timings.classify_seconds,
+        "answer_seconds": r.timings.answer_seconds,
         **request_stats(recs),
     }
 
@@ -260,9 +270,9 @@ def report(summary: dict[str, Any]) -> str:
         f"{summary['margin_max_new_tokens']} tokens, answer {summary['answer_max_new_tokens']} tokens, greedy; "
         f"median of {summary['repeat']}",
         "",
-        "| run | seconds | x plain | requests | prompt tokens computed | prompt tokens if sent cold | "
-        "margin prefix from cache: min / mean / tokens | answer (correct) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seconds | x plain | requests | prompt tokens computed (by warm-ups) | prompt tokens if sent cold | "
+        "margin prefix from cache: min / mean / tokens | margin + answer tokens generated | answer (correct) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     plain = m["plain"]["seconds"]
     names = {
@@ -284,8 +294,10 @@ def report(summary: dict[str, Any]) -> str:
             )
         lines.append(
             f"| {label} | {e['seconds']:.2f} | {e['seconds'] / plain:.2f}x | {e['requests']} | "
-            f"{_fmt(e['computed_tokens'], 'd')} | {e['cold_prompt_tokens']} | {share} | "
-            f"{e['answer'][:40]!r} ({'yes' if e['correct'] else 'no'}) |"
+            f"{_fmt(e['computed_tokens'], 'd')} ({_fmt(e['warm_computed_tokens'], 'd')}) | {e['cold_prompt_tokens']} | "
+            f"{share} | "
+            f"{e.get('margin_tokens', 0)} + {e['answer_tokens']} | "
+            f"{e['answer'][:60]!r} ({'yes' if e['correct'] else 'no'}) |"
         )
     lines += [
         "",

