@@ -14,6 +14,7 @@ tokens, with two planted codes (one per question), each repeat measures in order
   WiM         `wim.run` with the default settings (segment size set; greedy), cold (caches emptied)
   WiM, 2nd    `wim.run` with the second question on the same document, right after (no emptying)
   (--cold-client) WiM with `reuse_prefix=False`: every request computed whole, as a client without prefix reuse
+  (--margins-last-first) right after "WiM, 2nd", the 2nd question's margin requests alone, last segment first
 
 From the backend's request log (`ServerBackend.requests`; cached/computed are what the server reported): prompt
 tokens the server computed, prompt tokens a client without prefix caching would send (every non-warm-up request
@@ -218,8 +219,34 @@ def wim_run(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str,
     }
 
 
+def margins_last_first(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str, Any]:
+    """The margin requests of one question sent from the last segment to the first (no classification, no answer):
+    while the server holds the whole document, each request's prefix is a prefix of the previous one's, so on
+    llama.cpp's one-sequence slot every margin finds its segment's prefix, where WiM's reading order truncates it."""
+    b = wim.backend
+    assert isinstance(b, ServerBackend)
+    plan = wim.plan(doc.text, question, cfg)
+    cache = b.new_cache()
+    b.prefill(cache, plan.full_ids)
+    generated = 0
+    with new_requests(b) as recs:
+        t0 = time.perf_counter()
+        for end in reversed(plan.segment_ends):
+            b.rollback(cache, end)
+            request = GenerationRequest(plan.margin_prompt_ids, plan.config.margin_max_new_tokens, plan.config.sampling)
+            generated += len(list(b.generate(cache, request)))
+            b.rollback(cache, end)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "answer": "", "margin_tokens": generated, "answer_tokens": 0, **request_stats(recs)}
+
+
 def measure(
-    wim: WiM, cold_wim: WiM | None, doc: Document, cfg: WiMConfig, erase: Callable[[], None] | None
+    wim: WiM,
+    cold_wim: WiM | None,
+    doc: Document,
+    cfg: WiMConfig,
+    erase: Callable[[], None] | None,
+    last_first: bool = False,
 ) -> dict[str, dict[str, Any]]:
     q1, q2 = doc.questions
     out: dict[str, dict[str, Any]] = {}
@@ -234,12 +261,16 @@ def measure(
     cold()
     out["wim"] = wim_run(wim, doc, q1, cfg)
     out["wim_2nd"] = wim_run(wim, doc, q2, cfg)
+    if last_first:
+        out["wim_2nd_margins_last_first"] = margins_last_first(wim, doc, q2, cfg)
     if cold_wim is not None:
         cold()
         out["wim_cold_client"] = wim_run(cold_wim, doc, q1, cfg)
     for name, answers in (("plain", 0), ("plain_2nd", 1), ("wim", 0), ("wim_2nd", 1), ("wim_cold_client", 0)):
         if name in out:
             out[name]["correct"] = mentions(out[name]["answer"], doc.answers[answers])
+    if "wim_2nd_margins_last_first" in out:
+        out["wim_2nd_margins_last_first"]["correct"] = None
     return out
 
 
@@ -280,6 +311,7 @@ def report(summary: dict[str, Any]) -> str:
         "plain_2nd": "plain, 2nd question",
         "wim": "WiM, cold",
         "wim_2nd": "WiM, 2nd question",
+        "wim_2nd_margins_last_first": "2nd question's margins only, last segment first",
         "wim_cold_client": "WiM, client without prefix reuse",
     }
     for mode, label in names.items():
@@ -287,7 +319,7 @@ def report(summary: dict[str, Any]) -> str:
             continue
         e = m[mode]
         share = "–"
-        if e["margin_requests"] and mode.startswith("wim"):
+        if e["margin_requests"] and mode.startswith("wim"):  # the answer request is counted with the margins
             share = " / ".join(
                 _fmt(e[k])
                 for k in ("margin_prefix_cached_min", "margin_prefix_cached_mean", "margin_prefix_cached_tokens")
@@ -297,7 +329,7 @@ def report(summary: dict[str, Any]) -> str:
             f"{_fmt(e['computed_tokens'], 'd')} ({_fmt(e['warm_computed_tokens'], 'd')}) | {e['cold_prompt_tokens']} | "
             f"{share} | "
             f"{e.get('margin_tokens', 0)} + {e['answer_tokens']} | "
-            f"{e['answer'][:60]!r} ({'yes' if e['correct'] else 'no'}) |"
+            f"{e['answer'][:60]!r} ({ {True: 'yes', False: 'no', None: '–'}[e['correct']] }) |"
         )
     lines += [
         "",
@@ -342,6 +374,11 @@ def main() -> None:
         "slot's own prefix cache is in play; -1: no limit)",
     )
     ap.add_argument("--cold-client", action="store_true", help="also run WiM with reuse_prefix=False")
+    ap.add_argument(
+        "--margins-last-first",
+        action="store_true",
+        help="also send the 2nd question's margin requests from the last segment to the first (margins only)",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
     args = ap.parse_args()
 
@@ -401,7 +438,7 @@ def main() -> None:
         plan = wim.plan(doc.text, doc.questions[0], cfg)
         runs = []
         for i in range(args.repeat):
-            runs.append(measure(wim, cold_wim, doc, cfg, erase))
+            runs.append(measure(wim, cold_wim, doc, cfg, erase, args.margins_last_first))
             print(f"# repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
         modes = summarize(runs)
         version = server_version(url, engine, binary)
@@ -423,6 +460,9 @@ def main() -> None:
     }
     if "wim_cold_client" in modes:
         ratios["wim_over_cold_client"] = first["seconds"] / modes["wim_cold_client"]["seconds"]
+    if "wim_2nd_margins_last_first" in modes:  # against the 2nd question's own margins, read in WiM's order
+        last_first = modes["wim_2nd_margins_last_first"]
+        ratios["margins_last_first_over_wim_order"] = last_first["seconds"] / second["margin_seconds"]
     summary = {
         "engine": engine,
         "url": args.url,
