@@ -20,7 +20,7 @@ from typing import Any
 
 from wim_integrations import WiM, WiMConfig, WiMResult
 from wim_integrations.backends.base import Backend, GenerationRequest
-from wim_integrations.prompts import ChatFrame, render
+from wim_integrations.prompts import render
 
 from .relevance import annotate_margin
 from .tasks import Task
