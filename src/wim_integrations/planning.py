@@ -84,7 +84,7 @@ class Planner:
         self.backend = backend
         self.prompts = prompts
         self.frame: ChatFrame = backend.chat_frame()
-        self.classifier = object() if has_classifier else None  # only its presence matters here
+        self.has_classifier = has_classifier
 
     def plan(self, context: object, question: object, config: WiMConfig) -> Plan:
         """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix.
@@ -116,7 +116,7 @@ class Planner:
             if "classification" not in cfg.model_fields_set:  # the default: the closest score this backend supports
                 return self.plan(context, analysis or question, cfg.with_updates(classification=self._fallback()))
             raise WiMInputError(problem)
-        if cfg.classification == "auxiliary" and self.classifier is None:
+        if cfg.classification == "auxiliary" and not self.has_classifier:
             raise WiMInputError(
                 "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
                 "WiM.from_pretrained(..., classifier_model=...), or pick 'same_model', 'inline' or 'none'."
