@@ -1,6 +1,7 @@
 """WiM on a serving engine: what the server's prefix cache saves, against one plain long-context request.
 
     flock /tmp/wim-heavy.lock python benchmarks/serving.py                 # starts llama-server on the embedded model
+    flock /tmp/wim-heavy.lock python benchmarks/serving.py --repeat 3 --cold-client --margins-last-first  # docs' run
     python -m benchmarks.serving --segments 8 --segment-tokens 512 --repeat 3
     python benchmarks/serving.py --url http://127.0.0.1:8080 --engine llama.cpp --tokenizer /path/to/tokenizer
 
@@ -13,8 +14,8 @@ tokens, with two planted codes (one per question), each repeat measures in order
   plain, 2nd  the same with the second question, right after (no emptying): the document is a prefix-cache hit
   WiM         `wim.run` with the default settings (segment size set; greedy), cold (caches emptied)
   WiM, 2nd    `wim.run` with the second question on the same document, right after (no emptying)
-  (--cold-client) WiM with `reuse_prefix=False`: every request computed whole, as a client without prefix reuse
   (--margins-last-first) right after "WiM, 2nd", the 2nd question's margin requests alone, last segment first
+  (--cold-client) WiM with `reuse_prefix=False`, cold: every request computed whole (a client without prefix reuse)
 
 From the backend's request log (`ServerBackend.requests`; cached/computed are what the server reported): prompt
 tokens the server computed, prompt tokens a client without prefix caching would send (every non-warm-up request
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -381,6 +383,8 @@ def main() -> None:
     )
     ap.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
     args = ap.parse_args()
+    # Terminated (timeout, kill): leave through the `with` blocks below, so the llama-server started here stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from wim_integrations.models import DEFAULT_MODEL_NAME, default_gguf_path, ensure_default_converted
 
