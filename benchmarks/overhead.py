@@ -1,13 +1,28 @@
-"""WiM's overhead against one plain long-context pass, on the embedded SmolLM2-135M-Instruct.
+"""WiM's cost against one plain long-context pass, on the embedded SmolLM2-135M-Instruct, as users get it.
 
-    flock /tmp/wim-heavy.lock python benchmarks/overhead.py   # 4, 8, 16 segments (about 10 min on 1 busy CPU core)
-    python benchmarks/overhead.py --segments 4 --no-memory    # quick look
+    flock /tmp/wim-heavy.lock python benchmarks/overhead.py                  # both layouts, both stoppings (~15 min)
+    python benchmarks/overhead.py --layouts 8x512 --stopping natural --no-memory   # quick look
 
-Every ratio is measured in the same run against the baseline of that run: plain long-context generation with the same
-model and code (chat prefix + whole context + the final-answer prompt with no margins, then the answer budget).
-Stop tokens are ignored so every margin and answer uses its whole budget: timings do not depend on what the model
-happens to write, and WiM is measured at its worst case. Peak memory is measured in separate subprocesses (one per
-mode) as the peak resident set size of the run, after the model is loaded (Linux VmHWM reset via clear_refs), because
+One generated task document (benchmarks/tasks.py: village prose with one planted code, ~4,000 tokens) is read in two
+layouts: the model's default segment size (`segment_tokens=None`: 1024 tokens here, 4 segments) and 8 segments of 512
+tokens. Each layout is measured under two stoppings, in the same run:
+
+  natural  what users get: margins and answers end at the model's stop token (and at the default margin stop rule)
+  forced   stop tokens ignored and margins never stopped early: every margin and answer runs to its full budget, so the
+           ratio does not depend on what the model writes (WiM at its worst case)
+
+and, per layout and stopping, these systems (each ratio against `plain` of the same layout and stopping):
+
+  plain        chat prefix + whole context + the final-answer prompt with no margins, one prefill, then the answer
+  WiM default  `WiM(backend)` with every setting at its default (segment size aside), document cache included: a
+               first question on a document it has not seen
+  2nd question a second, different question on the same document, on the same `WiM` (its document cache, if any)
+  step-by-step the interactive loop `margin_batch_size=1` without a document cache, the baseline the defaults must
+               match in results (margins and answer of greedy decoding)
+
+Peak memory (`--no-memory` skips it) is the peak resident set size of a fresh subprocess per mode (plain; WiM default
+reading the document, then answering a second question, its document cache kept), above nothing: the whole process,
+the loaded model included, because a document cache stays resident after the run. Linux VmHWM reset via clear_refs;
 tracemalloc does not see torch's CPU allocations.
 """
 
@@ -19,82 +34,107 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Benchmark the checkout this script lives in, even where another copy of the package is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from benchmarks.tasks import Task, needle_task
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.base import GenerationRequest
-from wim_integrations.doc_cache import DocumentCache
 
-CITIES = ["Oslo", "Lima", "Perth", "Quito", "Turin", "Dakar", "Hanoi", "Cork", "Porto", "Omsk", "Riga", "Bern"]
-GOODS = ["copper wire", "coffee beans", "wool blankets", "glass jars", "rice sacks", "bicycle tyres", "olive oil"]
-QUESTION = "How many crates of lemons were stored in the warehouse in Bern?"
-QUESTION_2 = "Which city received the coffee beans?"
-
-
-def make_document(wim: WiM, n_segments: int, cfg: WiMConfig) -> str:
-    """Deterministic logistics notes, as many sentences as fit in `n_segments` segments; one planted fact."""
-    sentences = []
-    for i in range(n_segments * cfg.segment_tokens // 20):
-        city, good = CITIES[i % len(CITIES)], GOODS[(i * 5) % len(GOODS)]
-        sentences.append(
-            f"On day {i + 1} the depot in {city} shipped {(i * 37) % 400 + 20} crates of {good} by truck number "
-            f"{(i * 13) % 90 + 10}, and the clerk noted that the loading took {(i * 7) % 50 + 5} minutes."
-        )
-    sentences.insert(len(sentences) // 3, "The warehouse in Bern stored exactly 742 crates of lemons that winter.")
-
-    def segments(k: int) -> int:
-        return wim.plan(" ".join(sentences[:k]), QUESTION, cfg).n_segments
-
-    lo, hi = 1, len(sentences)  # largest k with segments(k) <= n_segments
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if segments(mid) <= n_segments else (lo, mid - 1)
-    if segments(lo) != n_segments:
-        raise RuntimeError(f"could not build a document of {n_segments} segments")
-    return " ".join(sentences[:lo])
+DOC_TOKENS = 4000
+QUESTION_2 = "Who repaired the roof of the chapel, and what did the council decide?"
+LAYOUTS = {"default": None, "8x512": 512}  # name -> segment_tokens (None: the model's default segment size)
+STOPPINGS = ("natural", "forced")
 
 
-def plain_long_context(wim: WiM, document: str, cfg: WiMConfig) -> dict[str, float]:
-    """Baseline: the same prompt WiM answers from, minus the margins; one prefill, then the answer budget."""
-    plan = wim.plan(document, QUESTION, cfg)
+@dataclass
+class Setup:
+    wim: WiM
+    task: Task
+    stop_ids: frozenset[int]
+
+    def stopping(self, mode: str) -> None:
+        """Natural: the model's stop tokens end generation; forced: they are ignored (full budgets)."""
+        self.wim.backend.stop_ids = self.stop_ids if mode == "natural" else frozenset()  # type: ignore[attr-defined]
+
+
+OVERRIDES: dict[str, str] = {}  # --set: settings tried instead of the defaults
+
+
+def config(layout: str, stopping: str, **changes: Any) -> WiMConfig:
+    cfg = WiMConfig.model_validate({"segment_tokens": LAYOUTS[layout], **OVERRIDES, **changes})
+    if stopping == "forced" and "margin_stop" in WiMConfig.model_fields:
+        cfg = cfg.with_updates(margin_stop="eos")  # no early stop rule: the full budget
+    return cfg
+
+
+def setup() -> Setup:
+    wim = WiM.default()
+    task = needle_task(lambda s: len(wim.backend.encode_text(s)), DOC_TOKENS, 0.4, seed=0)
+    return Setup(wim, task, frozenset(wim.backend.stop_ids))  # type: ignore[attr-defined]
+
+
+def plain_long_context(wim: WiM, task: Task, cfg: WiMConfig) -> dict[str, Any]:
+    """Baseline: the same prompt WiM answers from, minus the margins; one prefill, then the answer."""
+    plan = wim.plan(task.context, task.question, cfg)
     b = wim.backend
-    context_ids = plan.full_ids
-    final_ids = wim.final_prompt_ids(QUESTION, [], plan.n_segments)
+    final_ids = wim.final_prompt_ids(task.question, [], plan.n_segments)
     t0 = time.perf_counter()
     cache = b.new_cache()
-    b.prefill(cache, context_ids)
-    t1 = time.perf_counter()
+    b.prefill(cache, plan.full_ids)
     out = list(b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)))
-    t2 = time.perf_counter()
     return {
-        "seconds": t2 - t0,
-        "prefill_tok_s": len(context_ids) / (t1 - t0),
-        "decode_tok_s": len(out) / (t2 - t1),
-        "context_tokens": len(context_ids),
+        "seconds": time.perf_counter() - t0,
+        "context_tokens": len(plan.full_ids),
+        "segments": plan.n_segments,
         "answer_tokens": len(out),
+        "answer": b.decode(out).strip(),
     }
 
 
-def wim_run(wim: WiM, document: str, cfg: WiMConfig, question: str = QUESTION) -> dict[str, float]:
+def wim_run(wim: WiM, task: Task, cfg: WiMConfig, question: str | None = None) -> dict[str, Any]:
+    first_event = None
     t0 = time.perf_counter()
-    r = wim.run(document, question, config=cfg)
+    stream = wim.stream(task.context, question or task.question, config=cfg)
+    for _ in stream:
+        if first_event is None:
+            first_event = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
-    t = r.timings
+    r = stream.result
+    assert r is not None
     return {
         "seconds": seconds,
-        "prefill_tok_s": (r.tokens.context / t.prefill_seconds) if t.prefill_seconds > 0.05 else float("nan"),
-        "margin_tok_s": r.tokens.margin_generated / t.margin_seconds,
-        "margins": len(r.margins),
-        "margin_tokens": r.tokens.margin_generated,
-        "cache": t.context_cache,
+        "first_event_s": first_event,
+        "cache": r.timings.context_cache,
+        "margin_tokens": [m.n_tokens for m in r.margins],
+        "kept": [m.relevant for m in r.margins],
+        "margins": [m.text for m in r.margins],
+        "answer_tokens": r.tokens.answer_generated,
         "answer": r.answer,
+        "margin_s": r.timings.margin_seconds,
+        "classify_s": r.timings.classify_seconds,
+        "prefill_s": r.timings.prefill_seconds,
+        "answer_s": r.timings.answer_seconds,
     }
+
+
+def measure(s: Setup, layout: str, stopping: str) -> dict[str, Any]:
+    s.stopping(stopping)
+    cfg = config(layout, stopping)
+    plain = plain_long_context(s.wim, s.task, cfg)
+    fresh = s.wim.with_options()  # a new WiM on the loaded model: its own (empty) default document cache
+    first = wim_run(fresh, s.task, cfg)
+    second = wim_run(fresh, s.task, cfg, QUESTION_2)
+    step = wim_run(s.wim.with_options(document_cache=None), s.task, cfg.with_updates(margin_batch_size=1))
+    return {"layout": layout, "stopping": stopping, "plain": plain, "wim": first, "second": second, "step": step}
 
 
 def _rss_kib(field: str) -> int:
@@ -105,129 +145,104 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child(mode: str, n_segments: int, cfg: WiMConfig) -> None:
-    """One measurement in a fresh process: peak RSS of the run above the loaded model's RSS."""
-    wim = _load()
-    document = make_document(wim, n_segments, cfg)
-    small = cfg.with_updates(margin_max_new_tokens=2, answer_max_new_tokens=2)
-    wim.run(make_document(wim, 1, small), QUESTION, config=small)  # warm-up: allocator pools, lazy imports
+def child(mode: str, layout: str) -> None:
+    """One memory measurement in a fresh process: peak RSS of the whole process while it runs `mode`."""
+    s = setup()
+    cfg = config(layout, "natural")
+    warm = cfg.with_updates(margin_max_new_tokens=2, answer_max_new_tokens=2)
+    small = needle_task(lambda t: len(s.wim.backend.encode_text(t)), 300, 0.5, seed=1)
+    s.wim.with_options(document_cache=None).run(small.context, small.question, config=warm)  # allocator pools
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM (peak RSS) to the current RSS
     base = _rss_kib("VmRSS")
     if mode == "plain":
-        plain_long_context(wim, document, cfg)
+        plain_long_context(s.wim, s.task, cfg)
     else:
-        wim_run(wim, document, cfg.with_updates(margin_batch_size=n_segments if mode == "batched" else 1))
-    print(json.dumps({"base_mib": base / 1024, "peak_mib": _rss_kib("VmHWM") / 1024}))
+        wim = s.wim.with_options()
+        wim.run(s.task.context, s.task.question, config=cfg)
+        wim.run(s.task.context, QUESTION_2, config=cfg)
+    print(
+        json.dumps(
+            {"base_mib": base / 1024, "peak_mib": _rss_kib("VmHWM") / 1024, "after_mib": _rss_kib("VmRSS") / 1024}
+        )
+    )
 
 
-def _load() -> WiM:
-    wim = WiM.default()
-    wim.backend.stop_ids = frozenset()  # full budgets: see the module docstring
-    return wim
-
-
-def measure_memory(n_segments: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def measure_memory(layout: str, threads: int) -> dict[str, dict[str, float]]:
     out = {}
-    for mode in ("plain", "sequential", "batched"):
-        cmd = [sys.executable, __file__, "--child", mode, "--segments", str(n_segments)]
-        cmd += ["--segment-tokens", str(args.segment_tokens), "--margin-tokens", str(args.margin_tokens)]
-        cmd += ["--answer-tokens", str(args.answer_tokens), "--threads", str(args.threads)]
-        cmd += ["--classification", args.classification]
+    for mode in ("plain", "wim"):
+        cmd = [sys.executable, __file__, "--child", mode, "--layouts", layout, "--threads", str(threads)]
+        cmd += ["--set", *(f"{k}={v}" for k, v in OVERRIDES.items())] if OVERRIDES else []
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
 
+def _row(m: dict[str, Any]) -> str:
+    p, w, s2, st = m["plain"], m["wim"], m["second"], m["step"]
+    mt = w["margin_tokens"]
+    return (
+        f"| {m['layout']} ({p['segments']}) | {m['stopping']} | {p['seconds']:.1f} | {w['seconds']:.1f} "
+        f"(**{w['seconds'] / p['seconds']:.2f}x**) | {s2['seconds']:.1f} (**{s2['seconds'] / w['seconds']:.2f}** of 1st) | "
+        f"{st['seconds']:.1f} ({st['seconds'] / p['seconds']:.2f}x) | {w['first_event_s']:.1f} / "
+        f"{st['first_event_s']:.1f} | {sum(mt) / len(mt):.1f} | {p['answer_tokens']} / {w['answer_tokens']} | "
+        f"{'yes' if w['margins'] == st['margins'] and w['answer'] == st['answer'] else 'NO'} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--segments", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--segment-tokens", type=int, default=256)
-    ap.add_argument("--margin-tokens", type=int, default=16)
-    ap.add_argument("--answer-tokens", type=int, default=16)
-    ap.add_argument("--group", type=int, default=4, help="small-group batch size measured at 8 segments")
-    ap.add_argument("--memory-segments", type=int, default=4)
+    ap.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    ap.add_argument("--stopping", nargs="+", choices=STOPPINGS, default=list(STOPPINGS))
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared small CPU, more threads are slower)"
     )
-    ap.add_argument(
-        "--classification", choices=["same_model", "inline", "none"], default="same_model", help="margin judging mode"
-    )
-    ap.add_argument("--child", choices=["plain", "sequential", "batched"], help=argparse.SUPPRESS)
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="WiMConfig settings to try")
+    ap.add_argument("--child", choices=["plain", "wim"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = WiMConfig(
-        segment_tokens=args.segment_tokens,
-        margin_max_new_tokens=args.margin_tokens,
-        answer_max_new_tokens=args.answer_tokens,
-        classification=args.classification,
-    )
+    OVERRIDES.update(item.split("=", 1) for item in args.set)
     if args.child:
-        child(args.child, args.segments[0], cfg)
+        child(args.child, args.layouts[0])
         return
 
-    wim = _load()
+    s = setup()
+    defaults = WiMConfig.model_validate(OVERRIDES)
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, model {wim.model_name}; segments of "
-        f"{args.segment_tokens} tokens, margins {args.margin_tokens} tokens, answer {args.answer_tokens} tokens, "
-        f"classification {args.classification}, greedy, stop tokens ignored"
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, model {s.wim.model_name}; task "
+        f"{s.task.id} ({s.task.n_tokens} tokens); WiM defaults: {defaults.model_dump(exclude={'sampling'})}, "
+        f"document cache {type(s.wim.with_options().document_cache).__name__}"
     )
-    warm = cfg.with_updates(margin_max_new_tokens=2, answer_max_new_tokens=2)
-    wim.run(make_document(wim, 1, warm), QUESTION, config=warm)  # warm-up
-    if not args.no_memory:
-        report_memory(args)
-    print()
+    warm = WiMConfig(margin_max_new_tokens=2, answer_max_new_tokens=2)
+    small = needle_task(lambda t: len(s.wim.backend.encode_text(t)), 300, 0.5, seed=1)
+    s.wim.with_options(document_cache=None).run(small.context, small.question, config=warm)  # warm-up
     print(
-        "| segments | context tokens | plain s | WiM sequential s (x plain) | WiM batched s (x plain) | "
-        "2nd question / 1st | plain prefill tok/s | plain decode tok/s | sequential margin tok/s | "
-        "batched margin tok/s |"
+        "\n| layout (segments) | stopping | plain s | WiM default s (x plain) | 2nd question s (x 1st) | "
+        "step-by-step s (x plain) | first event s: default / step | margin tokens (mean) | answer tokens plain / WiM | "
+        "same results as step-by-step |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    notes = []
-    for n in args.segments:
-        doc = make_document(wim, n, cfg)
-        plain = plain_long_context(wim, doc, cfg)
-        seq = wim_run(wim, doc, cfg)
-        assert seq["margins"] == n, f"document has {seq['margins']} segments, wanted {n}"
-        bat = wim_run(wim, doc, cfg.with_updates(margin_batch_size=n))
-        cached = WiM(wim.backend, config=cfg, document_cache=DocumentCache())
-        first = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n))
-        second = wim_run(cached, doc, cfg.with_updates(margin_batch_size=n), QUESTION_2)
-        assert (first["cache"], second["cache"]) == ("miss", "hit")
-        print(
-            f"| {n} | {plain['context_tokens']} | {plain['seconds']:.1f} | {seq['seconds']:.1f} "
-            f"({seq['seconds'] / plain['seconds']:.2f}x) | {bat['seconds']:.1f} "
-            f"({bat['seconds'] / plain['seconds']:.2f}x)"
-            f" | {second['seconds']:.1f}/{first['seconds']:.1f} = {second['seconds'] / first['seconds']:.2f} | "
-            f"{plain['prefill_tok_s']:.0f} | {plain['decode_tok_s']:.1f} | {seq['margin_tok_s']:.1f} | "
-            f"{bat['margin_tok_s']:.1f} |",
-            flush=True,
-        )
-        if n == 8:
-            group = wim_run(wim, doc, cfg.with_updates(margin_batch_size=args.group))
-            notes.append(
-                f"At {n} segments, margins batched in groups of {args.group} (events stream group by group): "
-                f"{group['seconds']:.1f}s ({group['seconds'] / plain['seconds']:.2f}x plain)"
+    results = []
+    for layout in args.layouts:
+        for stopping in args.stopping:
+            m = measure(s, layout, stopping)
+            results.append(m)
+            print(_row(m), flush=True)
+    if not args.no_memory:
+        for layout in args.layouts:
+            mem = measure_memory(layout, args.threads)
+            p, w = mem["plain"], mem["wim"]
+            print(
+                f"\nPeak RSS, {layout} layout, natural stopping: plain {p['peak_mib']:.0f} MiB, WiM default (two "
+                f"questions, document cache kept: {w['after_mib']:.0f} MiB after) {w['peak_mib']:.0f} MiB = "
+                f"**{w['peak_mib'] / p['peak_mib']:.3f}x** plain (loaded model and warm-up: {p['base_mib']:.0f} MiB)",
+                flush=True,
             )
-    for note in notes:
-        print("\n" + note)
-
-
-def report_memory(args: argparse.Namespace) -> None:
-    n = args.memory_segments
-    mem = measure_memory(n, args)
-    p = mem["plain"]["peak_mib"] - mem["plain"]["base_mib"]
-    print(f"\nPeak RSS at {n} segments (separate processes; model loaded = {mem['plain']['base_mib']:.0f} MiB):")
-    print("| mode | peak RSS MiB | run's extra over loaded model MiB | peak / plain peak |")
-    print("|---|---|---|---|")
-    for mode, m in mem.items():
-        extra = m["peak_mib"] - m["base_mib"]
-        print(
-            f"| {mode} | {m['peak_mib']:.0f} | {extra:.0f} ({extra / p:.2f}x plain) | "
-            f"{m['peak_mib'] / mem['plain']['peak_mib']:.3f} |",
-            flush=True,
-        )
+            results.append({"layout": layout, "memory": mem})
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -138,7 +138,9 @@ def tiny_wim(tiny_backends):
         classifier_max_new_tokens=3,
         classification="same_model",
     )
-    return WiM(tiny_backends["llama"], config=cfg)
+    # Adapter tests compare with an engine run on the same document: a document cache would make the second a hit
+    # (same margins and answer, fewer prompt tokens). Adapters with a document cache are tested where they set one.
+    return WiM(tiny_backends["llama"], config=cfg, document_cache=None)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .stopping import MarginStop
+
 ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
 MarginScope = Literal["segment", "so_far"]
 
@@ -50,6 +52,12 @@ class WiMConfig(BaseModel):
     )
     relevance_threshold: float | None = Field(
         None, description="score-based modes keep margins scoring at least this; None: the mode's default"
+    )
+    margin_stop: MarginStop = Field(
+        "sentence",
+        description="when a margin is complete besides the model's stop token and margin_max_new_tokens: 'sentence' "
+        "(its first sentence or line ends), 'line' (its first line ends) or 'eos' (no rule). Notes of a summary or "
+        "analysis default to 'eos'. Measured in docs/benchmarks.md, 'Margin stop rules'.",
     )
     margin_scope: MarginScope = Field(
         "segment",

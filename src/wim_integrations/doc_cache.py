@@ -69,6 +69,10 @@ class DocumentCache:
                 self._nbytes -= self._entries.popitem(last=False)[1].nbytes
             return True
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether an entry of `nbytes` can be stored at all (checked before making one: a fork is not free)."""
+        return nbytes <= self.max_bytes
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries

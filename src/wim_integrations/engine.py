@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .analysis import Analysis, WiMSummary
 from .backends.base import Backend
@@ -35,11 +35,16 @@ class WiM:
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
         classifier: Backend | None = None,
-        document_cache: DocumentCache | None = None,
+        document_cache: DocumentCache | Literal["auto"] | None = "auto",
     ) -> None:
+        """`document_cache`: where prefilled documents are kept for later questions on them. "auto" (the default): a
+        new `DocumentCache()` of its default size (512 MiB of keys/values, least recently used evicted) where the
+        backend keeps keys/values in this process (a server keeps its own prefix cache); a `DocumentCache` of your
+        own, shared or sized; None: no document cache, every run prefills its context."""
         self.backend = backend
-        # Prefilled contexts kept for later questions on the same document (None: every run prefills).
-        self.document_cache = document_cache
+        if document_cache == "auto":
+            document_cache = DocumentCache() if backend.capabilities.local_document_cache else None
+        self.document_cache: DocumentCache | None = document_cache
         self.config = config or WiMConfig()
         self.prompts = prompts or PromptSet.default()
         self.classifier = classifier
@@ -57,7 +62,7 @@ class WiM:
         classifier_tokenizer: Any = None,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
-        document_cache: DocumentCache | None = None,
+        document_cache: DocumentCache | Literal["auto"] | None = "auto",
         **load_options: Any,
     ) -> WiM:
         """WiM on a local model directory, a model id already in the Hugging Face cache (offline by default), or an
@@ -132,7 +137,11 @@ class WiM:
 
     @classmethod
     def default(
-        cls, *, config: WiMConfig | None = None, document_cache: DocumentCache | None = None, **load_options: Any
+        cls,
+        *,
+        config: WiMConfig | None = None,
+        document_cache: DocumentCache | Literal["auto"] | None = "auto",
+        **load_options: Any,
     ) -> WiM:
         """WiM on the embedded SmolLM2-135M-Instruct (converted once to a local cache on first use).
 
@@ -147,17 +156,17 @@ class WiM:
         *,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
-        document_cache: DocumentCache | None = None,
+        document_cache: DocumentCache | Literal["auto", "keep"] | None = "keep",
     ) -> WiM:
         """Another `WiM` on the same loaded model(s), no weights copied: other settings, prompts or document cache
-        (each left out keeps this one's). To share a `WiM` itself, pass the same object everywhere (it is
-        thread-safe)."""
+        (each left out keeps this one's; `document_cache=None` turns it off, "auto" gives a new one). To share a `WiM`
+        itself, pass the same object everywhere (it is thread-safe)."""
         return type(self)(
             self.backend,
             config=config or self.config,
             prompts=prompts or self.prompts,
             classifier=self.classifier,
-            document_cache=document_cache if document_cache is not None else self.document_cache,
+            document_cache=self.document_cache if document_cache == "keep" else document_cache,
         )
 
     @property
@@ -236,18 +245,22 @@ class WiM:
 # The process-wide defaults behind `WiM.default()`: loaded models by load options, WiMs by (class, settings, cache).
 _defaults_lock = threading.Lock()
 _default_backends: dict[str, Backend] = {}
-_default_wims: dict[tuple[type, WiMConfig, int, str], WiM] = {}
+_default_wims: dict[tuple[type, WiMConfig, int | str | None, str], WiM] = {}
 
 
 def _shared_default(
-    cls: type[WiM], config: WiMConfig, document_cache: DocumentCache | None, load_options: dict[str, Any]
+    cls: type[WiM],
+    config: WiMConfig,
+    document_cache: DocumentCache | Literal["auto"] | None,
+    load_options: dict[str, Any],
 ) -> WiM:
     from .models import load_default_backend
 
     progress = load_options.pop("progress", None)
     load_key = repr(sorted(load_options.items()))
     # The WiM holds its document cache, so the cache's id stays unique while its entry exists.
-    key = (cls, config, id(document_cache) if document_cache is not None else 0, load_key)
+    cache_key = document_cache if document_cache == "auto" or document_cache is None else id(document_cache)
+    key = (cls, config, cache_key, load_key)
     with _defaults_lock:  # one load even when several threads ask at once
         wim = _default_wims.get(key)
         if wim is None:

@@ -95,6 +95,8 @@ class Planner:
         if analysis is not None:
             # Notes are all kept: the margin prompt is the note instruction, the final prompt the task's.
             cfg = cfg.with_updates(classification="none", relevance_threshold=None)
+            if "margin_stop" not in cfg.model_fields_set:  # a note lists several facts (or is a JSON object)
+                cfg = cfg.with_updates(margin_stop="eos")
             instruction = self.prompts.note_instruction
             placeholder = "instruction"
             values = {"instruction": analysis.note_instruction, "format": analysis.format_text()}

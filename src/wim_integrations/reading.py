@@ -49,6 +49,7 @@ from .events import (
 from .planning import Plan
 from .relevance import MarginDraft, PMIScorer, SegmentPMIScorer, lexical_score
 from .segmenter import Context, Segment
+from .stopping import stop_rule
 from .textstream import TextDeltas
 from .verdicts import split_inline
 
@@ -82,6 +83,7 @@ class WiMStream:
         # Typed views of the backend where its capabilities allow them (None: that path is not taken).
         self._packed = packed_view(wim.backend)
         self._kv = local_kv_view(wim.backend)
+        self._stop = stop_rule(plan.config.margin_stop, wim.backend.decode)  # None: margins end at the stop token
         self.result: WiMResult | None = None
         self._answer_now = threading.Event()
         self._cancel = threading.Event()
@@ -247,10 +249,14 @@ class WiMStream:
             logprobs: list[float] = []
             request = GenerationRequest(plan.margin_prompt_ids, cfg.margin_max_new_tokens, cfg.sampling, logprobs)
             try:
-                for tok in b.generate(cache, request):
+                tokens_out = b.generate(cache, request)
+                for tok in tokens_out:
                     self._check_cancel()
                     if delta := deltas.push(tok):
                         yield MarginToken(segment_index=seg.index, text=delta)
+                    if self._stop is not None and self._stop(deltas.ids):
+                        tokens_out.close()  # complete: no further decoding step
+                        break
                 if delta := deltas.flush():
                     yield MarginToken(segment_index=seg.index, text=delta)
                 if self._kv is not None:  # keys/values of this prompt kept for later, where the backend holds them
@@ -293,7 +299,7 @@ class WiMStream:
         segments, ends, n = plan.context.segments, plan.segment_ends, plan.n_segments
         size = cfg.margin_batch_size
         for g0 in range(0, n, size):
-            group: list[tuple[Segment, float]] = []
+            group: list[Segment] = []
             asides: list[PromptAside | None] = []
             t_asides = 0.0
             for seg in segments[g0 : g0 + size]:
@@ -306,52 +312,41 @@ class WiMStream:
                     b.prefill(cache, seg.token_ids)
                     dt = time.perf_counter() - t0
                     timings.prefill_seconds += dt
-                if not self._answer_now.is_set():
-                    t0 = time.perf_counter()
-                    asides.append(
-                        self._margin_prompt_aside(self._kv, cache, seg, run, prefilled, keep_head=store is not None)
-                        if self._kv is not None
-                        else None
-                    )
-                    t_asides += time.perf_counter() - t0
+                run.read += 1
+                yield self._segment_read(seg, dt)
+                if self._answer_now.is_set():  # read but not annotated, as in the step-by-step loop
+                    break
+                t0 = time.perf_counter()
+                asides.append(
+                    self._margin_prompt_aside(self._kv, cache, seg, run, prefilled, keep_head=store is not None)
+                    if self._kv is not None
+                    else None
+                )
+                t_asides += time.perf_counter() - t0
                 if store is not None and not prefilled and seg.index == n - 1:
                     store()
-                run.read += 1
-                group.append((seg, dt))
+                group.append(seg)
             if not group:
-                return
-            if self._answer_now.is_set():  # read but not annotated, as in the step-by-step loop
-                for seg, dt in group:
-                    yield self._segment_read(seg, dt)
                 return
 
             t0 = time.perf_counter() - t_asides  # the margins' time includes their prompts computed aside
-            assert len(asides) == len(group)  # a prompt is only skipped once answer_now is set (handled above)
-            rows = [
-                PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for (seg, _), a in zip(group, asides, strict=True)
-            ]
+            rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for seg, a in zip(group, asides, strict=True)]
             deltas = [TextDeltas.for_backend(b) for _ in rows]
             logprobs: list[list[float]] = [[] for _ in rows]
-            held: list[list[str]] = [[] for _ in rows]
-            yield self._segment_read(*group[0])
-            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, logprobs=logprobs)
-            try:
+            rule = self._stop
+            done = (lambda _, ids: rule(ids)) if rule is not None else None
+            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
+            try:  # every margin streams live: its tokens are interleaved with the group's others, step by step
                 for step in steps:
                     self._check_cancel()
                     for i, tok in step:
                         if delta := deltas[i].push(tok):
-                            if i == 0:
-                                yield MarginToken(segment_index=group[0][0].index, text=delta)
-                            else:
-                                held[i].append(delta)
+                            yield MarginToken(segment_index=group[i].index, text=delta)
             finally:
                 steps.close()
-            for i, d in enumerate(deltas):  # text held back as a possibly partial character
+            for seg, d in zip(group, deltas, strict=True):  # text held back as a possibly partial character
                 if delta := d.flush():
-                    if i == 0:
-                        yield MarginToken(segment_index=group[0][0].index, text=delta)
-                    else:
-                        held[i].append(delta)
+                    yield MarginToken(segment_index=seg.index, text=delta)
             t_margin = time.perf_counter() - t0
             timings.margin_seconds += t_margin
             # Prompt tokens computed in this run: all of each margin prompt, but for heads reused from a document cache.
@@ -362,29 +357,29 @@ class WiMStream:
             tokens.margin_generated += sum(len(d.ids) for d in deltas)
 
             t0 = time.perf_counter()
-            drafts = [self._draft(seg, d, lp) for (seg, _), d, lp in zip(group, deltas, logprobs, strict=True)]
+            drafts = [self._draft(seg, d, lp) for seg, d, lp in zip(group, deltas, logprobs, strict=True)]
             if cfg.classification == "segment_pmi":
                 run.prompt_asides.update(
-                    (ends[seg.index], a) for (seg, _), a in zip(group, asides, strict=True) if a is not None
+                    (ends[seg.index], a) for seg, a in zip(group, asides, strict=True) if a is not None
                 )
             judged = self._judge(drafts, run, cache)
             t_classify = time.perf_counter() - t0
             timings.classify_seconds += t_classify
             share = (t_margin + t_classify) / len(rows)  # one batch: each margin gets an equal share of its time
-            for i, ((seg, dt), judgement) in enumerate(zip(group, judged, strict=True)):
-                if i > 0:
-                    yield self._segment_read(seg, dt)
-                    for delta in held[i]:
-                        yield MarginToken(segment_index=seg.index, text=delta)
-                margin = self._margin(seg, judgement, len(deltas[i].ids), share)
+            for seg, d, judgement in zip(group, deltas, judged, strict=True):
+                margin = self._margin(seg, judgement, len(d.ids), share)
                 run.margins.append(margin)
                 yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+            if self._answer_now.is_set():
+                return
 
     def _store_document(self, doc_cache: DocumentCache, key: str, cache: Any, run: _RunState) -> None:
         """Keep the context as read (a fork: no copy), with the margin heads computed so far, for later questions."""
         b, heads = self._kv, dict(run.margin_heads)
         assert b is not None  # a document cache is only used where the backend holds keys/values here
         nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
+        if not doc_cache.fits(nbytes):  # too large to keep: no fork, so the run goes on writing in place
+            return
         doc_cache.put(key, PrefilledDocument(b.fork_cache(cache), tuple(self.plan.margin_head_ids), heads), nbytes)
 
     def _margin_prompt_aside(

@@ -32,7 +32,7 @@ def _summary(result):
 
 @pytest.mark.parametrize("mode", ["same_model", "inline"])
 def test_batched_equals_sequential(tiny_backend, mode):
-    wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode))
+    wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode), document_cache=None)
     sequential = wim.run(DOC, QUESTION)
     assert sequential.n_segments >= 4
     for size in (3, 64):
@@ -42,20 +42,22 @@ def test_batched_equals_sequential(tiny_backend, mode):
 
 
 def _per_segment_stream(events):
-    current, streamed = None, ""
-    seen = []
+    """(segment, streamed margin text) per margin written, checking the event contract: a segment's margin tokens
+    come after its SegmentRead and before its MarginWritten; segments are read, and margins written, in order."""
+    read, written, streamed = [], [], {}
     for e in events:
         if isinstance(e, SegmentRead):
-            assert current is None, "a segment was read before the previous one's margin was written"
-            current, streamed = e.segment_index, ""
+            assert e.segment_index == len(read), "segments are read in order"
+            read.append(e.segment_index)
+            streamed[e.segment_index] = ""
         elif isinstance(e, MarginToken):
-            assert e.segment_index == current
-            streamed += e.text
+            assert e.segment_index in read and e.segment_index not in written
+            streamed[e.segment_index] += e.text
         elif isinstance(e, MarginWritten):
-            assert e.segment_index == current
-            seen.append((current, streamed))
-            current = None
-    return seen
+            assert e.segment_index == len(written), "margins are written in order"
+            assert e.segment_index in read
+            written.append(e.segment_index)
+    return [(i, streamed[i]) for i in written]
 
 
 def test_batched_events_keep_per_segment_order(tiny_backends):
@@ -68,6 +70,20 @@ def test_batched_events_keep_per_segment_order(tiny_backends):
     assert [type(e) for e in batched if not isinstance(e, (SegmentRead, MarginToken, MarginWritten))] == [
         type(e) for e in sequential if not isinstance(e, (SegmentRead, MarginToken, MarginWritten))
     ]
+
+
+def test_every_margin_of_a_group_streams_live(tiny_backends):
+    """Margins decoded together stream together: each segment's first tokens arrive before any margin of the group is
+    written, and each SegmentRead as its segment is read, before the group's decoding."""
+    wim = WiM(tiny_backends["llama"], config=CFG.with_updates(classification="none", margin_stop="eos"))
+    events = list(wim.stream(DOC, QUESTION, margin_batch_size=3))
+    kinds = [(type(e).__name__, getattr(e, "segment_index", None)) for e in events]
+    first_written = kinds.index(("MarginWritten", 0))
+    assert {("SegmentRead", i) for i in range(3)} <= set(kinds[:first_written])
+    tokens_before = {i for name, i in kinds[:first_written] if name == "MarginToken"}
+    assert tokens_before == {0, 1, 2}
+    first_token = kinds.index(("MarginToken", 0))
+    assert kinds.index(("SegmentRead", 2)) < first_token < kinds.index(("MarginToken", 2))
 
 
 def test_answer_now_in_batched_mode_answers_from_segments_read(tiny_backends):

@@ -174,7 +174,7 @@ def test_margin_heads_are_only_kept_for_a_document_cache(tiny_backends, monkeypa
     head = WiM(b, config=CFG).plan(DOC, Q1).margin_head_length
     # Only cuts of the head's length count (segment_pmi scoring cuts prompts too, for its own use, not to store).
     monkeypatch.setattr(b, "aside_head", lambda aside, n: (n == head and kept.append(n), original(aside, n))[1])
-    WiM(b, config=CFG.with_updates(margin_batch_size=4)).run(DOC, Q1)
+    WiM(b, config=CFG.with_updates(margin_batch_size=4), document_cache=None).run(DOC, Q1)
     assert kept == []  # no cache to store them in: no copies
     cached = WiM(b, config=CFG.with_updates(margin_batch_size=4), document_cache=DocumentCache())
     assert cached.run(DOC, Q1).n_segments == len(kept) > 0

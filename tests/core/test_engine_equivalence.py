@@ -10,7 +10,10 @@ from helpers import SAMPLE, plain_generate, plain_text
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.base import GenerationRequest
 
-CFG = WiMConfig(segment_tokens=150, margin_max_new_tokens=12, answer_max_new_tokens=12, classification="none")
+# Margins run to the stop token or budget (no stop rule), the same as the plain `generate` they are compared with.
+CFG = WiMConfig(
+    segment_tokens=150, margin_max_new_tokens=12, answer_max_new_tokens=12, classification="none", margin_stop="eos"
+)
 QUESTION = "Who keeps the lighthouse?"
 
 

@@ -25,7 +25,9 @@ CONTEXT = (
     "Paris is the capital of France. Berlin is the capital of Germany. "
 ) * 10
 QUESTION = "Who keeps the lighthouse?"
-CFG = WiMConfig(segment_tokens=600, margin_max_new_tokens=10, answer_max_new_tokens=12, classification="none")
+CFG = WiMConfig(
+    segment_tokens=600, margin_max_new_tokens=10, answer_max_new_tokens=12, classification="none", margin_stop="eos"
+)
 
 
 def test_fake_backend_satisfies_the_protocols() -> None:
@@ -130,7 +132,13 @@ def test_margins_and_answer_equal_plain_recomputation(batch: int) -> None:
 @pytest.mark.parametrize("batch", [1, 3])
 def test_segment_pmi_scores_equal_teacher_forced_recomputation(batch: int) -> None:
     b = FakeBackend()
-    cfg = WiMConfig(segment_tokens=600, margin_max_new_tokens=10, answer_max_new_tokens=4, margin_batch_size=batch)
+    cfg = WiMConfig(
+        segment_tokens=600,
+        margin_max_new_tokens=10,
+        answer_max_new_tokens=4,
+        margin_batch_size=batch,
+        margin_stop="eos",
+    )
     wim = WiM(b, config=cfg)
     plan = wim.plan(CONTEXT, QUESTION)
     assert plan.config.classification == "segment_pmi"

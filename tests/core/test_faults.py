@@ -146,6 +146,7 @@ def _slow_prefill(monkeypatch, backend) -> threading.Event:
 
 
 def test_async_cancel_while_a_step_runs_then_a_clean_run(wim, monkeypatch):
+    wim = wim.with_options(document_cache=None)  # the runs below must prefill: that is where the cancel lands
     reference = _summary(wim.run(SHORT, Q))
     in_step = _slow_prefill(monkeypatch, wim.backend)
 

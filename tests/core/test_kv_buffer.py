@@ -14,12 +14,12 @@ from wim_integrations.backends.attention import wim_sdpa
 from wim_integrations.backends.kv_buffer import BufferedLayer
 
 OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("append"), st.integers(1, 90)),
-        st.tuples(st.just("crop"), st.integers(0, 40)),
-        st.tuples(st.just("fork"), st.just(0)),
+    st.tuples(
+        st.sampled_from(["append", "crop", "fork", "drop"]),
+        st.integers(0, 7),  # which live layer (modulo their number)
+        st.integers(1, 90),
     ),
-    max_size=30,
+    max_size=40,
 )
 
 
@@ -28,28 +28,32 @@ def _kv(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, 2, n, 4, generator=g), torch.randn(1, 2, n, 4, generator=g)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(OPS)
-def test_buffered_layer_matches_dynamic_layer_and_forks_stay_intact(ops):
-    layer, reference = BufferedLayer(), DynamicLayer()
-    forks: list[tuple[BufferedLayer, torch.Tensor, torch.Tensor]] = []
-    for step, (op, n) in enumerate(ops):
+def test_buffered_layers_and_their_forks_each_match_a_dynamic_layer(ops):
+    """Any mix of appends, crops, forks and dropped forks, on any of the forks: every layer holds exactly what a
+    `DynamicLayer` given the same operations holds, so no fork ever writes what another can see."""
+    live: list[tuple[BufferedLayer, DynamicLayer]] = [(BufferedLayer(), DynamicLayer())]
+    for step, (op, which, n) in enumerate(ops):
+        layer, reference = live[which % len(live)]
         if op == "append":
             k, v = _kv(n, step)
             got, want = layer.update(k, v), reference.update(k, v)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-        elif op == "crop":
-            n = min(n, layer.get_seq_length())
+        elif op == "crop" and layer.is_initialized:
+            n = min(n % 40, layer.get_seq_length())
             layer.crop(-n)
             reference.crop(-n)
-        elif layer.is_initialized:
-            twin = layer.fork()
-            forks.append((twin, twin.keys.clone(), twin.values.clone()))
-        assert layer.get_seq_length() == reference.get_seq_length()
-        if reference.get_seq_length():
-            assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
-        for twin, keys, values in forks:
-            assert torch.equal(twin.keys, keys) and torch.equal(twin.values, values)
+        elif op == "fork" and layer.is_initialized:
+            twin_ref = DynamicLayer()
+            twin_ref.update(reference.keys.clone(), reference.values.clone())
+            live.append((layer.fork(), twin_ref))
+        elif op == "drop" and len(live) > 1:  # a dead writer frees the room past what the others see
+            live.pop(which % len(live))
+        for lay, ref in live:
+            assert lay.get_seq_length() == ref.get_seq_length()
+            if ref.get_seq_length():
+                assert torch.equal(lay.keys, ref.keys) and torch.equal(lay.values, ref.values)
 
 
 def test_appends_within_the_spare_room_write_in_place():
@@ -60,10 +64,20 @@ def test_appends_within_the_spare_room_write_in_place():
         layer.update(*_kv(1, step + 1))
         assert layer.keys.untyped_storage().data_ptr() == storage
     assert layer.get_seq_length() == 320
-    twin = layer.fork()
-    layer.update(*_kv(1, 99))  # a fork shares the buffer: the next write goes to a new one
+    stored = layer.fork()  # e.g. a document cache entry
+    kept = stored.keys.clone()
+    layer.update(*_kv(1, 99))  # past what the fork sees: appended in place, no copy of the 320 tokens
+    assert layer.keys.untyped_storage().data_ptr() == storage and torch.equal(stored.keys, kept)
+    reader = stored.fork()  # another reader of the entry while `layer` appends: it copies
+    reader.update(*_kv(1, 100))
+    assert reader.keys.untyped_storage().data_ptr() != storage
+    layer.crop(-5)
+    layer.update(*_kv(1, 101))  # below what the forks see: copies
     assert layer.keys.untyped_storage().data_ptr() != storage
-    assert twin.keys.untyped_storage().data_ptr() == storage and twin.get_seq_length() == 320
+    del layer, reader  # the appending layers are gone: the next reader appends in place again
+    again = stored.fork()
+    again.update(*_kv(2, 102))
+    assert again.keys.untyped_storage().data_ptr() == storage and torch.equal(stored.keys, kept)
 
 
 def test_backend_caches_use_buffered_layers(tiny_backends):

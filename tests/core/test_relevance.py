@@ -17,7 +17,9 @@ from wim_integrations.errors import WiMInputError
 from wim_integrations.relevance import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
 
 QUESTION = "Who keeps the lighthouse?"
-CFG = WiMConfig(segment_tokens=150, margin_max_new_tokens=10, answer_max_new_tokens=6, classification="pmi")
+CFG = WiMConfig(
+    segment_tokens=150, margin_max_new_tokens=10, answer_max_new_tokens=6, classification="pmi", margin_stop="eos"
+)
 
 
 def plain_logprobs(backend, ids: list[int]) -> torch.Tensor:
@@ -162,7 +164,8 @@ def test_threshold_decides_relevance(tiny_backend):
     keep_none = wim.run(SAMPLE, QUESTION, relevance_threshold=1e9)
     assert all(m.relevant for m in keep_all.margins)
     assert not any(m.relevant for m in keep_none.margins)
-    assert [m.score for m in keep_all.margins] == [m.score for m in keep_none.margins]
+    # The second run reads from the document cache (packed rows over the stored cache): float rounding apart, the same.
+    assert [m.score for m in keep_all.margins] == pytest.approx([m.score for m in keep_none.margins], abs=1e-5)
 
 
 def test_lexical_score_counts_names_and_numbers_found_in_the_segment():

@@ -23,7 +23,10 @@ from wim_integrations.events import WiMResult
 ENGINES: dict[str, type[FakeEngine]] = {"vllm": FakeVLLM, "sglang": FakeSGLang}
 GENERATE_PATH = {"vllm": "/v1/completions", "sglang": "/generate"}
 # HARBOR is ~2500 tokens of the tiny tokenizer: 5-6 segments.
-BUDGETS: dict[str, Any] = dict(segment_tokens=500, margin_max_new_tokens=10, answer_max_new_tokens=16)
+# Margins run to their budget (no stop rule): a request the client closes early reports no cache statistics.
+BUDGETS: dict[str, Any] = dict(
+    segment_tokens=500, margin_max_new_tokens=10, answer_max_new_tokens=16, margin_stop="eos"
+)
 CFG = WiMConfig(**BUDGETS, classification="none")
 SAMPLED = SamplingConfig(do_sample=True, temperature=0.7, top_p=0.9, top_k=5, seed=3)
 

@@ -6,14 +6,19 @@ decodes many short margins over a long cache, so it pays this on every margin to
 and values in a buffer with spare room and writes new tokens into it; `keys`/`values` are views of the filled part, so
 the rest of transformers (masks, `crop`, `get_seq_length`) sees an ordinary `DynamicLayer`.
 
-Sharing: `fork` gives two layers the same buffer. A layer only writes into a buffer it owns alone, so after a fork
-both sides lose ownership and the first one to grow copies into a fresh buffer (copy on write). Stored document
-caches are therefore never written, exactly as with plain `DynamicLayer` forks.
+Sharing: `fork` gives two layers the same buffer. After a fork neither side owns it, and every position a fork can
+see (up to the longest view, `_Share.frozen`) is read-only for all of them. Beyond that, one layer at a time (the
+first to get there, while it lives) may go on appending into the spare room: a run answering from a stored document
+cache writes its margins and answer there instead of copying the whole document first. Any other write copies into a
+fresh buffer (copy on write). Stored document caches are therefore never written, exactly as with plain
+`DynamicLayer` forks.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -21,6 +26,22 @@ from transformers.cache_utils import DynamicLayer
 # Spare room on each (re)allocation: 1/8 of the length, at least this many tokens. A long cache then takes a margin
 # prompt and its tokens without reallocating, and holds at most ~12% more memory than its filled length.
 _MIN_SPARE_TOKENS = 64
+
+
+@dataclass
+class _Share:
+    """What the forks of one buffer agree on: positions below `frozen` are seen by some fork and never written; past
+    it only `writer` (a weak reference: a dead writer frees the room) appends."""
+
+    frozen: int
+    writer: weakref.ref[BufferedLayer] | None = None
+
+    def may_append(self, layer: BufferedLayer, start: int) -> bool:
+        holder = self.writer() if self.writer is not None else None
+        if start < self.frozen or (holder is not None and holder is not layer):
+            return False
+        self.writer = weakref.ref(layer)
+        return True
 
 
 class BufferedLayer(DynamicLayer):
@@ -31,6 +52,7 @@ class BufferedLayer(DynamicLayer):
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
         self._owns_buffer = False
+        self._share: _Share | None = None  # set while the buffer is shared with forks
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -40,7 +62,8 @@ class BufferedLayer(DynamicLayer):
         length, added = self.get_seq_length(), key_states.shape[-2]
         needed = length + added
         kb = self._key_buffer
-        if kb is None or not self._owns_buffer or needed > kb.shape[-2]:
+        fits = kb is not None and needed <= kb.shape[-2]
+        if not (fits and (self._owns_buffer or (self._share is not None and self._share.may_append(self, length)))):
             self._grow(key_states, value_states, length, needed)
         assert self._key_buffer is not None and self._value_buffer is not None
         self._key_buffer[..., length:needed, :] = key_states
@@ -58,11 +81,12 @@ class BufferedLayer(DynamicLayer):
             new_keys[..., :length, :] = self.keys
             new_values[..., :length, :] = self.values
         self._key_buffer, self._value_buffer, self._owns_buffer = new_keys, new_values, True
+        self._share = None
 
     def reset(self) -> None:
         super().reset()
         self._key_buffer = self._value_buffer = None
-        self._owns_buffer = False
+        self._owns_buffer, self._share = False, None
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)  # new tensors: the buffer no longer backs keys/values
@@ -74,10 +98,18 @@ class BufferedLayer(DynamicLayer):
 
     def _drop_buffer(self) -> None:
         self._key_buffer = self._value_buffer = None
-        self._owns_buffer = False
+        self._owns_buffer, self._share = False, None
 
     def fork(self) -> BufferedLayer:
-        """A layer with the same contents and no copy; neither side writes into the shared buffer afterwards."""
+        """A layer with the same contents and no copy. Neither side writes what either can see afterwards; one of them
+        may still append past it (see the module docstring)."""
         twin = copy.copy(self)
         self._owns_buffer = twin._owns_buffer = False
+        if self._key_buffer is not None:
+            length = self.get_seq_length()
+            if self._share is None:
+                self._share = _Share(frozen=length)
+            else:
+                self._share.frozen = max(self._share.frozen, length)
+            twin._share = self._share
         return twin

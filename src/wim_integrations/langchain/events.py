@@ -203,10 +203,13 @@ class _RunSpecs:
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
-# One callback action of a relay: ("start", prompts, meta, name, params) opens the child run events stream into,
-# ("token", text) streams into it, ("end", result) ends it, ("child", prompts, meta, name, params, result) is a whole
-# child run of its own (the classification).
+# One callback action of a relay, on the child run of one step (a segment's index, or "answer"): ("start", step,
+# prompts, meta, name, params) opens it, ("token", step, text) streams into it, ("end", step, result) ends it,
+# ("error", step) ends it as stopped (a segment read but not annotated), ("child", step, prompts, meta, name, params,
+# result) is a whole child run of its own (the classification). Margins decoded together stream into their own runs,
+# interleaved.
 _Action = tuple[Any, ...]
+_ANSWER = "answer"
 
 
 class _Relay:
@@ -219,24 +222,25 @@ class _Relay:
 
     def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
         self.config, self.specs = config, _RunSpecs(stream)
-        self.open: Any = None  # the child run (margin or answer) events are streaming into
+        self.open: dict[int | str, Any] = {}  # step -> the child run its events stream into
 
     def actions(self, ev: Any) -> list[_Action]:
         if isinstance(ev, SegmentRead):
-            return [("start", *self.specs.margin_start(ev))]
+            return [("start", ev.segment_index, *self.specs.margin_start(ev))]
         if isinstance(ev, AnswerStarted):
-            return [("start", *self.specs.answer_start(ev))]
-        if self.open is None:
-            return []
-        if isinstance(ev, MarginToken | AnswerToken):
-            return [("token", ev.text)]
-        if isinstance(ev, MarginWritten):
-            actions: list[_Action] = [("end", self.specs.margin_end(ev))]
+            unwritten = [("error", step) for step in self.open if step != _ANSWER]
+            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))]
+        if isinstance(ev, MarginToken):
+            return [("token", ev.segment_index, ev.text)] if ev.segment_index in self.open else []
+        if isinstance(ev, AnswerToken):
+            return [("token", _ANSWER, ev.text)] if _ANSWER in self.open else []
+        if isinstance(ev, MarginWritten) and ev.segment_index in self.open:
+            actions: list[_Action] = [("end", ev.segment_index, self.specs.margin_end(ev))]
             if spec := self.specs.classify(ev):
-                actions.append(("child", *spec))
+                actions.append(("child", ev.segment_index, *spec))
             return actions
-        if isinstance(ev, Finished):
-            return [("end", self.specs.answer_end(ev))]
+        if isinstance(ev, Finished) and _ANSWER in self.open:
+            return [("end", _ANSWER, self.specs.answer_end(ev))]
         return []
 
     @staticmethod
@@ -264,22 +268,22 @@ class EventRelay(_Relay):
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        for kind, *args in self.actions(ev):
+        for kind, step, *args in self.actions(ev):
             if kind == "start":
-                self.open = self._start(*args)
+                self.open[step] = self._start(*args)
             elif kind == "token":
-                self.open.on_llm_new_token(*args)
+                self.open[step].on_llm_new_token(*args)
             elif kind == "end":
-                self.open.on_llm_end(*args)
-                self.open = None
+                self.open.pop(step).on_llm_end(*args)
+            elif kind == "error":
+                self.open.pop(step).on_llm_error(self.stopped(None))
             else:
                 self._start(*args[:4]).on_llm_end(args[4])
 
     def close(self, error: BaseException | None) -> None:
-        """End a child run left open by an error or an early stop."""
-        if self.open is not None:
-            self.open.on_llm_error(self.stopped(error))
-            self.open = None
+        """End the child runs left open by an error or an early stop."""
+        while self.open:
+            self.open.popitem()[1].on_llm_error(self.stopped(error))
 
 
 class AsyncEventRelay(_Relay):
@@ -295,18 +299,18 @@ class AsyncEventRelay(_Relay):
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
-        for kind, *args in self.actions(ev):
+        for kind, step, *args in self.actions(ev):
             if kind == "start":
-                self.open = await self._start(*args)
+                self.open[step] = await self._start(*args)
             elif kind == "token":
-                await self.open.on_llm_new_token(*args)
+                await self.open[step].on_llm_new_token(*args)
             elif kind == "end":
-                await self.open.on_llm_end(*args)
-                self.open = None
+                await self.open.pop(step).on_llm_end(*args)
+            elif kind == "error":
+                await self.open.pop(step).on_llm_error(self.stopped(None))
             else:
                 await (await self._start(*args[:4])).on_llm_end(args[4])
 
     async def close(self, error: BaseException | None) -> None:
-        if self.open is not None:
-            await self.open.on_llm_error(self.stopped(error))
-            self.open = None
+        while self.open:
+            await self.open.popitem()[1].on_llm_error(self.stopped(error))

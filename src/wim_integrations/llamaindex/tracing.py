@@ -25,6 +25,7 @@ from .events import (
 )
 
 logger = logging.getLogger(__name__)
+_ANSWER = "answer"  # the answer's step; a segment's step is its index
 
 
 # Signatures that describe each WiM step to span handlers (they receive these bound arguments).
@@ -35,6 +36,9 @@ def wim_answer(n_relevant_margins: int, segments_read: int) -> None: ...
 
 class RunTracer:
     """Spans `wim_read` > (`wim_segment` per segment, then `wim_answer`) under `parent_id`, plus events.
+
+    Margins decoded together are open together: each step (a segment's index, or "answer") has its own span and legacy
+    event, and every event names the span of its own step.
 
     Every dispatch is guarded: a broken handler or callback is logged and never breaks the run.
     """
@@ -55,9 +59,8 @@ class RunTracer:
         self.query_str = query_str
         self.texts = texts  # document id -> text, to show a segment's text as the legacy LLM prompt
         self.run_id: str | None = None
-        self._step_id: str | None = None
-        self._step_args: inspect.BoundArguments | None = None
-        self._cb_event_id: str | None = None
+        self._steps: dict[int | str, tuple[str, inspect.BoundArguments]] = {}  # open step -> (span id, its args)
+        self._cb_event_ids: dict[int | str, str] = {}  # open step -> legacy event id
 
     # -- spans -----------------------------------------------------------------------------------------
     def _enter(self, fn: Any, parent: str | None, **args: Any) -> tuple[str, inspect.BoundArguments]:
@@ -72,26 +75,32 @@ class RunTracer:
             wim_read, self.parent_id, query_str=self.query_str, n_documents=n_documents
         )
 
-    def _open_step(self, fn: Any, **args: Any) -> None:
-        self._close_step(None)
-        self._step_id, self._step_args = self._enter(fn, self.run_id, **args)
+    def _open_step(self, step: int | str, fn: Any, **args: Any) -> str:
+        self._close_step(step, None)
+        span_id, bound = self._steps[step] = self._enter(fn, self.run_id, **args)
+        return span_id
 
-    def _close_step(self, result: Any) -> None:
-        if self._step_id is not None and self._step_args is not None:
-            self.dispatcher.span_exit(
-                id_=self._step_id, bound_args=self._step_args, instance=self.instance, result=result
-            )
-            self._step_id = self._step_args = None
+    def _span(self, step: int | str) -> str | None:
+        return self._steps[step][0] if step in self._steps else None
+
+    def _close_step(self, step: int | str, result: Any) -> None:
+        if (opened := self._steps.pop(step, None)) is not None:
+            span_id, bound = opened
+            self.dispatcher.span_exit(id_=span_id, bound_args=bound, instance=self.instance, result=result)
+
+    def _close_all(self, result: Any) -> None:
+        for step in list(self._steps):
+            self._close_step(step, result)
 
     def finish(self, result: WiMResult) -> None:
-        self._close_step(result.answer)
+        self._close_all(result.answer)
         if self.run_id is not None:
             self.dispatcher.span_exit(id_=self.run_id, bound_args=self._run_args, instance=self.instance, result=result)
             self.run_id = None
 
     def finish_reading(self, margins: list[Any]) -> None:
-        """A run that stops after its margins (no answer): close the open step and the run with the margins."""
-        self._close_step(None)
+        """A run that stops after its margins (no answer): close the open steps and the run with the margins."""
+        self._close_all(None)
         if self.run_id is not None:
             args = self._run_args
             self.dispatcher.span_exit(id_=self.run_id, bound_args=args, instance=self.instance, result=margins)
@@ -100,11 +109,14 @@ class RunTracer:
     def abort(self, err: BaseException | None) -> None:
         """The run failed or was abandoned: drop the open spans and end an open legacy event."""
         err = err or RuntimeError("WiM run stopped before it finished")
-        for span_id, args in ((self._step_id, self._step_args), (self.run_id, getattr(self, "_run_args", None))):
+        spans = [*self._steps.values(), (self.run_id, getattr(self, "_run_args", None))]
+        for span_id, args in spans:
             if span_id is not None and args is not None:
                 self.dispatcher.span_drop(id_=span_id, bound_args=args, instance=self.instance, err=err)
-        self._step_id = self.run_id = None
-        self._cb_end({EventPayload.EXCEPTION: err})
+        self._steps.clear()
+        self.run_id = None
+        for step in list(self._cb_event_ids):
+            self._cb_end(step, {EventPayload.EXCEPTION: err})
 
     # -- events ----------------------------------------------------------------------------------------
     def _fire(self, event: Any) -> None:
@@ -113,18 +125,18 @@ class RunTracer:
         except Exception:  # the dispatcher guards handlers; this guards our own translation
             logger.exception("WiM: dispatching %s failed; the run goes on", type(event).__name__)
 
-    def _cb_start(self, payload: dict[str, Any]) -> None:
+    def _cb_start(self, step: int | str, payload: dict[str, Any]) -> None:
         if self.callback_manager is None:
             return
         try:
-            self._cb_event_id = self.callback_manager.on_event_start(CBEventType.LLM, payload=payload)
+            self._cb_event_ids[step] = self.callback_manager.on_event_start(CBEventType.LLM, payload=payload)
         except Exception:
             logger.exception("WiM: a legacy callback handler failed on LLM start; the run goes on")
 
-    def _cb_end(self, payload: dict[str, Any]) -> None:
-        if self.callback_manager is None or self._cb_event_id is None:
+    def _cb_end(self, step: int | str, payload: dict[str, Any]) -> None:
+        event_id = self._cb_event_ids.pop(step, None)
+        if self.callback_manager is None or event_id is None:
             return
-        event_id, self._cb_event_id = self._cb_event_id, None
         try:
             self.callback_manager.on_event_end(CBEventType.LLM, payload=payload, event_id=event_id)
         except Exception:
@@ -132,12 +144,13 @@ class RunTracer:
 
     def on_event(self, ev: Any) -> None:
         if isinstance(ev, SegmentRead):
-            self._open_step(wim_segment, segment_index=ev.segment_index, n_segments=ev.n_segments)
+            i = ev.segment_index
+            span_id = self._open_step(i, wim_segment, segment_index=i, n_segments=ev.n_segments)
             node_ids = [d.doc_id for d in ev.documents if d.doc_id]
             self._fire(
                 WiMSegmentReadEvent(
-                    span_id=self._step_id,
-                    segment_index=ev.segment_index,
+                    span_id=span_id,
+                    segment_index=i,
                     n_segments=ev.n_segments,
                     n_tokens=ev.n_tokens,
                     node_ids=node_ids,
@@ -146,21 +159,23 @@ class RunTracer:
             )
             text = "".join(self.texts.get(d.doc_id or "", "")[d.start_char : d.end_char] for d in ev.documents)
             self._cb_start(
+                i,
                 {
                     EventPayload.PROMPT: text,
                     EventPayload.QUERY_STR: self.query_str,
                     "wim_step": "margin",
-                    "segment_index": ev.segment_index,
+                    "segment_index": i,
                     "node_ids": node_ids,
-                }
+                },
             )
         elif isinstance(ev, MarginToken):
-            self._fire(WiMMarginTokenEvent(span_id=self._step_id, segment_index=ev.segment_index, delta=ev.text))
+            span_id = self._span(ev.segment_index)
+            self._fire(WiMMarginTokenEvent(span_id=span_id, segment_index=ev.segment_index, delta=ev.text))
         elif isinstance(ev, MarginWritten):
             m = ev.margin
             self._fire(
                 WiMMarginEvent(
-                    span_id=self._step_id,
+                    span_id=self._span(m.segment_index),
                     segment_index=m.segment_index,
                     n_segments=ev.n_segments,
                     text=m.text,
@@ -172,26 +187,33 @@ class RunTracer:
                     seconds=m.seconds,
                 )
             )
-            self._cb_end({EventPayload.COMPLETION: m.text, "relevant": m.relevant, "verdict": m.verdict})
-            self._close_step(m.text)
+            self._cb_end(
+                m.segment_index, {EventPayload.COMPLETION: m.text, "relevant": m.relevant, "verdict": m.verdict}
+            )
+            self._close_step(m.segment_index, m.text)
         elif isinstance(ev, AnswerStarted):
-            self._open_step(wim_answer, n_relevant_margins=ev.n_relevant_margins, segments_read=ev.segments_read)
+            for step in list(self._steps):  # segments read without a margin (answer_now)
+                self._cb_end(step, {EventPayload.COMPLETION: ""})
+                self._close_step(step, None)
+            span_id = self._open_step(
+                _ANSWER, wim_answer, n_relevant_margins=ev.n_relevant_margins, segments_read=ev.segments_read
+            )
             self._fire(
                 WiMAnswerStartEvent(
-                    span_id=self._step_id,
+                    span_id=span_id,
                     n_relevant_margins=ev.n_relevant_margins,
                     segments_read=ev.segments_read,
                     n_segments=ev.n_segments,
                 )
             )
-            self._cb_start({EventPayload.QUERY_STR: self.query_str, "wim_step": "answer"})
+            self._cb_start(_ANSWER, {EventPayload.QUERY_STR: self.query_str, "wim_step": "answer"})
         elif isinstance(ev, AnswerToken):
-            self._fire(WiMAnswerTokenEvent(span_id=self._step_id, delta=ev.text))
+            self._fire(WiMAnswerTokenEvent(span_id=self._span(_ANSWER), delta=ev.text))
         elif isinstance(ev, Finished):
             r = ev.result
             self._fire(
                 WiMAnswerEvent(
-                    span_id=self._step_id,
+                    span_id=self._span(_ANSWER),
                     answer=r.answer,
                     n_segments=r.n_segments,
                     segments_read=r.segments_read,
@@ -199,5 +221,5 @@ class RunTracer:
                     result=r.model_dump(mode="json"),
                 )
             )
-            self._cb_end({EventPayload.COMPLETION: r.answer})
+            self._cb_end(_ANSWER, {EventPayload.COMPLETION: r.answer})
             self.finish(r)
