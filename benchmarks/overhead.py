@@ -183,7 +183,8 @@ def _row(m: dict[str, Any]) -> str:
     mt = w["margin_tokens"]
     return (
         f"| {m['layout']} ({p['segments']}) | {m['stopping']} | {p['seconds']:.1f} | {w['seconds']:.1f} "
-        f"(**{w['seconds'] / p['seconds']:.2f}x**) | {s2['seconds']:.1f} (**{s2['seconds'] / w['seconds']:.2f}** of 1st) | "
+        f"(**{w['seconds'] / p['seconds']:.2f}x**) | {s2['seconds']:.1f} "
+        f"(**{s2['seconds'] / w['seconds']:.2f}** of 1st) | "
         f"{st['seconds']:.1f} ({st['seconds'] / p['seconds']:.2f}x) | {w['first_event_s']:.1f} / "
         f"{st['first_event_s']:.1f} | {sum(mt) / len(mt):.1f} | {p['answer_tokens']} / {w['answer_tokens']} | "
         f"{'yes' if w['margins'] == st['margins'] and w['answer'] == st['answer'] else 'NO'} |"

@@ -298,6 +298,8 @@ class WiMStream:
         timings, tokens = run.timings, run.tokens
         segments, ends, n = plan.context.segments, plan.segment_ends, plan.n_segments
         size = cfg.margin_batch_size
+        rule = self._stop
+        done = (lambda _, ids: rule(ids)) if rule is not None else None  # a row ends once its margin is complete
         for g0 in range(0, n, size):
             group: list[Segment] = []
             asides: list[PromptAside | None] = []
@@ -333,8 +335,6 @@ class WiMStream:
             rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for seg, a in zip(group, asides, strict=True)]
             deltas = [TextDeltas.for_backend(b) for _ in rows]
             logprobs: list[list[float]] = [[] for _ in rows]
-            rule = self._stop
-            done = (lambda _, ids: rule(ids)) if rule is not None else None
             steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
             try:  # every margin streams live: its tokens are interleaved with the group's others, step by step
                 for step in steps:

@@ -77,8 +77,8 @@ class RunTracer:
 
     def _open_step(self, step: int | str, fn: Any, **args: Any) -> str:
         self._close_step(step, None)
-        span_id, bound = self._steps[step] = self._enter(fn, self.run_id, **args)
-        return span_id
+        self._steps[step] = self._enter(fn, self.run_id, **args)
+        return self._steps[step][0]
 
     def _span(self, step: int | str) -> str | None:
         return self._steps[step][0] if step in self._steps else None
@@ -169,8 +169,8 @@ class RunTracer:
                 },
             )
         elif isinstance(ev, MarginToken):
-            span_id = self._span(ev.segment_index)
-            self._fire(WiMMarginTokenEvent(span_id=span_id, segment_index=ev.segment_index, delta=ev.text))
+            step_span = self._span(ev.segment_index)
+            self._fire(WiMMarginTokenEvent(span_id=step_span, segment_index=ev.segment_index, delta=ev.text))
         elif isinstance(ev, MarginWritten):
             m = ev.margin
             self._fire(
