@@ -137,6 +137,7 @@ def tiny_wim(tiny_backends):
         answer_max_new_tokens=8,
         classifier_max_new_tokens=3,
         classification="same_model",
+        margin_batch_size=1,  # the step-by-step loop: one child run after another (groups: test_grouped_runs.py)
     )
     # Adapter tests compare with an engine run on the same document: a document cache would make the second a hit
     # (same margins and answer, fewer prompt tokens). Adapters with a document cache are tested where they set one.

@@ -29,6 +29,7 @@ CONFIG_OPTIONS = {
     "--margin-scope": "margin_scope",
     "--classifier-tokens": "classifier_max_new_tokens",
     "--batch": "margin_batch_size",
+    "--margin-stop": "margin_stop",
     "--keep-unknown": "keep_unknown_verdicts",
 }
 

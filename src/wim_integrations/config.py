@@ -41,7 +41,12 @@ class WiMConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
-    margin_max_new_tokens: int = Field(64, ge=1, description="max new tokens per margin")
+    margin_max_new_tokens: int = Field(
+        32,
+        ge=1,
+        description="max new tokens per margin (with margin_stop='sentence' most margins end before it; measured in "
+        "docs/benchmarks.md, 'Margin stop rules')",
+    )
     answer_max_new_tokens: int = Field(256, ge=1, description="max new tokens of the answer")
     classification: ClassificationMode = Field(
         "segment_pmi",
@@ -70,10 +75,11 @@ class WiMConfig(BaseModel):
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     margin_batch_size: int = Field(
-        1,
+        4,
         ge=1,
         description="margins of this many segments are decoded (and classified) together in one batch over the "
-        "shared cache; 1 is the step-by-step loop. Larger groups are faster; events then arrive per group.",
+        "shared cache, each streaming its own events live as it is decoded; 1 is the step-by-step loop (each margin "
+        "written before the next segment is read). Same results either way (greedy).",
     )
     reuse_document_cache: bool = Field(
         True, description="start from the WiM's document cache when it holds this context (WiM(document_cache=...))"

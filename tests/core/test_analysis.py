@@ -117,7 +117,7 @@ def test_summary_after_a_question_reuses_the_prefilled_document(tiny_backend):
 
 
 def test_answer_now_and_cancel(wim):
-    stream = wim.stream(SAMPLE, Analysis.summary())
+    stream = wim.stream(SAMPLE, Analysis.summary(), margin_batch_size=1)  # step by step: a note, then the next read
     for event in stream:
         if event.type == "margin_written":
             stream.answer_now()

@@ -87,7 +87,7 @@ def test_every_margin_of_a_group_streams_live(tiny_backends):
 
 
 def test_answer_now_in_batched_mode_answers_from_segments_read(tiny_backends):
-    wim = WiM(tiny_backends["llama"], config=CFG)
+    wim = WiM(tiny_backends["llama"], config=CFG, document_cache=None)
 
     def stop_after_first_margin(batch_size):
         stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
@@ -100,8 +100,8 @@ def test_answer_now_in_batched_mode_answers_from_segments_read(tiny_backends):
     assert seq.stopped_early and bat.stopped_early
     # The batch of two finished its group: same answer as the loop would give after two segments.
     assert bat.segments_read == 2 and len(bat.margins) == 2
-    ref = WiM(tiny_backends["llama"], config=CFG)
-    stream = ref.stream(DOC, QUESTION)
+    ref = WiM(tiny_backends["llama"], config=CFG, document_cache=None)
+    stream = ref.stream(DOC, QUESTION, margin_batch_size=1)
     for e in stream:
         if isinstance(e, MarginWritten) and e.segment_index == 1:
             stream.answer_now()

@@ -97,7 +97,7 @@ def test_cache_invalidated_by_anything_that_changes_the_context(tiny_backends):
 
 def test_answer_now_on_a_hit_answers_from_the_segments_read(tiny_backends):
     def answer_after_first(wim):
-        stream = wim.stream(DOC, Q1)
+        stream = wim.stream(DOC, Q1, margin_batch_size=1)
         for e in stream:
             if isinstance(e, MarginWritten):
                 stream.answer_now()

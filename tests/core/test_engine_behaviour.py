@@ -30,7 +30,7 @@ def wim(tiny_backends):
 
 
 def test_events_come_in_order_and_match_the_result(wim):
-    events = list(wim.stream(SAMPLE, Q))
+    events = list(wim.stream(SAMPLE, Q, margin_batch_size=1))  # groups: tests/core/test_batched_engine.py
     kinds = [e.type for e in events]
     n = events[0].n_segments
     assert n >= 3 and kinds[-1] == "finished" and kinds.count("finished") == 1

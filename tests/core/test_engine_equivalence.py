@@ -90,7 +90,7 @@ def test_answer_now_answers_from_the_segments_read_so_far(tiny_backends):
     b = tiny_backends["llama"]
     wim = WiM(b, config=CFG)
     plan = wim.plan(SAMPLE, QUESTION)
-    stream = wim.stream(SAMPLE, QUESTION)
+    stream = wim.stream(SAMPLE, QUESTION, margin_batch_size=1)
     for event in stream:
         if event.type == "margin_written":
             stream.answer_now()

@@ -288,6 +288,9 @@ class LlamaCppProfile(Profile):
             "stream": True,
             "cache_prompt": self.reuse_prefix,
             "return_tokens": True,
+            # Cache statistics in every chunk, not only the last: a margin complete by its stop rule closes the
+            # stream before the last.
+            "timings_per_token": True,
             "id_slot": -1 if slot is None else slot,
             # Every sampler set explicitly: the server's defaults (temperature 0.8, top_k 40, min_p 0.05, ...)
             # would otherwise apply. Greedy: temperature 0 is argmax.
