@@ -138,7 +138,7 @@ def measure(s: Setup, layout: str, stopping: str) -> dict[str, Any]:
     s.stopping(stopping)
     cfg = config(layout, stopping)
     plain = plain_long_context(s.wim, s.task, cfg)
-    fresh = s.wim.with_options()  # a new WiM on the loaded model: its own (empty) default document cache
+    fresh = s.wim.with_options(document_cache="auto")  # a new WiM on the loaded model: its own, empty, document cache
     first = wim_run(fresh, s.task, cfg)
     second = wim_run(fresh, s.task, cfg, QUESTION_2)
     step = wim_run(s.wim.with_options(document_cache=None), s.task, cfg.with_updates(margin_batch_size=1))
@@ -166,7 +166,7 @@ def child(mode: str, layout: str) -> None:
     if mode == "plain":
         plain_long_context(s.wim, s.task, cfg)
     else:
-        wim = s.wim.with_options()
+        wim = s.wim.with_options(document_cache="auto")
         wim.run(s.task.context, s.task.question, config=cfg)
         wim.run(s.task.context, QUESTION_2, config=cfg)
     print(
@@ -221,10 +221,11 @@ def main() -> None:
 
     s = setup()
     defaults = WiMConfig.model_validate(OVERRIDES)
+    cache_kind = type(s.wim.with_options(document_cache="auto").document_cache).__name__
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, model {s.wim.model_name}; task "
         f"{s.task.id} ({s.task.n_tokens} tokens); WiM defaults: {defaults.model_dump(exclude={'sampling'})}, "
-        f"document cache {type(s.wim.with_options().document_cache).__name__}"
+        f"document cache {cache_kind}"
     )
     warm = WiMConfig(margin_max_new_tokens=2, answer_max_new_tokens=2)
     small = needle_task(lambda t: len(s.wim.backend.encode_text(t)), 300, 0.5, seed=1)

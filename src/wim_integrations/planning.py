@@ -42,6 +42,9 @@ class Plan:
     # their keys/values per segment and a later question computes only the rest.
     margin_head_length: int = 0
     analysis: Analysis | None = None  # a summary / analysis: notes instead of margins, a report instead of an answer
+    # Most tokens the cache holds at once in this run (context, then a group's margin rows or the final prompt with
+    # every margin and the answer): room reserved up front where the backend can.
+    peak_tokens: int = 0
 
     @property
     def margin_head_ids(self) -> list[int]:
@@ -155,7 +158,13 @@ class Planner:
         self._check_window_early(docs, task, cfg, head_ids, margin_prompt_ids)
         ctx = segment_context(b, docs, budget)
         self._check_window(ctx.n_tokens, len(ctx.segments), task, cfg, head_ids, margin_prompt_ids)
-        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis)
+        n = len(ctx.segments)
+        rows = min(cfg.margin_batch_size, n) * (len(margin_prompt_ids) + cfg.margin_max_new_tokens)
+        # A margin's text encoded again in the final prompt can take more tokens than were generated: twice, with room.
+        label = len(b.encode_text(f"\n\nMargin note {n} (part {n} of {n}):\n"))
+        answer = len(self.final_prompt_ids(task, [], n)) + n * (2 * cfg.margin_max_new_tokens + label)
+        peak = len(head_ids) + ctx.n_tokens + max(rows, answer + cfg.answer_max_new_tokens)
+        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis, peak)
 
     def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
         """A note under a schema needs room for at least the JSON skeleton with short values."""

@@ -160,11 +160,14 @@ class WiMStream:
         stored: PrefilledDocument | None = doc_cache.get(key) if doc_cache is not None else None
         if stored is not None and kv is not None:
             cache = kv.fork_cache(stored.cache)
+            kv.reserve(cache, plan.peak_tokens)  # if this question outgrows the stored room, one copy, not several
             if stored.margin_head_ids == tuple(plan.margin_head_ids):
                 run.margin_heads = dict(stored.margin_heads)
             timings.context_cache = "hit"
         else:
             cache = b.new_cache()
+            if kv is not None:  # one allocation for the whole run: no growth copying the cache (memory peak)
+                kv.reserve(cache, plan.peak_tokens)
             t0 = time.perf_counter()
             b.prefill(cache, plan.head_ids)
             timings.prefill_seconds += time.perf_counter() - t0

@@ -80,6 +80,36 @@ def test_appends_within_the_spare_room_write_in_place():
     assert again.keys.untyped_storage().data_ptr() == storage and torch.equal(stored.keys, kept)
 
 
+def test_a_reserved_layer_allocates_once():
+    layer = BufferedLayer()
+    layer.reserve(500)
+    layer.update(*_kv(100, 0))
+    storage = layer.keys.untyped_storage().data_ptr()
+    for step in range(20):
+        layer.update(*_kv(20, step + 1))  # up to 500 tokens: written in place, never copied
+    assert layer.get_seq_length() == 500 and layer.keys.untyped_storage().data_ptr() == storage
+
+
+def test_a_wim_run_never_copies_its_cache_to_grow(tiny_backends, monkeypatch):
+    """The plan's peak is reserved at the start: reading segment after segment, the margins and the answer all fit in
+    the first allocation (a growth copies the whole cache, and the moment with both copies is the memory peak)."""
+    from helpers import SAMPLE
+
+    from wim_integrations import WiM, WiMConfig
+
+    copies: list[int] = []
+    original = BufferedLayer._grow
+    monkeypatch.setattr(
+        BufferedLayer, "_grow", lambda self, k, v, n, need: (copies.append(n), original(self, k, v, n, need))[1]
+    )
+    cfg = WiMConfig(segment_tokens=150, margin_max_new_tokens=8, answer_max_new_tokens=8, margin_stop="eos")
+    wim = WiM(tiny_backends["qwen2"], config=cfg)
+    for batch in (1, 4):
+        wim.run(SAMPLE, "Who keeps the lighthouse?", margin_batch_size=batch, reuse_document_cache=False)
+        assert copies and not [n for n in copies if n > 0], copies  # allocations only, from empty
+        copies.clear()
+
+
 def test_backend_caches_use_buffered_layers(tiny_backends):
     for backend in tiny_backends.values():
         cache = backend.new_cache()

@@ -186,6 +186,9 @@ class LocalKVBackend(PackedBackend, Protocol):
 
     def cache_nbytes(self, cache: Any) -> int: ...
 
+    def reserve(self, cache: Any, n_tokens: int) -> None:
+        """Hint: `cache` will hold up to about `n_tokens`; room may be allocated for them at once."""
+
 
 def packed_view(backend: Backend) -> PackedBackend | None:
     """`backend` as a `PackedBackend` where it declares packed rows, else None."""

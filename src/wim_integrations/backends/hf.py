@@ -103,6 +103,11 @@ class HFBackend(TokenizerMethods):
         fork.layers = [layer.fork() if isinstance(layer, BufferedLayer) else copy.copy(layer) for layer in cache.layers]
         return fork
 
+    def reserve(self, cache: DynamicCache, n_tokens: int) -> None:
+        for layer in cache.layers:
+            if isinstance(layer, BufferedLayer):
+                layer.reserve(n_tokens)
+
     def cache_nbytes(self, cache: DynamicCache) -> int:
         """Bytes of the storage behind the cache's keys and values (spare buffer room and cropped views included)."""
         storages: dict[int, int] = {}

@@ -53,6 +53,12 @@ class BufferedLayer(DynamicLayer):
         self._value_buffer: torch.Tensor | None = None
         self._owns_buffer = False
         self._share: _Share | None = None  # set while the buffer is shared with forks
+        self._reserved = 0  # capacity to allocate at once (see `reserve`)
+
+    def reserve(self, n_tokens: int) -> None:
+        """Allocate room for `n_tokens` at the next (re)allocation: a run that knows its final length grows once,
+        instead of copying the whole cache at each growth (a moment with two copies: the peak of memory)."""
+        self._reserved = n_tokens
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -73,7 +79,7 @@ class BufferedLayer(DynamicLayer):
         return self.keys, self.values
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, needed: int) -> None:
-        capacity = needed + max(_MIN_SPARE_TOKENS, needed // 8)
+        capacity = max(needed + max(_MIN_SPARE_TOKENS, needed // 8), self._reserved)
         new_keys = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
         new_values = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
         if length:
