@@ -75,7 +75,7 @@ class WiMConfig(BaseModel):
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     margin_batch_size: int = Field(
-        4,
+        8,
         ge=1,
         description="margins of this many segments are decoded (and classified) together in one batch over the "
         "shared cache, each streaming its own events live as it is decoded; 1 is the step-by-step loop (each margin "
