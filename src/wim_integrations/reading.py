@@ -292,8 +292,10 @@ class WiMStream:
         """Groups of `margin_batch_size` segments: prefill the group, then decode all its margins in one packed batch
         over the shared cache (row j sees the cache up to the end of segment j) and classify them in one pass.
 
-        Events keep the per-segment order (SegmentRead, MarginToken*, MarginWritten); the first margin of a group
-        streams live, the others are emitted once the group is done. With `prefilled` the cache already holds the
+        Each SegmentRead comes as its segment is read; then every margin of the group streams live (MarginTokens
+        interleaved step by step, each naming its segment); then the group's MarginWritten in order. An `answer_now`
+        during a group's reading still writes the margins of the segments read before it (the step-by-step loop had
+        written them already) but none for the segment it came after. With `prefilled` the cache already holds the
         whole document (document cache hit) and segments are only "read" for their margins. Where the backend keeps
         keys/values in this process each margin prompt is computed as the segment is read (see
         `_margin_prompt_aside`); elsewhere (a server) the rows carry their whole prompts."""

@@ -116,3 +116,20 @@ def test_sliding_window_backend_falls_back_to_sequential(tiny_backends, monkeypa
     monkeypatch.setattr(type(b), "supports_packed", property(lambda self: False))
     monkeypatch.setattr(type(b), "generate_packed", None)  # would fail if called
     assert _summary(wim.run(DOC, QUESTION, margin_batch_size=4)) == _summary(want)
+
+
+def test_answer_now_while_a_group_is_read_writes_the_margins_read_before_it(tiny_backends):
+    """As in the step-by-step loop: the segment answer_now came after is read but gets no margin; those before do."""
+    wim = WiM(tiny_backends["qwen2"], config=CFG.with_updates(classification="none"), document_cache=None)
+
+    def stop_at_read(batch_size):
+        stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
+        for e in stream:
+            if isinstance(e, SegmentRead) and e.segment_index == 1:
+                stream.answer_now()
+        return stream.result
+
+    grouped, step = stop_at_read(3), stop_at_read(1)
+    assert grouped.segments_read == step.segments_read == 2
+    assert [m.segment_index for m in grouped.margins] == [0]
+    assert _summary(grouped) == _summary(step)

@@ -331,18 +331,22 @@ class ServerBackend(TokenizerMethods):
         """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
         n, usage, finished, final = 0, None, False, False
-        for event in self.client.stream_events(path, body, cancel):
-            usage = self.profile.usage(event) or usage
-            final = final or self.profile.is_final(event)
-            if finished:  # the server stops at the same stop ids and budget: read on to its usage report
-                continue
-            tokens = self.profile.chunk_tokens(event, self.tokens.encode_text)
-            for token, logprob in tokens[n:] if self.profile.cumulative else tokens:
-                if token in self.stop_ids or n >= max_tokens:
-                    finished = True
-                    break
-                n += 1
-                yield token, logprob
+        try:
+            for event in self.client.stream_events(path, body, cancel):
+                usage = self.profile.usage(event) or usage
+                final = final or self.profile.is_final(event)
+                if finished:  # the server stops at the same stop ids and budget: read on to its usage report
+                    continue
+                tokens = self.profile.chunk_tokens(event, self.tokens.encode_text)
+                for token, logprob in tokens[n:] if self.profile.cumulative else tokens:
+                    if token in self.stop_ids or n >= max_tokens:
+                        finished = True
+                        break
+                    n += 1
+                    yield token, logprob
+        except GeneratorExit:  # closed by the caller (a margin complete by its stop rule): recorded as far as it went
+            self._record(kind, prompt, prefix, usage)
+            raise
         if not final and not cancel.is_set():
             raise ServerUnavailableError(
                 f"the {self.engine} server's stream ended after {n} tokens without its final event (connection cut "
