@@ -58,7 +58,9 @@ class Reader:
     def __init__(self, backend: Backend, config: WiMConfig, classifier: Backend | None = None) -> None:
         self.backend = backend
         self.config = config
-        self.wim = WiM(backend, config=config, classifier=classifier)  # classifier: for classification="auxiliary"
+        # classifier: for classification="auxiliary". No document cache: every system's time is a first read of its
+        # task (with one, the second WiM variant on a task would start from the first one's prefilled document).
+        self.wim = WiM(backend, config=config, classifier=classifier, document_cache=None)
         self.frame = backend.chat_frame()
         self.wim_results: dict[tuple[str, str], WiMResult] = {}  # (variant name, e.g. "wim[...]", task id) -> result
 
