@@ -86,26 +86,22 @@ def test_every_margin_of_a_group_streams_live(tiny_backends):
     assert kinds.index(("SegmentRead", 2)) < first_token < kinds.index(("MarginToken", 2))
 
 
+def _answer_now_at(wim, batch_size, event_type, segment_index):
+    """The result of a run told to `answer_now` at the `event_type` event of segment `segment_index`."""
+    stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
+    for e in stream:
+        if isinstance(e, event_type) and e.segment_index == segment_index:
+            stream.answer_now()
+    return stream.result
+
+
 def test_answer_now_in_batched_mode_answers_from_segments_read(tiny_backends):
     wim = WiM(tiny_backends["llama"], config=CFG, document_cache=None)
-
-    def stop_after_first_margin(batch_size):
-        stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
-        for e in stream:
-            if isinstance(e, MarginWritten) and e.segment_index == 0:
-                stream.answer_now()
-        return stream.result
-
-    seq, bat = stop_after_first_margin(1), stop_after_first_margin(2)
+    seq, bat = _answer_now_at(wim, 1, MarginWritten, 0), _answer_now_at(wim, 2, MarginWritten, 0)
     assert seq.stopped_early and bat.stopped_early
     # The batch of two finished its group: same answer as the loop would give after two segments.
     assert bat.segments_read == 2 and len(bat.margins) == 2
-    ref = WiM(tiny_backends["llama"], config=CFG, document_cache=None)
-    stream = ref.stream(DOC, QUESTION, margin_batch_size=1)
-    for e in stream:
-        if isinstance(e, MarginWritten) and e.segment_index == 1:
-            stream.answer_now()
-    assert _summary(stream.result) == _summary(bat)
+    assert _summary(_answer_now_at(wim, 1, MarginWritten, 1)) == _summary(bat)
     assert seq.segments_read == 1
 
 
@@ -121,15 +117,7 @@ def test_sliding_window_backend_falls_back_to_sequential(tiny_backends, monkeypa
 def test_answer_now_while_a_group_is_read_writes_the_margins_read_before_it(tiny_backends):
     """As in the step-by-step loop: the segment answer_now came after is read but gets no margin; those before do."""
     wim = WiM(tiny_backends["qwen2"], config=CFG.with_updates(classification="none"), document_cache=None)
-
-    def stop_at_read(batch_size):
-        stream = wim.stream(DOC, QUESTION, margin_batch_size=batch_size)
-        for e in stream:
-            if isinstance(e, SegmentRead) and e.segment_index == 1:
-                stream.answer_now()
-        return stream.result
-
-    grouped, step = stop_at_read(3), stop_at_read(1)
+    grouped, step = _answer_now_at(wim, 3, SegmentRead, 1), _answer_now_at(wim, 1, SegmentRead, 1)
     assert grouped.segments_read == step.segments_read == 2
     assert [m.segment_index for m in grouped.margins] == [0]
     assert _summary(grouped) == _summary(step)
