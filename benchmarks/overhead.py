@@ -72,7 +72,7 @@ OVERRIDES: dict[str, str] = {}  # --set: settings tried instead of the defaults
 
 def config(layout: str, stopping: str, **changes: Any) -> WiMConfig:
     cfg = WiMConfig.model_validate({"segment_tokens": LAYOUTS[layout], **OVERRIDES, **changes})
-    if stopping == "forced" and "margin_stop" in WiMConfig.model_fields:
+    if stopping == "forced":
         cfg = cfg.with_updates(margin_stop="eos")  # no early stop rule: the full budget
     return cfg
 

@@ -61,7 +61,7 @@ class DocumentCache:
         with self._lock:
             if (old := self._entries.pop(key, None)) is not None:
                 self._nbytes -= old.nbytes
-            if nbytes > self.max_bytes:
+            if not self.fits(nbytes):
                 return False
             self._entries[key] = _Entry(cache, nbytes)
             self._nbytes += nbytes
