@@ -178,3 +178,17 @@ def test_margin_heads_are_only_kept_for_a_document_cache(tiny_backends, monkeypa
     assert kept == []  # no cache to store them in: no copies
     cached = WiM(b, config=CFG.with_updates(margin_batch_size=4), document_cache=DocumentCache())
     assert cached.run(DOC, Q1).n_segments == len(kept) > 0
+
+
+def test_a_document_cache_is_on_by_default_and_can_be_turned_off(tiny_backends):
+    from fake_backend import FakeBackend
+
+    wim = WiM(tiny_backends["llama"], config=CFG)
+    assert isinstance(wim.document_cache, DocumentCache) and wim.document_cache.max_bytes == 512 * 1024 * 1024
+    assert [wim.run(DOC, q).timings.context_cache for q in (Q1, Q2)] == ["miss", "hit"]
+    assert wim.with_options().document_cache is wim.document_cache  # kept
+    fresh = wim.with_options(document_cache="auto").document_cache
+    assert isinstance(fresh, DocumentCache) and fresh is not wim.document_cache and len(fresh) == 0
+    off = wim.with_options(document_cache=None)
+    assert off.document_cache is None and off.run(DOC, Q1).timings.context_cache == "off"
+    assert WiM(FakeBackend(), config=CFG).document_cache is None  # keys/values not held here: nothing to cache
