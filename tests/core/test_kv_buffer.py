@@ -147,18 +147,21 @@ def test_wim_sdpa_equals_sdpa_under_a_packed_mask(tiny_model_dirs, tiny_backends
     allowed = torch.cat([sees_prefix, torch.eye(n_q, dtype=torch.bool)], dim=1)
     allowed[1, base] = allowed[3, base + 2] = allowed[5, base + 4] = True  # each second query also sees its first
     mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
+    # Pass the cache under the name the installed transformers takes, as the backend does (`past_key_values` warns
+    # on 5.x and goes away in 5.40).
+    kw = backend._cache_kwarg
     logits = []
     for model in (backend.model, stock):
         cache = backend.new_cache()
         with torch.inference_mode(), wim_sdpa(backend.model) as switched:
             assert switched or model is stock
-            model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([ids]), use_cache=True, **{kw: cache})
             out = model(
                 input_ids=torch.tensor([[7, 8, 9, 10, 11, 12]]),
                 position_ids=torch.tensor([[20, 21, 50, 51, 80, 81]]),
                 attention_mask=mask,
-                past_key_values=cache,
                 use_cache=True,
+                **{kw: cache},
             )
         logits.append(out.logits)
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
