@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .analysis import Analysis, WiMSummary
@@ -24,10 +25,14 @@ from .events import (
     WiMEvent,
     WiMResult,
 )
+from .extras import MissingExtraError
 from .prompts import PromptSet
 from .segmenter import InputDocument
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("wim-integrations")  # the installed package's metadata: one source of truth
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 # Framework adapters load on first use, so the core works without langchain-core or llama-index-core.
 _LAZY = {
@@ -50,7 +55,7 @@ def __getattr__(name: str) -> Any:
         return getattr(import_module(module), name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("langchain_core", "langsmith", "llama_index"):
-            raise ImportError(
+            raise MissingExtraError(
                 f"{name} needs the '{extra}' extra: pip install 'wim-integrations[{extra}]' ({exc.name} is missing)"
             ) from exc
         raise
@@ -68,6 +73,7 @@ __all__ = [
     "InputDocument",
     "Margin",
     "MarginToken",
+    "MissingExtraError",
     "MarginWritten",
     "ModelLoadError",
     "PromptSet",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .errors import ModelLoadError, WiMInputError
+from .extras import require
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def ensure_default_converted(target: Path | None = None, progress: Callable[[str
     if (target / _DONE_MARKER).is_file():
         return target
     gguf = default_gguf_path()
+    require("hf")
     say = progress or log.info
     say(f"Converting the embedded SmolLM2-135M GGUF to {target} (once; about 40 s)...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,6 +117,7 @@ def load_model_and_tokenizer(
     instead. `model_kwargs` (and any other keyword) go to `AutoModelForCausalLM.from_pretrained`, `tokenizer_kwargs`
     to `AutoTokenizer.from_pretrained`.
     """
+    require("hf")
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -187,6 +190,7 @@ def _check_local_path(name: str) -> None:
 
 def load_backend(model: Any, *, tokenizer: Any = None, **options: Any) -> Any:
     """An `HFBackend` on a model directory / cached id (loaded with `options`), or on an already loaded model."""
+    require("hf")
     from .backends.hf import HFBackend
 
     if isinstance(model, (str, os.PathLike)):
@@ -220,6 +224,7 @@ def _load_tokenizer(path: str | os.PathLike[str], options: dict[str, Any]) -> An
 
 
 def load_default_backend(progress: Callable[[str], None] | None = None, **options: Any) -> Any:
+    require("hf")
     from .backends.hf import HFBackend
 
     model, tokenizer = load_model_and_tokenizer(ensure_default_converted(progress=progress), **options)

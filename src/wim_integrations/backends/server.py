@@ -388,6 +388,9 @@ def _required(logprob: float | None, engine: str) -> float:
 def _load_tokenizer(tokenizer: Any) -> Any:
     if not isinstance(tokenizer, str | os.PathLike):
         return tokenizer
+    from ..extras import require
+
+    require("server")
     from transformers import AutoTokenizer
 
     try:
