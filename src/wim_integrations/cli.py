@@ -16,6 +16,7 @@ from .config import WiMConfig
 from .errors import WiMError
 from .html_report import check_report_path
 from .progress import ProgressDisplay
+from .prompts import PromptSet, without_placeholders
 from .segmenter import check_text
 
 # `wim ask` options that set a `WiMConfig` field: flag -> field. Type, choices, default and help come from the field,
@@ -56,7 +57,10 @@ def _add_config_option(parser: argparse.ArgumentParser, flag: str, name: str) ->
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="wim", description="Writing in the Margins: long-context reading.")
+    parser.add_argument("--version", action="version", version=f"wim-integrations {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="answer a question about a document with WiM")
     ask.add_argument("--file", "-f", help="document to read (UTF-8 text); '-' or omitted reads standard input")
@@ -149,6 +153,38 @@ def _config(args: argparse.Namespace) -> WiMConfig:
     return config
 
 
+def check_segment_budget(config: WiMConfig, task: str | Analysis) -> None:
+    """Refuse, before any model loads, a segment budget smaller than the instruction written after each segment.
+
+    Every tokenizer WiM supports splits text at whitespace before merging (byte-level BPE, SentencePiece), so the
+    instruction's word count is a lower bound of its token count on any model; the planner checks the exact count
+    once the model is loaded."""
+    if config.segment_tokens is None:
+        return
+    prompts = PromptSet.default()
+    if isinstance(task, Analysis):
+        template, extra = prompts.note_instruction, f"{task.instruction} {task.note_instruction or ''}"
+    else:
+        inline = config.classification == "inline"
+        template, extra = prompts.margin_instruction_for(inline=inline, scope=config.margin_scope), task
+    words = len(without_placeholders(template).split()) + len(extra.split())
+    if config.segment_tokens < words:
+        raise WiMError(
+            f"--segment-tokens {config.segment_tokens} is smaller than the instruction written after each segment "
+            f"(at least {words} tokens on any model: {words} words); use a few times more, e.g. --segment-tokens "
+            f"{max(256, 4 * words)}."
+        )
+
+
+def _silence_library_bars() -> None:
+    """transformers' own bars ("Loading weights") would tear through the margin display; WiM reports loading."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = _build_parser().parse_args(argv)
@@ -165,9 +201,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             task = args.question
         else:
             task = Analysis.summary(args.instruction, note_instruction=args.note_instruction)
+        check_segment_budget(config, task)
         document = check_text(_read_document(args.file), f"the document {args.file or '(stdin)'}")
         if not document.strip():
             raise WiMError(f"the document {args.file or '(stdin)'} is empty; give WiM some text to read.")
+        _silence_library_bars()
         from .engine import WiM
         from .models import load_backend, load_default_backend
 

@@ -37,6 +37,11 @@ def render(template: str, **values: str) -> str:
     return _PLACEHOLDER.sub(fill, template)
 
 
+def without_placeholders(template: str) -> str:
+    """The template's own text, its `{{name}}` placeholders left empty."""
+    return _PLACEHOLDER.sub("", template)
+
+
 def _templates_dir() -> Path:
     packaged = resources.files("wim_integrations") / "templates"
     if packaged.is_dir():
