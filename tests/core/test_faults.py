@@ -37,10 +37,6 @@ def no_compute(fault_backend, monkeypatch):
     return WiM(fault_backend, config=CFG)
 
 
-def _summary(result):
-    return result.answer, [(m.text, m.verdict) for m in result.margins], result.segments_read
-
-
 # -- bad input ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "context, question, message",
@@ -112,8 +108,8 @@ def test_a_huge_context_is_refused_from_its_size_before_tokenizing(no_compute, m
 
 # -- cancellation at every step ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cancel_at_every_step_leaves_the_backend_usable(wim, batch):
-    reference = _summary(wim.run(SHORT, Q, margin_batch_size=batch))
+def test_cancel_at_every_step_leaves_the_backend_usable(wim, batch, assert_same_runs):
+    reference = wim.run(SHORT, Q, margin_batch_size=batch)
     n_events = sum(1 for _ in wim.stream(SHORT, Q, margin_batch_size=batch))
     for stop_at in range(0, n_events - 2, max(1, n_events // 6)):  # cancelling after the last token is too late
         stream = wim.stream(SHORT, Q, margin_batch_size=batch)
@@ -121,15 +117,15 @@ def test_cancel_at_every_step_leaves_the_backend_usable(wim, batch):
             if i == stop_at:
                 stream.cancel()
         assert stream.result is None, stop_at
-    assert _summary(wim.run(SHORT, Q, margin_batch_size=batch)) == reference
+    assert_same_runs(wim, SHORT, Q, wim.run(SHORT, Q, margin_batch_size=batch), reference)
 
 
-def test_closing_a_stream_midway_leaves_the_backend_usable(wim):
-    reference = _summary(wim.run(SHORT, Q))
+def test_closing_a_stream_midway_leaves_the_backend_usable(wim, assert_same_runs):
+    reference = wim.run(SHORT, Q)
     stream = wim.stream(SHORT, Q)
     next(stream), next(stream)
     stream.close()
-    assert _summary(wim.run(SHORT, Q)) == reference
+    assert_same_runs(wim, SHORT, Q, wim.run(SHORT, Q), reference)
 
 
 def _slow_prefill(monkeypatch, backend) -> threading.Event:
@@ -145,9 +141,9 @@ def _slow_prefill(monkeypatch, backend) -> threading.Event:
     return in_step
 
 
-def test_async_cancel_while_a_step_runs_then_a_clean_run(wim, monkeypatch):
+def test_async_cancel_while_a_step_runs_then_a_clean_run(wim, monkeypatch, assert_same_runs):
     wim = wim.with_options(document_cache=None)  # the runs below must prefill: that is where the cancel lands
-    reference = _summary(wim.run(SHORT, Q))
+    reference = wim.run(SHORT, Q)
     in_step = _slow_prefill(monkeypatch, wim.backend)
 
     async def cancel_midway():
@@ -159,7 +155,7 @@ def test_async_cancel_while_a_step_runs_then_a_clean_run(wim, monkeypatch):
 
     asyncio.run(cancel_midway())
     monkeypatch.undo()
-    assert _summary(asyncio.run(wim.arun(SHORT, Q))) == reference
+    assert_same_runs(wim, SHORT, Q, asyncio.run(wim.arun(SHORT, Q)), reference)
 
 
 def test_asyncio_run_returning_with_a_run_pending_shuts_down_cleanly(wim, monkeypatch):
@@ -181,26 +177,28 @@ def test_asyncio_run_returning_with_a_run_pending_shuts_down_cleanly(wim, monkey
 
 
 # -- concurrency --------------------------------------------------------------------------------------------------
-def test_concurrent_runs_equal_sequential_ones(wim):
+def test_concurrent_runs_equal_sequential_ones(wim, assert_same_runs):
     questions = [Q, "What is the code of the gate?", "What is the capital of France?"]
-    sequential = [_summary(wim.run(SHORT, q)) for q in questions]
+    sequential = [wim.run(SHORT, q) for q in questions]
     with ThreadPoolExecutor(4) as pool:
-        concurrent = list(pool.map(lambda q: _summary(wim.run(SHORT, q)), questions))
-    assert concurrent == sequential
+        concurrent = list(pool.map(lambda q: wim.run(SHORT, q), questions))
+    for q, a, b in zip(questions, concurrent, sequential, strict=True):
+        assert_same_runs(wim, SHORT, q, a, b)
 
 
-def test_concurrent_async_runs_equal_sequential_ones(wim):
+def test_concurrent_async_runs_equal_sequential_ones(wim, assert_same_runs):
     questions = [Q, "Where is the harbor?"]
-    sequential = [_summary(wim.run(SHORT, q)) for q in questions]
+    sequential = [wim.run(SHORT, q) for q in questions]
 
     async def main():
         return await asyncio.gather(*(wim.arun(SHORT, q) for q in questions))
 
-    assert [_summary(r) for r in asyncio.run(main())] == sequential
+    for q, a, b in zip(questions, asyncio.run(main()), sequential, strict=True):
+        assert_same_runs(wim, SHORT, q, a, b)
 
 
 # -- broken handlers ----------------------------------------------------------------------------------------------
-def test_a_broken_langchain_handler_never_breaks_the_run(wim):
+def test_a_broken_langchain_handler_never_breaks_the_run(wim, assert_same_runs):
     pytest.importorskip("langchain_core")
     from wim_integrations import WiMChain
     from wim_integrations.langchain import WiMCallbackHandler
@@ -209,6 +207,7 @@ def test_a_broken_langchain_handler_never_breaks_the_run(wim):
         def on_custom_event(self, *a, **k):
             raise RuntimeError("handler bug")
 
-    reference = wim.run(SHORT, Q).answer
-    chain = WiMChain(wim=wim)
-    assert chain.invoke({"context": SHORT, "question": Q}, {"callbacks": [Broken()]}) == reference
+    reference = wim.run(SHORT, Q)
+    chain = WiMChain(wim=wim).with_margins()
+    out = chain.invoke({"context": SHORT, "question": Q}, {"callbacks": [Broken()]})
+    assert_same_runs(wim, SHORT, Q, out["result"], reference)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from llama_cpp_agreement import assert_same_greedy_text, assert_same_run  # noqa: F401  (used by the tests here)
 
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.llama_server import LlamaServer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import HARBOR, QUESTION, SERVER_CFG
+from conftest import HARBOR, QUESTION, SERVER_CFG, assert_same_run
 from fault_proxy import FaultProxy
 
 from wim_integrations import WiM
@@ -107,7 +107,7 @@ def test_a_lost_prefix_cache_costs_time_not_correctness(proxy, llama_server, ser
     proxy.script(*[("forward", None)] * 3, ("call", llama_server.erase_slots))
     start = len(wim.backend.requests)
     evicted = wim.run(HARBOR, QUESTION)
-    assert [m.text for m in evicted.margins] == [m.text for m in reference.margins]
-    assert evicted.answer == reference.answer
+    # Margin 2 on is computed in other batches than the reference's: equal up to llama.cpp's float noise.
+    assert_same_run(llama_server.url, wim, wim.plan(HARBOR, QUESTION), reference, evicted)
     second_margin = [r for r in list(wim.backend.requests)[start:] if r.kind == "generate"][1]
     assert second_margin.cached_tokens == 0 and second_margin.computed_tokens == second_margin.prompt_tokens
