@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,8 +61,9 @@ def ensure_default_converted(target: Path | None = None, progress: Callable[[str
     say(f"Converting the embedded SmolLM2-135M GGUF to {target} (once; about 40 s)...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _quiet_gguf_bar(progress is not None):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained; copy its dequantized weights into a plain model.
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -83,6 +87,22 @@ def ensure_default_converted(target: Path | None = None, progress: Callable[[str
         shutil.rmtree(tmp, ignore_errors=True)
     say("Conversion done; later loads take about a second.")
     return target
+
+
+@contextmanager
+def _quiet_gguf_bar(quiet: bool) -> Iterator[None]:
+    """transformers draws its GGUF conversion bar with plain tqdm, which its progress-bar switch does not reach; a
+    caller that reports progress itself (the CLI's display) gets it switched off for the conversion."""
+    module = importlib.import_module("transformers.modeling_gguf_pytorch_utils") if quiet else None
+    bar = getattr(module, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    module.tqdm = partial(bar, disable=True)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.tqdm = bar  # type: ignore[union-attr]
 
 
 # Loading keywords that have their own option: in model_kwargs they would be ambiguous.

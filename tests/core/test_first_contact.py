@@ -163,3 +163,17 @@ except MissingExtraError as e:
     proc = _blocked(script, "transformers", "tokenizers")
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'wim-integrations[server]'" in proc.stdout
+
+
+def test_the_gguf_conversion_bar_is_off_while_the_cli_reports_progress():
+    """transformers' GGUF conversion bar is plain tqdm (its switch does not reach it): off inside, restored after."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from wim_integrations.models import _quiet_gguf_bar
+
+    original = gguf_utils.tqdm
+    with _quiet_gguf_bar(True):
+        assert gguf_utils.tqdm(range(3)).disable
+    assert gguf_utils.tqdm is original
+    with _quiet_gguf_bar(False):
+        assert gguf_utils.tqdm is original
