@@ -6,7 +6,6 @@ concatenated are exactly the tokens of the whole context, and their texts concat
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
