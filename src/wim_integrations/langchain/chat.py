@@ -27,7 +27,7 @@ from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
@@ -37,7 +37,8 @@ from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
-from ..segmenter import InputDocument
+from ..segmenter import InputDocument, check_text
+from ..textstream import StopCut
 from .chain import ContextInput, to_engine_context
 from .events import event_name, event_payload, with_handler
 from .settings import WIM_SETTINGS, WiMSettings, check_known
@@ -92,6 +93,13 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return self.model_copy(update={"context": context})
 
     # -- BaseChatModel ---------------------------------------------------------------------------------
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids from the model's own tokenizer (so `get_num_tokens` and `get_num_tokens_from_messages` count
+        what this model reads, not GPT-2 tokens); `custom_get_token_ids` still wins when set."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self.wim.backend.encode_text(check_text(text, "text")))
+
     @property
     def _llm_type(self) -> str:
         return "wim-chat"
@@ -211,9 +219,9 @@ class ChatWiM(WiMSettings, BaseChatModel):
         context, question = self._inputs(messages, bound if bound is not None else self.context)
         overrides = {**self.wim_overrides(**kwargs), "sampling": self._sampling(kwargs)}
         overrides["answer_max_new_tokens"] = self._answer_budget(kwargs)
-        return self.wim.stream(context, question, **overrides), _StopCut(stop or self.stop or [])
+        return self.wim.stream(context, question, **overrides), StopCut(stop or self.stop or [])
 
-    def _closing_chunks(self, stream: Any, cut: _StopCut) -> Iterator[ChatGenerationChunk]:
+    def _closing_chunks(self, stream: Any, cut: StopCut) -> Iterator[ChatGenerationChunk]:
         if text := cut.flush():
             yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if stream.result is None:
@@ -224,9 +232,12 @@ class ChatWiM(WiMSettings, BaseChatModel):
     def _last_chunk(self, r: WiMResult) -> AIMessageChunk:
         """No text: the usage, the model name and the whole run, on the chunk that closes the stream."""
         t = r.tokens
-        read = t.context + t.prompt + t.answer_prompt
+        # input_tokens is the whole prompt, as LangChain defines it; what the document cache supplied is cache_read.
+        read = t.input_total
         written = t.margin_generated + t.classifier_generated + t.answer_generated
         usage = UsageMetadata(input_tokens=read, output_tokens=written, total_tokens=read + written)  # type: ignore[typeddict-item]
+        if t.cache_read:
+            usage["input_token_details"] = InputTokenDetails(cache_read=t.cache_read)
         meta = {
             "model_name": r.model,
             "model_provider": "huggingface",
@@ -362,33 +373,3 @@ async def _aemit(run_manager: AsyncCallbackManagerForLLMRun | None, ev: Any) -> 
         tags=run_manager.tags,
         metadata=run_manager.metadata,
     )
-
-
-class _StopCut:
-    """Streams text up to the first stop sequence, holding back a tail that could still start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.started = self.stopped = False
-
-    def push(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        if not self.started:  # the answer starts at its first visible character (as WiMResult.answer)
-            text = text.lstrip()
-            self.started = bool(text)
-        self.pending += text
-        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
-        if hits:
-            self.stopped = True
-            out, self.pending = self.pending[: min(hits)], ""
-            return out
-        keep = max((len(s) - 1 for s in self.stops), default=0)
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut] if cut > 0 else "", self.pending[max(cut, 0) :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
