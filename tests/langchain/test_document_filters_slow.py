@@ -41,7 +41,8 @@ def test_the_compressor_keeps_the_holding_paragraph_and_judges_each_alone(defaul
     assert len({d.metadata["wim_segments"][0] for d in kept}) == len(kept)
     best = WiMDocumentCompressor(wim=default_wim, top_n=1).compress_documents(DOCS, QUESTION)
     print(f"top_n=1 kept {[d.id for d in best]}")
-    assert len(best) == 1 and best[0].metadata["wim_score"] == max(d.metadata["wim_score"] for d in kept)
+    # the best-scored of the kept (the second read is a document-cache hit: the same scores up to float noise)
+    assert [d.id for d in best] == [max(kept, key=lambda d: d.metadata["wim_score"]).id]
 
 
 @pytest.mark.slow
