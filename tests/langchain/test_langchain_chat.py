@@ -9,11 +9,12 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, get_buffer_string
 from langchain_core.runnables import RunnableLambda
+from langchain_core.tracers.context import collect_runs
 from langchain_tests.unit_tests import ChatModelUnitTests
 from test_langchain import DOCS, QUESTION
 
 from wim_integrations import DocumentCache, InputDocument, WiM, WiMInputError
-from wim_integrations.langchain import EVENT_NAMES, ChatWiM, parse_event
+from wim_integrations.langchain import CLASSIFY_RUN, EVENT_NAMES, MARGIN_RUN, ChatWiM, parse_event
 
 
 class TestChatWiMStandard(ChatModelUnitTests):
@@ -212,3 +213,29 @@ def test_token_counts_use_the_models_tokenizer(chat, tiny_wim):
     assert ChatWiM(wim=tiny_wim, custom_get_token_ids=lambda t: [1, 2]).get_num_tokens(text) == 2
     with pytest.raises(WiMInputError, match="text must be a string"):
         chat.get_num_tokens(3)
+
+
+@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke", "astream"])
+def test_margin_child_runs_under_the_chat_run(chat, reference, how):
+    """As WiMChain's: a wim_margin (and wim_classify) child run per segment, seen by LangChain's own run collector;
+    no answer child run (the chat run is the answer)."""
+    bound = chat.with_context(DOCS)
+
+    async def consume():
+        return [c async for c in bound.astream(QUESTION)]
+
+    with collect_runs() as collector:
+        if how == "invoke":
+            bound.invoke(QUESTION)
+        elif how == "stream":
+            list(bound.stream(QUESTION))
+        elif how == "ainvoke":
+            asyncio.run(bound.ainvoke(QUESTION))
+        else:
+            asyncio.run(consume())
+    [run] = collector.traced_runs
+    assert run.run_type == "llm" and run.name == "ChatWiM"
+    children = sorted(run.child_runs, key=lambda r: r.dotted_order)
+    assert [c.name for c in children] == [MARGIN_RUN, CLASSIFY_RUN] * reference.n_segments
+    margins = [c for c in children if c.name == MARGIN_RUN]
+    assert [c.outputs["generations"][0][0]["text"] for c in margins] == [m.text for m in reference.margins]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
     BaseCallbackHandler,
+    CallbackManager,
     CallbackManagerForLLMRun,
     adispatch_custom_event,
     dispatch_custom_event,
@@ -34,16 +36,17 @@ from langchain_core.runnables.config import get_async_callback_manager_for_confi
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..config import SamplingConfig
-from ..engine import WiM
+from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
 from ..segmenter import InputDocument, check_text
 from ..textstream import StopCut
 from .chain import ContextInput, to_engine_context
-from .events import event_name, event_payload, with_handler
+from .events import AsyncEventRelay, EventRelay, event_name, event_payload, with_handler
 from .settings import WIM_SETTINGS, WiMSettings, check_known
 
 _CALL_KWARGS = (*WIM_SETTINGS, "context")
+T = TypeVar("T", CallbackManager, AsyncCallbackManager)
 
 
 def _default_wim() -> WiM:
@@ -177,13 +180,24 @@ class ChatWiM(WiMSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream, cut = self._start(messages, stop, kwargs)
+        relay = _child_relay(stream, run_manager)
+        error: BaseException | None = None
         try:
             for ev in stream:
                 _emit(run_manager, ev)
+                if relay is not None:
+                    relay.child_runs(ev)
                 if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
                     yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        except GeneratorExit:
+            raise  # the consumer stopped early: not an error of the run
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             stream.close()
+            if relay is not None:
+                relay.close(error)
         yield from self._closing_chunks(stream, cut)
 
     async def _astream(
@@ -195,10 +209,23 @@ class ChatWiM(WiMSettings, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         # The engine steps in a worker thread; events reach async handlers (astream_events) on this loop.
         stream, cut = self._start(messages, stop, kwargs)
-        async for ev in stream.aiter():
-            await _aemit(run_manager, ev)
-            if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        relay = _async_child_relay(stream, run_manager)
+        error: BaseException | None = None
+        events = stream.aiter()
+        try:
+            async for ev in events:
+                await _aemit(run_manager, ev)
+                if relay is not None:
+                    await relay.child_runs(ev)
+                if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await events.aclose()
+            if relay is not None:
+                await relay.close(error)
         for chunk in self._closing_chunks(stream, cut):
             yield chunk
 
@@ -332,6 +359,45 @@ _STREAM_RUN: ContextVar[_RunCapture | None] = ContextVar("wim_chat_stream_run", 
 def _parent_config() -> RunnableConfig | None:
     config = ensure_config()
     return config if getattr(config.get("callbacks"), "parent_run_id", None) is not None else None
+
+
+def _child_manager(run_id: UUID, parent: Any, cls: type[T]) -> T:
+    """A callback manager for runs nested in the chat-model run `run_id` (what `get_child()` gives a chain run; an
+    LLM run manager has none): its inheritable handlers, tags and metadata."""
+    manager = cls(handlers=[], parent_run_id=run_id)
+    manager.set_handlers(parent.inheritable_handlers)
+    manager.add_tags(parent.inheritable_tags)
+    manager.add_metadata(parent.inheritable_metadata)
+    return manager
+
+
+def _chat_run(run_manager: Any, config_manager: Any) -> tuple[UUID, Any] | None:
+    """(chat run id, its callback manager): the run manager when LangChain passed one, else the run a
+    `stream`/`astream` call started (`_RunCapture`) with the managers of that call's config."""
+    if run_manager is not None:
+        return run_manager.run_id, run_manager
+    capture = _STREAM_RUN.get()
+    if capture is None or capture.run_id is None:
+        return None
+    return capture.run_id, config_manager(capture.config)
+
+
+def _child_relay(stream: WiMStream, run_manager: CallbackManagerForLLMRun | None) -> EventRelay | None:
+    """Margin (and classification) child runs under this chat-model run, as `WiMChain` has them; the chat run itself
+    is the answer, so there is no answer child run. None where the chat run is unknown."""
+    found = _chat_run(run_manager, get_callback_manager_for_config)
+    if found is None:
+        return None
+    children = _child_manager(found[0], found[1], CallbackManager)
+    return EventRelay({"callbacks": children}, stream, answer_run=False)
+
+
+def _async_child_relay(stream: WiMStream, run_manager: AsyncCallbackManagerForLLMRun | None) -> AsyncEventRelay | None:
+    found = _chat_run(run_manager, get_async_callback_manager_for_config)
+    if found is None:
+        return None
+    children = _child_manager(found[0], found[1], AsyncCallbackManager)
+    return AsyncEventRelay({"callbacks": children}, stream, answer_run=False)
 
 
 def _emit(run_manager: CallbackManagerForLLMRun | None, ev: Any) -> None:

@@ -241,9 +241,10 @@ class _Relay:
     environment see them, as well as inheritable handlers.
     """
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
         self.config, self.specs = config, _RunSpecs(stream)
         self.open: dict[int | str, Any] = {}  # step -> the child run its events stream into
+        self.answer_run = answer_run  # False under ChatWiM: its own run is the answer
         # In a LangGraph node the answer is a chat-model run: its tokens then reach stream_mode="messages".
         self.chat_answer = "langgraph_node" in (config.get("metadata") or {})
 
@@ -261,8 +262,8 @@ class _Relay:
         if isinstance(ev, SegmentRead):
             return [("start", ev.segment_index, *self.specs.margin_start(ev))]
         if isinstance(ev, AnswerStarted):
-            unwritten = [("error", step) for step in self.open if step != _ANSWER]
-            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))]
+            unwritten: list[_Action] = [("error", step) for step in self.open if step != _ANSWER]
+            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))] if self.answer_run else unwritten
         if isinstance(ev, MarginToken):
             return [("token", ev.segment_index, ev.text)] if ev.segment_index in self.open else []
         if isinstance(ev, AnswerToken):
@@ -291,8 +292,8 @@ class _Relay:
 class EventRelay(_Relay):
     """Turns one run's engine events into custom events and child runs (sync callbacks)."""
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
-        super().__init__(config, stream)
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
+        super().__init__(config, stream, answer_run=answer_run)
         self.manager: CallbackManager = get_callback_manager_for_config(config)
 
     def _start(
@@ -306,6 +307,10 @@ class EventRelay(_Relay):
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
+        self.child_runs(ev)
+
+    def child_runs(self, ev: Any) -> None:
+        """Only the child runs of `ev` (a caller that sends the custom events itself: ChatWiM)."""
         for kind, step, *args in self.actions(ev):
             if kind == "start":
                 self.open[step] = self._start(*args, chat=self._chat(step))
@@ -329,8 +334,8 @@ class EventRelay(_Relay):
 class AsyncEventRelay(_Relay):
     """`EventRelay` on async callback managers (`adispatch_custom_event`)."""
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
-        super().__init__(config, stream)
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
+        super().__init__(config, stream, answer_run=answer_run)
         self.manager: AsyncCallbackManager = get_async_callback_manager_for_config(config)
 
     async def _start(
@@ -344,6 +349,9 @@ class AsyncEventRelay(_Relay):
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
+        await self.child_runs(ev)
+
+    async def child_runs(self, ev: Any) -> None:
         for kind, step, *args in self.actions(ev):
             if kind == "start":
                 self.open[step] = await self._start(*args, chat=self._chat(step))
