@@ -110,7 +110,9 @@ def _answer(backend: Backend, pieces: Sequence[str], question: str) -> str:
     return backend.decode(out).strip()
 
 
-def run(wim: WiM, ks: Sequence[int], seeds: int, out: Path | None) -> list[dict[str, Any]]:
+def run(
+    wim: WiM, ks: Sequence[int], seeds: int, out: Path | None, kinds: Sequence[str] = KINDS
+) -> list[dict[str, Any]]:
     b = wim.backend
 
     def count(text: str) -> int:
@@ -118,7 +120,7 @@ def run(wim: WiM, ks: Sequence[int], seeds: int, out: Path | None) -> list[dict[
 
     records = []
     for k in ks:
-        for kind in KINDS:
+        for kind in kinds:
             for seed in range(seeds):
                 task = make_task(count, kind, k, seed)
                 for system in SYSTEMS:
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--seeds", type=int, default=6, help="tasks per (k, kind)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--model", default="default", help="local model dir; 'default' = embedded SmolLM2")
     parser.add_argument("--out", type=Path, default=None, help="append each record (JSON lines) here")
     parser.add_argument("--report", type=Path, default=None, help="print the table of this results file and exit")
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wim = WiM.default() if args.model == "default" else WiM.from_pretrained(args.model)
     wim = wim.with_options(document_cache=None)  # every system's time is a first read
-    records = run(wim, args.ks, args.seeds, args.out)
+    records = run(wim, args.ks, args.seeds, args.out, args.kinds)
     print(f"model {wim.model_name}; {machine_facts()}")
     print(table(records))
     return 0
