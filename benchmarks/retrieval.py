@@ -155,21 +155,23 @@ def run(
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
+    """Per k, per kind (and all kinds together), per system."""
     lines = [
-        "| k | system | tasks | recall of holding pieces | all holding kept | pieces kept | answer accuracy "
+        "| k | kind | system | tasks | recall of holding pieces | all holding kept | pieces kept | answer accuracy "
         "| filter s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k in sorted({r["k"] for r in records}):
-        for system in SYSTEMS:
-            rs = [r for r in records if r["k"] == k and r["system"] == system]
-            if not rs:
-                continue
-            lines.append(
-                f"| {k} | {system} | {len(rs)} | {mean(r['recall'] for r in rs):.2f} | "
-                f"{mean(r['recall'] == 1 for r in rs):.2f} | {mean(r['kept_share'] for r in rs):.2f} | "
-                f"{mean(bool(r['correct']) for r in rs):.2f} | {mean(r['seconds'] for r in rs):.2f} |"
-            )
+        for kind in [*KINDS, "all"]:
+            for system in SYSTEMS:
+                rs = [r for r in records if r["k"] == k and r["system"] == system and kind in (r["kind"], "all")]
+                if not rs:
+                    continue
+                lines.append(
+                    f"| {k} | {kind} | {system} | {len(rs)} | {mean(r['recall'] for r in rs):.2f} | "
+                    f"{mean(r['recall'] == 1 for r in rs):.2f} | {mean(r['kept_share'] for r in rs):.2f} | "
+                    f"{mean(bool(r['correct']) for r in rs):.2f} | {mean(r['seconds'] for r in rs):.1f} |"
+                )
     return "\n".join(lines)
 
 
