@@ -81,6 +81,12 @@ class WiMConfig(BaseModel):
         "shared cache, each streaming its own events live as it is decoded; 1 is the step-by-step loop (each margin "
         "written before the next segment is read). Same results either way (greedy).",
     )
+    merge_documents: bool = Field(
+        True,
+        description="short documents of a list share a segment (True), or every document starts a segment of its own "
+        "so each margin is about one document (False; a document longer than a segment is still cut). The document "
+        "filters (WiMDocumentCompressor, WiMNodePostprocessor) judge each document and default to False",
+    )
     reuse_document_cache: bool = Field(
         True, description="start from the WiM's document cache when it holds this context (WiM(document_cache=...))"
     )

@@ -70,6 +70,16 @@ class TokenCounts(BaseModel):
     classifier_generated: int = 0
     answer_generated: int = 0
     answer_prompt: int = Field(0, description="tokens of the final answer prompt (margins + question)")
+    cache_read: int = Field(
+        0,
+        description="prompt tokens whose keys/values came from the document cache instead of being computed (on a "
+        "hit: the chat head, the context and the stored margin-prompt heads; 0 on a miss)",
+    )
+    input_total: int = Field(
+        0,
+        description="every prompt token the run fed the model, computed or from the document cache: context, "
+        "templates, margin prompts and the answer prompt (the same for a hit and a miss of the same call)",
+    )
 
 
 class SegmentInfo(BaseModel):

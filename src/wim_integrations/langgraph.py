@@ -9,8 +9,11 @@
 
 The node reads the question and context from the state, writes each WiM event through LangGraph's stream writer
 as ``{"event": "wim_<type>", "data": <payload>}`` (the payloads of docs/events.md) and returns the answer and the
-margins as a state update. It runs `WiMChain` with the node's config, so tracing and callbacks see the usual
-WiMChain run with its margin/answer child runs.
+margins as a state update. The margins are plain JSON-ready dicts (``Margin.model_dump(mode="json")``;
+``Margin.model_validate(d)`` gives the object back), so a checkpointer stores and restores them without registering
+types. It runs `WiMChain` with the node's config, so tracing and callbacks see the usual WiMChain run with its
+margin/answer child runs; the answer run is then a chat-model run, so ``stream_mode="messages"`` gets the answer's
+tokens as `AIMessageChunk`s of this node.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def wim_node(
 ) -> RunnableLambda:
     """A graph node (sync and async) running `reader` on ``state[question_key]`` over ``state[context_key]``.
 
-    Returns ``{answer_key: answer, margins_key: [Margin, ...]}`` (no margins key when `margins_key` is None).
+    Returns ``{answer_key: answer, margins_key: [margin dict, ...]}`` (no margins key when `margins_key` is None);
+    each margin dict is a `Margin` dumped to JSON-ready data.
     `events` picks which WiM events go to the custom stream (default: all; e.g. ``{"wim_margin_written"}``).
     """
     chain = (reader if isinstance(reader, WiMChain) else WiMChain(wim=reader)).with_margins()
@@ -81,7 +85,7 @@ def wim_node(
     def update(out: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {answer_key: out["answer"]}
         if margins_key is not None:
-            result[margins_key] = out["margins"]
+            result[margins_key] = [m.model_dump(mode="json") for m in out["margins"]]  # checkpoint-safe data
         return result
 
     def read(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:

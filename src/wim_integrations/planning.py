@@ -156,7 +156,7 @@ class Planner:
             )
         task = analysis or question
         self._check_window_early(docs, task, cfg, head_ids, margin_prompt_ids)
-        ctx = segment_context(b, docs, budget)
+        ctx = segment_context(b, docs, budget, merge_documents=cfg.merge_documents)
         self._check_window(ctx.n_tokens, len(ctx.segments), task, cfg, head_ids, margin_prompt_ids)
         n = len(ctx.segments)
         rows = min(cfg.margin_batch_size, n) * (len(margin_prompt_ids) + cfg.margin_max_new_tokens)

@@ -68,6 +68,7 @@ class _RunState:
     # classification="segment_pmi": the margin prompt computed at a segment's end, kept for the next segment's score
     prompt_asides: dict[int, PromptAside] = field(default_factory=dict)
     margin_heads: dict[int, PromptAside] = field(default_factory=dict)  # segment end -> margin head keys/values
+    prompt_cached: int = 0  # template / margin-head tokens taken from the document cache (not in tokens.prompt)
 
 
 class WiMStream:
@@ -164,6 +165,7 @@ class WiMStream:
             if stored.margin_head_ids == tuple(plan.margin_head_ids):
                 run.margin_heads = dict(stored.margin_heads)
             timings.context_cache = "hit"
+            run.prompt_cached += len(plan.head_ids)
         else:
             cache = b.new_cache()
             if kv is not None:  # one allocation for the whole run: no growth copying the cache (memory peak)
@@ -204,6 +206,8 @@ class WiMStream:
             yield AnswerToken(text=delta)
         timings.answer_seconds = time.perf_counter() - t0
         tokens.answer_generated = len(deltas.ids)
+        tokens.cache_read = run.prompt_cached + (tokens.context if stored is not None else 0)
+        tokens.input_total = tokens.context + tokens.prompt + run.prompt_cached + tokens.answer_prompt
         timings.total_seconds = time.perf_counter() - t_start
         outcome = dict(
             answer=deltas.text.strip(),
@@ -355,10 +359,9 @@ class WiMStream:
             t_margin = time.perf_counter() - t0
             timings.margin_seconds += t_margin
             # Prompt tokens computed in this run: all of each margin prompt, but for heads reused from a document cache.
-            tokens.prompt += sum(
-                len(r.prompt_ids) - (len(a.prompt_ids) if a is not None and a.last_logits is None else 0)
-                for r, a in zip(rows, asides, strict=True)
-            )
+            reused = sum(len(a.prompt_ids) for a in asides if a is not None and a.last_logits is None)
+            tokens.prompt += sum(len(r.prompt_ids) for r in rows) - reused
+            run.prompt_cached += reused
             tokens.margin_generated += sum(len(d.ids) for d in deltas)
 
             t0 = time.perf_counter()

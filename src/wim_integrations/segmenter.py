@@ -183,15 +183,58 @@ class OffsetEncoder(Protocol):
         """Token ids of user text and the character offset where each token starts."""
 
 
-def segment_context(encoder: OffsetEncoder, context: object, budget: int) -> Context:
+def _document_token_starts(starts: Sequence[int], doc_starts: Sequence[int]) -> list[int]:
+    """Index of the token where each document after the first begins: the first token starting at or after the
+    document's first character, or the token straddling it (a token may join the separator to the text)."""
+    out, i = [], 0
+    for d in doc_starts[1:]:
+        while i < len(starts) and starts[i] < d:
+            i += 1
+        out.append(i if i == len(starts) or starts[i] == d else max(i - 1, 0))
+    return out
+
+
+def _choose_cuts_per_document(
+    strengths: Sequence[int], starts: Sequence[int], doc_starts: Sequence[int], doc_ends: Sequence[int], budget: int
+) -> list[int]:
+    """Cuts with every document starting a segment of its own (a long document is still cut within).
+
+    The separator after a document stays in its last segment when it fits there; otherwise it opens the next
+    document's first segment, so no segment holds only a separator."""
+    n = len(strengths)
+    firsts = [*_document_token_starts(starts, doc_starts), n]
+    cuts: list[int] = []
+    lo = 0  # where the current document's range starts (its first token, or a separator carried before it)
+    for d, end in enumerate(firsts):
+        first = firsts[d - 1] if d else 0
+        if end <= lo:  # an empty document: nothing of its own to cut
+            continue
+        # Never cut between a carried separator and the document it precedes.
+        sub = [_MID_CHAR if 0 < i <= first - lo else level for i, level in enumerate(strengths[lo:end])]
+        content_end = next((t for t in range(max(first, lo), end) if starts[t] >= doc_ends[d]), end)
+        if content_end <= lo:
+            content_end = end
+        local = [lo + c for c in _choose_cuts(sub[: content_end - lo], budget)]
+        cuts += local
+        lo = end if end - local[-1] <= budget else content_end
+    return cuts or [0]
+
+
+def segment_context(encoder: OffsetEncoder, context: object, budget: int, *, merge_documents: bool = True) -> Context:
     """Tokenize `context` once (with the backend's `encode_with_offsets`) and cut it into segments of at most
-    `budget` tokens."""
+    `budget` tokens. With `merge_documents=False` every document starts a segment (short ones are not joined), so
+    each margin is about one document."""
     docs = as_documents(context)
     text, doc_starts = join_documents(docs)
     if not text.strip():
         raise WiMInputError("context is empty or whitespace only; pass the text WiM should read.")
     ids, starts = encoder.encode_with_offsets(text)
-    cuts = _choose_cuts(_cut_strengths(text, starts, doc_starts), budget)
+    strengths = _cut_strengths(text, starts, doc_starts)
+    if merge_documents:
+        cuts = _choose_cuts(strengths, budget)
+    else:
+        doc_ends = [start + len(doc.text) for doc, start in zip(docs, doc_starts, strict=True)]
+        cuts = _choose_cuts_per_document(strengths, starts, doc_starts, doc_ends, budget)
     bounds = [*cuts, len(ids)]
     # Character cut = start of the segment's first token (made monotonic); the first segment starts at 0 and
     # the last ends at len(text), so the segment texts tile the input exactly, whitespace included.

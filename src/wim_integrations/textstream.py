@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from .errors import WiMInputError
+
 
 class _Decoding(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
@@ -64,3 +66,47 @@ class TextDeltas:
     @property
     def text(self) -> str:
         return self._decode(self.ids) if self._held else self._text
+
+
+def stop_list(stop: object) -> list[str]:
+    """A caller's `stop` (None, a string, or a list of strings) as a list; `WiMInputError` for anything else."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise WiMInputError(f"stop must be a string or a list of strings, not {stop!r}.")
+
+
+class StopCut:
+    """Streams text up to the first stop sequence, holding back a tail that could still start one.
+
+    `lstrip`: the text starts at its first visible character (as `WiMResult.answer` does)."""
+
+    def __init__(self, stops: Sequence[str], *, lstrip: bool = True) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.started = not lstrip
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        self.pending += text
+        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        keep = max((len(s) - 1 for s in self.stops), default=0)
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut] if cut > 0 else "", self.pending[max(cut, 0) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out

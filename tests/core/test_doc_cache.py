@@ -192,3 +192,15 @@ def test_a_document_cache_is_on_by_default_and_can_be_turned_off(tiny_backends):
     off = wim.with_options(document_cache=None)
     assert off.document_cache is None and off.run(DOC, Q1).timings.context_cache == "off"
     assert WiM(FakeBackend(), config=CFG).document_cache is None  # keys/values not held here: nothing to cache
+
+
+def test_tokens_read_from_the_cache_are_counted_apart(tiny_backends):
+    """A hit reads the chat head, the context and every stored margin-prompt head from the cache: `cache_read`; the
+    whole prompt (`input_total`) is the same as on the miss."""
+    cached = WiM(tiny_backends["llama"], config=CFG, document_cache=DocumentCache())
+    first, again = cached.run(DOC, Q1), cached.run(DOC, Q1)
+    t1, t2 = first.tokens, again.tokens
+    assert t1.cache_read == 0 and t1.input_total == t1.context + t1.prompt + t1.answer_prompt
+    plan = cached.plan(DOC, Q1)
+    assert t2.cache_read == len(plan.head_ids) + plan.context.n_tokens + plan.n_segments * plan.margin_head_length
+    assert t2.input_total == t1.input_total == t2.prompt + t2.answer_prompt + t2.cache_read

@@ -68,6 +68,35 @@ def test_document_spans_point_back_into_their_documents(tokenizer, docs, budget)
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Stripped documents: a token of whitespace running from one document across the separator into the next cannot go
+# wholly to either side.
+@given(docs=st.lists(text_strategy.map(str.strip).filter(bool), min_size=1, max_size=6), budget=st.integers(5, 200))
+def test_unmerged_documents_each_start_a_segment(tokenizer, docs, budget):
+    inputs = [InputDocument(t, id=f"d{i}") for i, t in enumerate(docs)]
+    ctx = segment_context(tokenizer, inputs, budget, merge_documents=False)
+    assert "".join(s.text for s in ctx.segments) == ctx.text  # still nothing dropped or duplicated
+    assert [t for s in ctx.segments for t in s.token_ids] == list(ctx.token_ids)
+    assert all(0 < s.n_tokens <= budget for s in ctx.segments)
+    firsts = {}
+    for seg in ctx.segments:
+        assert len(seg.documents) == 1  # no segment spans two documents
+        firsts.setdefault(seg.documents[0].doc_index, seg.documents[0])
+    assert sorted(firsts) == list(range(len(docs)))
+    assert all(span.start_char == 0 for span in firsts.values())  # each document's first segment opens it
+
+
+def test_short_documents_are_merged_unless_asked(tokenizer):
+    docs = [f"Note {i}: the keeper lit lamp {i}." for i in range(5)]
+    merged = segment_context(tokenizer, docs, 200)
+    separate = segment_context(tokenizer, docs, 200, merge_documents=False)
+    assert len(merged.segments) == 1 and len(merged.segments[0].documents) == 5
+    assert [[d.doc_index for d in s.documents] for s in separate.segments] == [[i] for i in range(5)]
+    long_doc = ["The keeper lit the lamp. The boats came home. " * 12, "Short one."]
+    split = segment_context(tokenizer, long_doc, 40, merge_documents=False)
+    assert [s.documents[0].doc_index for s in split.segments][-1] == 1 and len(split.segments) > 2
+
+
 def test_cuts_prefer_paragraphs_then_sentences(tokenizer):
     para = "The keeper lit the lamp. The boats came home. The night was calm and long."
     text = "\n\n".join([para] * 6)

@@ -11,7 +11,9 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 from langchain_core.runnables import ConfigurableField, RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
@@ -455,3 +457,21 @@ def test_trace_tree_and_tracer_choice(chain, monkeypatch):
     monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test-key")
     real = langsmith_tracer().client
     assert type(real) is langsmith.Client
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        ChatPromptTemplate.from_messages([("system", "{context}"), ("human", "{question}")]),
+        ChatPromptTemplate.from_messages([MessagesPlaceholder("messages")]),
+        PromptTemplate.from_template("{context}\n\n{question}"),
+    ],
+)
+def test_a_prompt_in_front_of_the_chain_is_told_what_to_use(chain, prompt):
+    pipeline = prompt | chain
+    values = {"context": "Mary went to the kitchen.", "question": QUESTION, "messages": [("human", QUESTION)]}
+    values = {k: v for k, v in values.items() if k in prompt.input_variables}
+    with pytest.raises(WiMInputError, match=r"use ChatWiM .*\{'context': retriever, 'question'"):
+        pipeline.invoke(values)
+    with pytest.raises(WiMInputError, match="ChatWiM"):
+        chain.invoke({"messages": [HumanMessage(QUESTION)]})

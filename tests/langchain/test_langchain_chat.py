@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, get_buffer_string
 from langchain_core.runnables import RunnableLambda
+from langchain_core.tracers.context import collect_runs
 from langchain_tests.unit_tests import ChatModelUnitTests
 from test_langchain import DOCS, QUESTION
 
-from wim_integrations import InputDocument, WiM, WiMInputError
-from wim_integrations.langchain import EVENT_NAMES, ChatWiM, parse_event
+from wim_integrations import DocumentCache, InputDocument, WiM, WiMInputError
+from wim_integrations.langchain import CLASSIFY_RUN, EVENT_NAMES, MARGIN_RUN, ChatWiM, parse_event
 
 
 class TestChatWiMStandard(ChatModelUnitTests):
@@ -183,3 +185,57 @@ def test_unknown_call_kwargs_and_fields_are_rejected(chat, tiny_wim):
         chat.invoke(QUESTION, context=DOCS, max_new_tokens=3)
     with pytest.raises(ValueError, match="margin_max_new_tokens"):
         ChatWiM(wim=tiny_wim, margin_tokens=3)
+
+
+def test_document_cache_reads_are_reported_as_cache_read(tiny_wim):
+    chat = ChatWiM(wim=tiny_wim.with_options(document_cache=DocumentCache()), context=DOCS)
+    miss, hit = chat.invoke(QUESTION), chat.invoke(QUESTION)
+    assert (miss.response_metadata["wim"]["timings"]["context_cache"], hit.response_metadata["wim"]["timings"]
+            ["context_cache"]) == ("miss", "hit")  # fmt: skip
+    assert hit.content == miss.content
+    # input_tokens is the whole prompt either way; the hit says how much of it the document cache supplied
+    assert hit.usage_metadata["input_tokens"] == miss.usage_metadata["input_tokens"]
+    assert "input_token_details" not in miss.usage_metadata
+    tokens = hit.response_metadata["wim"]["tokens"]
+    assert hit.usage_metadata["input_token_details"]["cache_read"] == tokens["cache_read"] > tokens["context"]
+    computed = tokens["prompt"] + tokens["answer_prompt"]
+    assert hit.usage_metadata["input_tokens"] == computed + tokens["cache_read"]
+
+
+def test_token_counts_use_the_models_tokenizer(chat, tiny_wim):
+    text = "The secret code is 4417."
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fallback GPT-2 tokenizer" warning
+        assert chat.get_num_tokens(text) == len(tiny_wim.backend.encode_text(text)) > 0
+        messages = [SystemMessage(text), HumanMessage(QUESTION)]
+        expected = sum(len(tiny_wim.backend.encode_text(get_buffer_string([m]))) for m in messages)
+        assert chat.get_num_tokens_from_messages(messages) == expected
+    assert ChatWiM(wim=tiny_wim, custom_get_token_ids=lambda t: [1, 2]).get_num_tokens(text) == 2
+    with pytest.raises(WiMInputError, match="text must be a string"):
+        chat.get_num_tokens(3)
+
+
+@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke", "astream"])
+def test_margin_child_runs_under_the_chat_run(chat, reference, how):
+    """As WiMChain's: a wim_margin (and wim_classify) child run per segment, seen by LangChain's own run collector;
+    no answer child run (the chat run is the answer)."""
+    bound = chat.with_context(DOCS)
+
+    async def consume():
+        return [c async for c in bound.astream(QUESTION)]
+
+    with collect_runs() as collector:
+        if how == "invoke":
+            bound.invoke(QUESTION)
+        elif how == "stream":
+            list(bound.stream(QUESTION))
+        elif how == "ainvoke":
+            asyncio.run(bound.ainvoke(QUESTION))
+        else:
+            asyncio.run(consume())
+    [run] = collector.traced_runs
+    assert run.run_type == "llm" and run.name == "ChatWiM"
+    children = sorted(run.child_runs, key=lambda r: r.dotted_order)
+    assert [c.name for c in children] == [MARGIN_RUN, CLASSIFY_RUN] * reference.n_segments
+    margins = [c for c in children if c.name == MARGIN_RUN]
+    assert [c.outputs["generations"][0][0]["text"] for c in margins] == [m.text for m in reference.margins]

@@ -81,7 +81,8 @@ def test_scores_are_attached_when_margins_have_them(tiny_wim, monkeypatch):
         n_tokens=1,
         seconds=0,
     )
-    kept = module._keep(DOCS, [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})])
+    compressor = module.WiMDocumentCompressor(wim=tiny_wim)
+    kept = compressor._keep(DOCS, [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})])
     assert [d.id for d in kept] == ["d2"] and kept[0].metadata["wim_score"] == 0.75
 
 
@@ -113,7 +114,11 @@ def test_empty_input_bad_query_and_unknown_settings(tiny_wim):
     with pytest.raises(WiMInputError, match="question is empty"):
         compressor.compress_documents(DOCS, "  ")
     with pytest.raises(ValueError, match="Valid:"):
-        WiMDocumentCompressor(wim=tiny_wim, top_n=2)
+        WiMDocumentCompressor(wim=tiny_wim, top_k=2)
+    with pytest.raises(ValueError, match="top_n"):
+        WiMDocumentCompressor(wim=tiny_wim, top_n=0)
+    with pytest.raises(ValueError, match="kept_order"):
+        WiMDocumentCompressor(wim=tiny_wim, kept_order="random")
     assert isinstance(DOCS[0], Document)
 
 
@@ -127,3 +132,64 @@ def test_score_based_classification_scores_the_kept_documents(tiny_wim):
     kept = compressor.compress_documents(DOCS, QUESTION)
     assert [d.id for d in kept] == [d.id for d in DOCS]  # threshold 0: every margin is relevant
     assert all(isinstance(d.metadata["wim_score"], float) for d in kept)
+
+
+SHORT = [
+    Document(page_content=text, id=f"s{i}", metadata={"n": i})
+    for i, text in enumerate(
+        [
+            "Mary went to the kitchen.",
+            "The secret code is 4417.",
+            "Paris is the capital of France.",
+            "The quick brown fox jumps over the lazy dog.",
+            "Read the text carefully, part by part.",
+        ]
+    )
+]
+
+
+def test_each_document_gets_its_own_margin(tiny_wim):
+    """Short retrieved documents are not merged into one segment: each is judged on a margin of its own."""
+    seen = Margins()
+    kept = WiMDocumentCompressor(wim=tiny_wim, classification="none").compress_documents(
+        SHORT, QUESTION, callbacks=[seen]
+    )
+    assert [d.id for d in kept] == [d.id for d in SHORT]  # 'none' keeps every margin
+    assert [[s.doc_id for s in m.documents] for m in seen.margins] == [[d.id] for d in SHORT]
+    assert [d.metadata["wim_segments"] for d in kept] == [[i] for i in range(len(SHORT))]
+    assert [d.metadata["wim_margin"] for d in kept] == [m.text for m in seen.margins]
+    # the engine's own per-document read gives the same margins: the adapter translates, it does not re-derive
+    direct = tiny_wim.run([d.page_content for d in SHORT], QUESTION, classification="none", merge_documents=False)
+    assert [m.text for m in direct.margins] == [m.text for m in seen.margins]
+    # asked to merge, the five short documents share one segment and one margin
+    merged = WiMDocumentCompressor(wim=tiny_wim, classification="none", merge_documents=True)
+    assert {tuple(d.metadata["wim_segments"]) for d in merged.compress_documents(SHORT, QUESTION)} == {(0,)}
+
+
+def test_a_long_document_is_split_and_kept_once(tiny_wim):
+    docs = [Document(page_content=DOCS[0].page_content * 3, id="d1"), SHORT[1]]  # the first: over 120 tokens
+    seen = Margins()
+    kept = WiMDocumentCompressor(wim=tiny_wim, classification="none", segment_tokens=120).compress_documents(
+        docs, QUESTION, callbacks=[seen]
+    )
+    assert [d.id for d in kept] == ["d1", "s1"]
+    on_long = [m.segment_index for m in seen.margins if m.documents[0].doc_id == "d1"]
+    assert len(on_long) > 1 and kept[0].metadata["wim_segments"] == on_long
+    assert kept[1].metadata["wim_segments"] == [len(on_long)]
+
+
+@pytest.mark.parametrize("kept_order", ["retrieval", "score"])
+def test_top_n_keeps_the_best_scored_documents(tiny_wim, kept_order):
+    # 'pmi' with a threshold nothing falls under: every document relevant, each with the score of its own margin
+    settings = {"classification": "pmi", "relevance_threshold": -1e9}
+    every = WiMDocumentCompressor(wim=tiny_wim, **settings).compress_documents(SHORT, QUESTION)
+    assert [d.id for d in every] == [d.id for d in SHORT]
+    scores = {d.id: d.metadata["wim_score"] for d in every}
+    assert len(set(scores.values())) == len(SHORT)  # distinct scores: the choice below is not a tie-break
+    best = sorted(scores, key=lambda i: -scores[i])[:2]
+    kept = WiMDocumentCompressor(wim=tiny_wim, top_n=2, kept_order=kept_order, **settings).compress_documents(
+        SHORT, QUESTION
+    )
+    expected = best if kept_order == "score" else [d.id for d in SHORT if d.id in best]
+    assert [d.id for d in kept] == expected
+    assert [d.metadata["wim_score"] for d in kept] == [scores[i] for i in expected]

@@ -159,3 +159,29 @@ def index_for_openai() -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(
         docs, embed_model=HashEmbedding(), transformations=[SentenceSplitter(chunk_size=48, chunk_overlap=0)]
     )
+
+
+def test_stop_sequences_end_the_text_and_the_decoding(tiny_wim, monkeypatch):
+    llm = WiMLLM(tiny_wim, max_new_tokens=40)
+    greedy = llm.complete(LONG_PROMPT).text
+    stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 3]
+    expected = greedy[: greedy.index(stop)]
+    decoded: list[int] = []
+    generate = tiny_wim.backend.generate
+
+    def counting(cache, request):
+        for tok in generate(cache, request):
+            decoded.append(tok)
+            yield tok
+
+    monkeypatch.setattr(tiny_wim.backend, "generate", counting)
+    full = len(tiny_wim.backend.encode_text(greedy))
+    assert llm.complete(LONG_PROMPT, stop=[stop, "never there"]).text == expected.strip()
+    assert len(decoded) < full  # decoding ended at the stop sequence, not at the budget
+    assert WiMLLM(tiny_wim, max_new_tokens=40, stop=[stop]).complete(LONG_PROMPT).text == expected.strip()
+    streamed = list(llm.stream_complete(LONG_PROMPT, stop=stop))
+    assert "".join(r.delta for r in streamed) == streamed[-1].text and streamed[-1].text.strip() == expected.strip()
+    chat = llm.chat([ChatMessage(role="user", content=LONG_PROMPT)], stop=[stop]).message.content
+    assert stop not in chat
+    with pytest.raises(WiMInputError, match="stop must be"):
+        llm.complete(LONG_PROMPT, stop=[1])

@@ -11,7 +11,14 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 from pydantic import Field
 from test_llamaindex import QUESTION, TEXTS, HashEmbedding
 
@@ -37,7 +44,7 @@ def _margin(i: int, node_ids: list[str], relevant: bool, score: float | None = N
         score=score,
         char_span=(0, 1),
         token_span=(0, 1),
-        documents=[DocumentSpan(doc_index=k, doc_id=n, start_char=0, end_char=1) for k, n in enumerate(node_ids)],
+        documents=[DocumentSpan(doc_index="abcd".index(n), doc_id=n, start_char=0, end_char=1) for n in node_ids],
         n_tokens=2,
         seconds=0.0,
     )
@@ -84,7 +91,7 @@ def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
     docs = node_documents(retrieved, "document", MetadataMode.LLM)
     scored = 0
     for mode in ("none", "same_model", "lexical", "pmi"):
-        direct = tiny_wim.run(docs, QUESTION, classification=mode, margin_scope="segment")
+        direct = tiny_wim.run(docs, QUESTION, classification=mode, margin_scope="segment", merge_documents=False)
         relevant_ids = {d.doc_id for m in direct.margins if m.relevant for d in m.documents}
         rec = Recorder(events=[])
         get_dispatcher().add_event_handler(rec)
@@ -136,3 +143,50 @@ def test_bad_input(tiny_wim):
         WiMNodePostprocessor(tiny_wim, order="random")
     with pytest.raises(ValueError, match="no_such_setting"):
         WiMNodePostprocessor(tiny_wim, no_such_setting=1)
+    with pytest.raises(WiMInputError, match="top_n"):
+        WiMNodePostprocessor(tiny_wim, top_n=0)
+    with pytest.raises(WiMInputError, match="kept_order"):
+        WiMNodePostprocessor(tiny_wim, kept_order="best")
+
+
+SHORT = ["Mary went to the kitchen.", "The secret code is 4417.", "Paris is the capital of France.", "Numbers 0 1 2."]
+
+
+def _short_nodes() -> list[NodeWithScore]:
+    # One source document, retrieved in reverse offset order: the reading order ("document") is not the retrieval order.
+    source = {NodeRelationship.SOURCE: RelatedNodeInfo(node_id="doc")}
+    return [
+        NodeWithScore(
+            node=TextNode(id_=f"n{i}", text=t, start_char_idx=10 * (3 - i), relationships=source), score=1.0 - i / 10
+        )
+        for i, t in enumerate(SHORT)
+    ]
+
+
+def test_each_node_gets_its_own_margin(tiny_wim):
+    nodes = [NodeWithScore(node=TextNode(id_=f"n{i}", text=t), score=1.0) for i, t in enumerate(SHORT)]
+    post = WiMNodePostprocessor(tiny_wim, classification="none")
+    margins = post.read(nodes, QUESTION)
+    assert [[d.doc_id for d in m.documents] for m in margins] == [[f"n{i}"] for i in range(len(SHORT))]
+    kept = post.postprocess_nodes(nodes, query_str=QUESTION)
+    assert [n.node.metadata["wim_margin"] for n in kept] == [m.text for m in margins]
+    merged = WiMNodePostprocessor(tiny_wim, classification="none", merge_documents=True).read(nodes, QUESTION)
+    assert len(merged) == 1 and len(merged[0].documents) == len(SHORT)  # asked to merge: one segment for all
+
+
+@pytest.mark.parametrize("kept_order", ["retrieval", "score"])
+def test_top_n_keeps_the_best_scored_nodes(tiny_wim, kept_order):
+    settings = {"classification": "pmi", "relevance_threshold": -1e9}  # every node relevant, each with its score
+    post = WiMNodePostprocessor(tiny_wim, **settings)
+    read = post.read(_short_nodes(), QUESTION)
+    assert [m.documents[0].doc_id for m in read] == ["n3", "n2", "n1", "n0"]  # read in document order
+    every = post.postprocess_nodes(_short_nodes(), query_str=QUESTION)
+    assert [n.node.node_id for n in every] == [f"n{i}" for i in range(len(SHORT))]  # retrieval order, not reading
+    scores = {n.node.node_id: n.node.metadata["wim_margin_score"] for n in every}
+    assert len(set(scores.values())) == len(SHORT)
+    best = sorted(scores, key=lambda i: -scores[i])[:2]
+    post = WiMNodePostprocessor(tiny_wim, top_n=2, kept_order=kept_order, **settings)
+    kept = post.postprocess_nodes(_short_nodes(), query_str=QUESTION)
+    expected = best if kept_order == "score" else [i for i in scores if i in best]
+    assert [n.node.node_id for n in kept] == expected
+    assert [n.score for n in kept] == [1.0 - int(i[1]) / 10 for i in expected]  # retrieval scores kept

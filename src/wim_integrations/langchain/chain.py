@@ -10,6 +10,8 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
+from langchain_core.messages import BaseMessage
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.utils import AddableDict, Input
 from pydantic import BaseModel, ConfigDict, Field
@@ -120,6 +122,7 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
     # -- input handling --------------------------------------------------------------------------------
     def _parse(self, value: Any) -> tuple[Any, str]:
         """(engine context, question) from any accepted input; clear errors for the rest."""
+        _refuse_messages(value)
         if isinstance(value, BaseModel):
             value = value.model_dump(exclude_none=True)
         if isinstance(value, str):
@@ -278,6 +281,25 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
         finally:
             await events.aclose()  # stops the worker-thread run if the consumer left early
             await relay.close(error)
+
+
+_MESSAGES_HINT = (
+    "WiMChain reads a context and answers a question: it takes {'question': ..., 'context': ...}, not chat messages. "
+    "For a prompt template's messages use ChatWiM (prompt | ChatWiM(context=docs), the question being the last human "
+    "message), or map the inputs before the chain: "
+    "{'context': retriever, 'question': RunnablePassthrough()} | WiMChain."
+)
+
+
+def _refuse_messages(value: Any) -> None:
+    """A prompt template's output (or a list of messages) is not WiMChain input: say what to use instead."""
+    if isinstance(value, PromptValue):
+        raise WiMInputError(f"WiMChain got a {type(value).__name__} from a prompt template. {_MESSAGES_HINT}")
+    if isinstance(value, dict) and any(value.get(k) is not None for k in QUESTION_KEYS):
+        return  # a state that also holds messages: the question and context are there
+    messages = value.get("messages") if isinstance(value, dict) else value
+    if isinstance(messages, list) and messages and all(isinstance(m, BaseMessage) for m in messages):
+        raise WiMInputError(f"WiMChain got chat messages. {_MESSAGES_HINT}")
 
 
 def _merge_chunks(chunks: list[Any]) -> Any:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
     BaseCallbackHandler,
+    CallbackManager,
     CallbackManagerForLLMRun,
     adispatch_custom_event,
     dispatch_custom_event,
@@ -27,22 +29,24 @@ from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..config import SamplingConfig
-from ..engine import WiM
+from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
-from ..segmenter import InputDocument
+from ..segmenter import InputDocument, check_text
+from ..textstream import StopCut
 from .chain import ContextInput, to_engine_context
-from .events import event_name, event_payload, with_handler
+from .events import AsyncEventRelay, EventRelay, event_name, event_payload, with_handler
 from .settings import WIM_SETTINGS, WiMSettings, check_known
 
 _CALL_KWARGS = (*WIM_SETTINGS, "context")
+T = TypeVar("T", CallbackManager, AsyncCallbackManager)
 
 
 def _default_wim() -> WiM:
@@ -92,6 +96,13 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return self.model_copy(update={"context": context})
 
     # -- BaseChatModel ---------------------------------------------------------------------------------
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids from the model's own tokenizer (so `get_num_tokens` and `get_num_tokens_from_messages` count
+        what this model reads, not GPT-2 tokens); `custom_get_token_ids` still wins when set."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self.wim.backend.encode_text(check_text(text, "text")))
+
     @property
     def _llm_type(self) -> str:
         return "wim-chat"
@@ -169,13 +180,24 @@ class ChatWiM(WiMSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         stream, cut = self._start(messages, stop, kwargs)
+        relay = _child_relay(stream, run_manager)
+        error: BaseException | None = None
         try:
             for ev in stream:
                 _emit(run_manager, ev)
+                if relay is not None:
+                    relay.child_runs(ev)
                 if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
                     yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        except GeneratorExit:
+            raise  # the consumer stopped early: not an error of the run
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             stream.close()
+            if relay is not None:
+                relay.close(error)
         yield from self._closing_chunks(stream, cut)
 
     async def _astream(
@@ -187,10 +209,23 @@ class ChatWiM(WiMSettings, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         # The engine steps in a worker thread; events reach async handlers (astream_events) on this loop.
         stream, cut = self._start(messages, stop, kwargs)
-        async for ev in stream.aiter():
-            await _aemit(run_manager, ev)
-            if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        relay = _async_child_relay(stream, run_manager)
+        error: BaseException | None = None
+        events = stream.aiter()
+        try:
+            async for ev in events:
+                await _aemit(run_manager, ev)
+                if relay is not None:
+                    await relay.child_runs(ev)
+                if isinstance(ev, AnswerToken) and (text := cut.push(ev.text)):
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await events.aclose()
+            if relay is not None:
+                await relay.close(error)
         for chunk in self._closing_chunks(stream, cut):
             yield chunk
 
@@ -211,9 +246,9 @@ class ChatWiM(WiMSettings, BaseChatModel):
         context, question = self._inputs(messages, bound if bound is not None else self.context)
         overrides = {**self.wim_overrides(**kwargs), "sampling": self._sampling(kwargs)}
         overrides["answer_max_new_tokens"] = self._answer_budget(kwargs)
-        return self.wim.stream(context, question, **overrides), _StopCut(stop or self.stop or [])
+        return self.wim.stream(context, question, **overrides), StopCut(stop or self.stop or [])
 
-    def _closing_chunks(self, stream: Any, cut: _StopCut) -> Iterator[ChatGenerationChunk]:
+    def _closing_chunks(self, stream: Any, cut: StopCut) -> Iterator[ChatGenerationChunk]:
         if text := cut.flush():
             yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         if stream.result is None:
@@ -224,9 +259,12 @@ class ChatWiM(WiMSettings, BaseChatModel):
     def _last_chunk(self, r: WiMResult) -> AIMessageChunk:
         """No text: the usage, the model name and the whole run, on the chunk that closes the stream."""
         t = r.tokens
-        read = t.context + t.prompt + t.answer_prompt
+        # input_tokens is the whole prompt, as LangChain defines it; what the document cache supplied is cache_read.
+        read = t.input_total
         written = t.margin_generated + t.classifier_generated + t.answer_generated
         usage = UsageMetadata(input_tokens=read, output_tokens=written, total_tokens=read + written)  # type: ignore[typeddict-item]
+        if t.cache_read:
+            usage["input_token_details"] = InputTokenDetails(cache_read=t.cache_read)
         meta = {
             "model_name": r.model,
             "model_provider": "huggingface",
@@ -323,6 +361,45 @@ def _parent_config() -> RunnableConfig | None:
     return config if getattr(config.get("callbacks"), "parent_run_id", None) is not None else None
 
 
+def _child_manager(run_id: UUID, parent: Any, cls: type[T]) -> T:
+    """A callback manager for runs nested in the chat-model run `run_id` (what `get_child()` gives a chain run; an
+    LLM run manager has none): its inheritable handlers, tags and metadata."""
+    manager = cls(handlers=[], parent_run_id=run_id)
+    manager.set_handlers(parent.inheritable_handlers)
+    manager.add_tags(parent.inheritable_tags)
+    manager.add_metadata(parent.inheritable_metadata)
+    return manager
+
+
+def _chat_run(run_manager: Any, config_manager: Any) -> tuple[UUID, Any] | None:
+    """(chat run id, its callback manager): the run manager when LangChain passed one, else the run a
+    `stream`/`astream` call started (`_RunCapture`) with the managers of that call's config."""
+    if run_manager is not None:
+        return run_manager.run_id, run_manager
+    capture = _STREAM_RUN.get()
+    if capture is None or capture.run_id is None:
+        return None
+    return capture.run_id, config_manager(capture.config)
+
+
+def _child_relay(stream: WiMStream, run_manager: CallbackManagerForLLMRun | None) -> EventRelay | None:
+    """Margin (and classification) child runs under this chat-model run, as `WiMChain` has them; the chat run itself
+    is the answer, so there is no answer child run. None where the chat run is unknown."""
+    found = _chat_run(run_manager, get_callback_manager_for_config)
+    if found is None:
+        return None
+    children = _child_manager(found[0], found[1], CallbackManager)
+    return EventRelay({"callbacks": children}, stream, answer_run=False)
+
+
+def _async_child_relay(stream: WiMStream, run_manager: AsyncCallbackManagerForLLMRun | None) -> AsyncEventRelay | None:
+    found = _chat_run(run_manager, get_async_callback_manager_for_config)
+    if found is None:
+        return None
+    children = _child_manager(found[0], found[1], AsyncCallbackManager)
+    return AsyncEventRelay({"callbacks": children}, stream, answer_run=False)
+
+
 def _emit(run_manager: CallbackManagerForLLMRun | None, ev: Any) -> None:
     """A WiM event as a custom event of this chat-model run (what `CallbackManager.on_custom_event` sends)."""
     if run_manager is None:
@@ -362,33 +439,3 @@ async def _aemit(run_manager: AsyncCallbackManagerForLLMRun | None, ev: Any) -> 
         tags=run_manager.tags,
         metadata=run_manager.metadata,
     )
-
-
-class _StopCut:
-    """Streams text up to the first stop sequence, holding back a tail that could still start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.started = self.stopped = False
-
-    def push(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        if not self.started:  # the answer starts at its first visible character (as WiMResult.answer)
-            text = text.lstrip()
-            self.started = bool(text)
-        self.pending += text
-        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
-        if hits:
-            self.stopped = True
-            out, self.pending = self.pending[: min(hits)], ""
-            return out
-        keep = max((len(s) - 1 for s in self.stops), default=0)
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut] if cut > 0 else "", self.pending[max(cut, 0) :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out

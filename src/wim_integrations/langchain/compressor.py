@@ -2,15 +2,16 @@
 
 retriever = ContextualCompressionRetriever(base_compressor=WiMDocumentCompressor(wim=...), base_retriever=base)
 
-WiM reads the retrieved documents (in order, segment by segment) and writes a margin per segment; no final answer is
-generated. A document is kept when a relevant margin covers any part of it; the relevant margins' text, verdict and
-score go into its metadata. Like LangChain's `LLMChainFilter`, but one pass over all documents.
+WiM reads the retrieved documents (in order) with every document starting a segment of its own, and writes a margin
+per segment; no final answer is generated. Each document is judged by the margins on it (`filtering.py`): it is kept
+when one is relevant, with its own margin, verdict and score in its metadata. Like LangChain's `LLMChainFilter` (and,
+with `top_n`, LlamaIndex's `LLMRerank`), but one WiM run over all documents, sharing one cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.callbacks.manager import AsyncCallbackManager, CallbackManager
@@ -19,6 +20,7 @@ from pydantic import ConfigDict, Field
 
 from ..engine import WiM, WiMStream
 from ..events import AnswerStarted, Margin, MarginWritten
+from ..filtering import judge_documents, kept_documents
 from .chain import to_engine_context
 from .events import AsyncEventRelay, EventRelay
 from .settings import WiMSettings
@@ -33,14 +35,23 @@ def _default_wim() -> WiM:
 class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
     """Keeps the documents whose WiM margins are relevant to the query (no answer is generated).
 
+    Every document starts a segment of its own (`merge_documents=False` unless set to True), so each margin is
+    about one document; a document longer than a segment gets several margins and is kept when any is relevant.
     Kept documents are copies with metadata ``wim_margin`` (the relevant margins on it, joined by blank lines),
     ``wim_verdict`` (their verdicts), ``wim_score`` (their highest `Margin.score`, None when the classification mode
-    computes none) and ``wim_segments`` (segment indices). Settings: one optional field per `WiMConfig` field.
+    computes none) and ``wim_segments`` (segment indices). `top_n` keeps only the best-scored relevant documents;
+    `kept_order` returns them as retrieved or best first. Settings: one optional field per `WiMConfig` field.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     wim: WiM = Field(default_factory=_default_wim, exclude=True, description="the engine (default: WiM.default())")
+    top_n: int | None = Field(
+        None, ge=1, description="keep at most this many relevant documents, the best-scored (None: every relevant one)"
+    )
+    kept_order: Literal["retrieval", "score"] = Field(
+        "retrieval", description="order of the kept documents: as retrieved, or best score first"
+    )
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -65,7 +76,7 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
             raise
         finally:
             stream.close()
-        kept = _keep(documents, margins)
+        kept = self._keep(documents, margins)
         run.on_chain_end({"documents": kept})
         return kept
 
@@ -93,34 +104,27 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
             raise
         finally:
             await events.aclose()
-        kept = _keep(documents, margins)
+        kept = self._keep(documents, margins)
         await run.on_chain_end({"documents": kept})
         return kept
 
     def _start(self, documents: Sequence[Document], query: str) -> WiMStream:
-        """Plan the read (input errors raise here, before any compute)."""
-        return self.wim.stream(to_engine_context(list(documents)), query, **self.wim_overrides())
+        """Plan the read (input errors raise here, before any compute): one segment per document unless asked."""
+        overrides = {"merge_documents": False, **self.wim_overrides()}
+        return self.wim.stream(to_engine_context(list(documents)), query, **overrides)
 
-
-def _keep(documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
-    """The documents a relevant margin covers, in their order, with those margins in their metadata."""
-    on_doc: dict[int, list[Margin]] = {}
-    for m in margins:
-        if m.relevant:
-            for span in m.documents:
-                on_doc.setdefault(span.doc_index, []).append(m)
-    kept = []
-    for i, doc in enumerate(documents):
-        if i not in on_doc:
-            continue
-        ms = on_doc[i]
-        scores = [m.score for m in ms if m.score is not None]
-        meta: dict[str, Any] = {
-            **doc.metadata,
-            "wim_margin": "\n\n".join(m.text for m in ms),
-            "wim_verdict": [m.verdict for m in ms],
-            "wim_score": max(scores) if scores else None,
-            "wim_segments": [m.segment_index for m in ms],
-        }
-        kept.append(doc.model_copy(update={"metadata": meta}))
-    return kept
+    def _keep(self, documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
+        """The kept documents (relevant, the best `top_n`, in `kept_order`), each with its own margins attached."""
+        judged = kept_documents(judge_documents(margins, len(documents)), top_n=self.top_n, kept_order=self.kept_order)
+        kept = []
+        for j in judged:
+            doc, ms = documents[j.index], j.relevant_margins
+            meta: dict[str, Any] = {
+                **doc.metadata,
+                "wim_margin": "\n\n".join(m.text for m in ms),
+                "wim_verdict": [m.verdict for m in ms],
+                "wim_score": j.score,
+                "wim_segments": [m.segment_index for m in ms],
+            }
+            kept.append(doc.model_copy(update={"metadata": meta}))
+        return kept

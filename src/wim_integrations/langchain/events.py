@@ -4,7 +4,8 @@ Custom event names are ``"wim_" + event.type`` (``wim_segment_read``, ``wim_marg
 ``wim_answer_started``, ``wim_answer_token``, ``wim_finished``); the payload is ``event.model_dump(mode="json")``.
 LangSmith's tracer ignores custom events, so each margin, its classification and the final answer are also recorded
 as child ``llm`` runs (``wim_margin``, then ``wim_classify`` when a classifier call was made, and ``wim_answer``)
-of the WiMChain run.
+of the WiMChain run. Inside a LangGraph node (the run's metadata names a ``langgraph_node``) the answer run is a
+chat-model run whose tokens are `AIMessageChunk`s, which is what LangGraph's ``stream_mode="messages"`` streams.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from langchain_core.callbacks import (
     adispatch_custom_event,
     dispatch_custom_event,
 )
-from langchain_core.messages import AIMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
 from pydantic import TypeAdapter
@@ -85,9 +86,11 @@ def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
 
 
-def _llm_result(text: str, info: dict[str, Any], usage: dict[str, int], model: str) -> LLMResult:
+def _llm_result(
+    text: str, info: dict[str, Any], usage: dict[str, int], model: str, message_id: str | None = None
+) -> LLMResult:
     """An `llm` run's output with its token usage where LangSmith and `UsageMetadataCallbackHandler` read it."""
-    message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": model})
+    message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": model}, id=message_id)
     token_usage = {
         "prompt_tokens": usage["input_tokens"],
         "completion_tokens": usage["output_tokens"],
@@ -200,6 +203,24 @@ class _RunSpecs:
         return _llm_result(r.answer, info, usage, r.model)
 
 
+def _message_id(run: Any) -> str:
+    """The id chat models give the message of a run (its chunks and the final message share it)."""
+    return f"lc_run--{run.run_id}"
+
+
+def _chat_chunk(run: Any, text: str) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(content=text, id=_message_id(run)))
+
+
+def _with_message_id(result: LLMResult, run: Any) -> LLMResult:
+    """The final message under its chunks' id, so a consumer merging by id (LangGraph) does not repeat it."""
+    gen = result.generations[0][0]
+    assert isinstance(gen, ChatGeneration)
+    message = gen.message.model_copy(update={"id": _message_id(run)})
+    generation = ChatGeneration(message=message, generation_info=gen.generation_info)
+    return LLMResult(generations=[[generation]], llm_output=result.llm_output)
+
+
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
@@ -220,16 +241,29 @@ class _Relay:
     environment see them, as well as inheritable handlers.
     """
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
         self.config, self.specs = config, _RunSpecs(stream)
         self.open: dict[int | str, Any] = {}  # step -> the child run its events stream into
+        self.answer_run = answer_run  # False under ChatWiM: its own run is the answer
+        # In a LangGraph node the answer is a chat-model run: its tokens then reach stream_mode="messages".
+        self.chat_answer = "langgraph_node" in (config.get("metadata") or {})
+
+    def _chat(self, step: int | str) -> bool:
+        return self.chat_answer and step == _ANSWER
+
+    def token_args(self, step: int | str, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Arguments of `on_llm_new_token` for a step's run (a chat run gets a message chunk too)."""
+        return (text,), ({"chunk": _chat_chunk(self.open[step], text)} if self._chat(step) else {})
+
+    def end_result(self, step: int | str, result: LLMResult) -> LLMResult:
+        return _with_message_id(result, self.open[step]) if self._chat(step) else result
 
     def actions(self, ev: Any) -> list[_Action]:
         if isinstance(ev, SegmentRead):
             return [("start", ev.segment_index, *self.specs.margin_start(ev))]
         if isinstance(ev, AnswerStarted):
-            unwritten = [("error", step) for step in self.open if step != _ANSWER]
-            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))]
+            unwritten: list[_Action] = [("error", step) for step in self.open if step != _ANSWER]
+            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))] if self.answer_run else unwritten
         if isinstance(ev, MarginToken):
             return [("token", ev.segment_index, ev.text)] if ev.segment_index in self.open else []
         if isinstance(ev, AnswerToken):
@@ -258,23 +292,34 @@ class _Relay:
 class EventRelay(_Relay):
     """Turns one run's engine events into custom events and child runs (sync callbacks)."""
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
-        super().__init__(config, stream)
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
+        super().__init__(config, stream, answer_run=answer_run)
         self.manager: CallbackManager = get_callback_manager_for_config(config)
 
-    def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
+    def _start(
+        self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any], *, chat: bool = False
+    ) -> Any:
         cm = self._child_manager(self.manager, meta, name)
+        if chat:
+            messages = [[HumanMessage(content=p) for p in prompts]]
+            return cm.on_chat_model_start(_SERIALIZED, messages, name=name, invocation_params=params)[0]
         return cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params)[0]
 
     def __call__(self, ev: Any) -> None:
         dispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
+        self.child_runs(ev)
+
+    def child_runs(self, ev: Any) -> None:
+        """Only the child runs of `ev` (a caller that sends the custom events itself: ChatWiM)."""
         for kind, step, *args in self.actions(ev):
             if kind == "start":
-                self.open[step] = self._start(*args)
+                self.open[step] = self._start(*args, chat=self._chat(step))
             elif kind == "token":
-                self.open[step].on_llm_new_token(*args)
+                targs, tkwargs = self.token_args(step, *args)
+                self.open[step].on_llm_new_token(*targs, **tkwargs)
             elif kind == "end":
-                self.open.pop(step).on_llm_end(*args)
+                result = self.end_result(step, *args)
+                self.open.pop(step).on_llm_end(result)
             elif kind == "error":
                 self.open.pop(step).on_llm_error(self.stopped(None))
             else:
@@ -289,23 +334,33 @@ class EventRelay(_Relay):
 class AsyncEventRelay(_Relay):
     """`EventRelay` on async callback managers (`adispatch_custom_event`)."""
 
-    def __init__(self, config: RunnableConfig, stream: WiMStream) -> None:
-        super().__init__(config, stream)
+    def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
+        super().__init__(config, stream, answer_run=answer_run)
         self.manager: AsyncCallbackManager = get_async_callback_manager_for_config(config)
 
-    async def _start(self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any]) -> Any:
+    async def _start(
+        self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any], *, chat: bool = False
+    ) -> Any:
         cm = self._child_manager(self.manager, meta, name)
+        if chat:
+            messages = [[HumanMessage(content=p) for p in prompts]]
+            return (await cm.on_chat_model_start(_SERIALIZED, messages, name=name, invocation_params=params))[0]
         return (await cm.on_llm_start(_SERIALIZED, prompts, name=name, invocation_params=params))[0]
 
     async def __call__(self, ev: Any) -> None:
         await adispatch_custom_event(event_name(ev), event_payload(ev), config=self.config)
+        await self.child_runs(ev)
+
+    async def child_runs(self, ev: Any) -> None:
         for kind, step, *args in self.actions(ev):
             if kind == "start":
-                self.open[step] = await self._start(*args)
+                self.open[step] = await self._start(*args, chat=self._chat(step))
             elif kind == "token":
-                await self.open[step].on_llm_new_token(*args)
+                targs, tkwargs = self.token_args(step, *args)
+                await self.open[step].on_llm_new_token(*targs, **tkwargs)
             elif kind == "end":
-                await self.open.pop(step).on_llm_end(*args)
+                result = self.end_result(step, *args)
+                await self.open.pop(step).on_llm_end(result)
             elif kind == "error":
                 await self.open.pop(step).on_llm_error(self.stopped(None))
             else:

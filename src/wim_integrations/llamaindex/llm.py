@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -30,7 +31,7 @@ from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
 from ..segmenter import check_text
-from ..textstream import TextDeltas
+from ..textstream import StopCut, TextDeltas, stop_list
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ CALL_SETTINGS = (
     "repetition_penalty",
     "do_sample",
     "seed",
+    "stop",
 )
 
 
@@ -54,7 +56,8 @@ class WiMLLM(CustomLLM):
     Generation settings come, each one separately, from the call's keyword arguments (`complete(p, temperature=0.2)`),
     else this LLM's fields, else the model's `generation_config` (what `model.generate` would use), else greedy with
     256 new tokens. `temperature=0` means greedy; a temperature > 0 samples unless `do_sample=False` is given.
-    WiM's own reading settings (`WiMConfig.sampling`) do not apply here.
+    `stop` (a string or a list of strings, per call or as a field) ends the text before the first stop sequence and
+    stops decoding there. WiM's own reading settings (`WiMConfig.sampling`) do not apply here.
     """
 
     max_new_tokens: int | None = Field(None, ge=1, description="tokens to generate per call (`max_tokens` per call)")
@@ -64,6 +67,7 @@ class WiMLLM(CustomLLM):
     repetition_penalty: float | None = Field(None, gt=0)
     do_sample: bool | None = None
     seed: int | None = Field(None, description="seed for sampling")
+    stop: list[str] | None = Field(None, description="the text ends before the first of these strings")
     _wim: WiM = PrivateAttr()
 
     def __init__(self, wim: WiM | None = None, **kwargs: Any) -> None:
@@ -155,9 +159,11 @@ class WiMLLM(CustomLLM):
         msgs = [{"role": m.role.value if m.role in roles else "user", "content": m.content or ""} for m in messages]
         return b.encode_template(b.render_chat(msgs))
 
-    def _request(self, ids: list[int], kwargs: dict[str, Any]) -> GenerationRequest:
-        """Validated now, before any forward pass: settings and the model window."""
+    def _request(self, ids: list[int], kwargs: dict[str, Any]) -> _Call:
+        """Validated now, before any forward pass: settings, stop sequences and the model window."""
         b = self._wim.backend
+        kwargs = dict(kwargs)
+        stops = stop_list(kwargs.pop("stop", None) or self.stop)
         max_new, sampling = self._settings(kwargs)
         window = b.max_context_tokens
         if window and len(ids) + max_new > window:
@@ -166,21 +172,28 @@ class WiMLLM(CustomLLM):
                 f"{window}; shorten the prompt or lower max_new_tokens (WiM itself reads long contexts: use "
                 "WiMSynthesizer/WiMQueryEngine for those)."
             )
-        return GenerationRequest(ids, max_new, sampling)
+        return _Call(GenerationRequest(ids, max_new, sampling), stops)
 
-    def _generate(self, request: GenerationRequest) -> Iterator[tuple[str, str]]:
-        """(text so far, delta) pairs."""
+    def _generate(self, call: _Call) -> Iterator[tuple[str, str]]:
+        """(text so far, delta) pairs, up to the first stop sequence (decoding ends there)."""
         b = self._wim.backend
         deltas = TextDeltas.for_backend(b)
+        cut = StopCut(call.stops, lstrip=False)
         text = ""
-        for tok in b.generate(b.new_cache(), request):
-            if delta := deltas.push(tok):
-                text += delta
-                yield text, delta
-        if delta := deltas.flush():
+        tokens = b.generate(b.new_cache(), call.request)
+        try:
+            for tok in tokens:
+                if (delta := deltas.push(tok)) and (delta := cut.push(delta)):
+                    text += delta
+                    yield text, delta
+                if cut.stopped:
+                    return
+        finally:
+            tokens.close()
+        if delta := cut.push(deltas.flush()) + cut.flush():
             yield text + delta, delta
 
-    def _final_text(self, request: GenerationRequest) -> str:
+    def _final_text(self, request: _Call) -> str:
         text = ""
         for so_far, _ in self._generate(request):
             text = so_far
@@ -193,11 +206,11 @@ class WiMLLM(CustomLLM):
         text = self._final_text(self._request(self._chat_ids(messages), kwargs))
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
 
-    def _completion_stream(self, request: GenerationRequest) -> CompletionResponseGen:
+    def _completion_stream(self, request: _Call) -> CompletionResponseGen:
         for text, delta in self._generate(request):
             yield CompletionResponse(text=text, delta=delta)
 
-    def _chat_stream(self, request: GenerationRequest) -> ChatResponseGen:
+    def _chat_stream(self, request: _Call) -> ChatResponseGen:
         for text, delta in self._generate(request):
             yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
 
@@ -236,6 +249,14 @@ class WiMLLM(CustomLLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         ids = await asyncio.to_thread(self._chat_ids, messages)
         return _in_thread(self._chat_stream(self._request(ids, kwargs)))
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One generation call, validated: the request and the stop sequences its text ends before."""
+
+    request: GenerationRequest
+    stops: list[str]
 
 
 async def _in_thread(items: Iterator[T]) -> AsyncGenerator[T, None]:

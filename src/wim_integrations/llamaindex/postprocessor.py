@@ -1,7 +1,8 @@
 """`WiMNodePostprocessor`: WiM in front of another reader, in the slot of LlamaIndex's `LLMRerank`.
 
-It reads the retrieved nodes with WiM margins (no final answer), keeps the nodes whose margins are relevant and
-attaches those margins to the kept nodes' metadata; any response synthesizer then answers from them:
+It reads the retrieved nodes with WiM margins (no final answer), every node starting a segment of its own, keeps the
+nodes whose margins are relevant (the best `top_n` of them when set, like `LLMRerank`) and attaches each kept node's
+own margins and score to its metadata; any response synthesizer then answers from them:
 
     engine = index.as_query_engine(llm=WiMLLM(wim), node_postprocessors=[WiMNodePostprocessor(wim)])
 """
@@ -22,6 +23,7 @@ from ..config import WiMConfig
 from ..engine import WiM
 from ..errors import WiMInputError
 from ..events import AnswerStarted, Margin, MarginWritten
+from ..filtering import DocumentJudgement, KeptOrder, check_filter_settings, judge_documents, kept_documents
 from .synthesizer import ReadingOrder, node_documents, reading_order
 from .tracing import RunTracer
 
@@ -35,23 +37,28 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
     """Keep the nodes on which WiM wrote a relevant margin.
 
     The nodes are read as `WiMSynthesizer` reads them (same `order`, node id = document id), segment by segment,
-    with `margin_scope="segment"` unless set otherwise (a margin about its own segment, not all text read so far);
-    a segment can cover several small nodes and a long node several segments, so a node is kept when any margin
-    written on it is relevant. A kept node is a copy (the retriever's node is not modified) whose metadata gains
-    `wim_margin` (the text of its relevant margins, in reading order) and `wim_margin_score` (their best
-    `Margin.score`, None when the classification mode computes none). Both keys are excluded from embeddings, and
-    from the next reader's prompt unless `margins_in_prompt=True`. Kept nodes keep their retrieval order and score.
+    with `margin_scope="segment"` (a margin about its own segment, not all text read so far) and
+    `merge_documents=False` (every node starts a segment: each margin is about one node) unless set otherwise; a long
+    node gets several segments, so a node is kept when any margin written on it is relevant. A kept node is a copy
+    (the retriever's node is not modified) whose metadata gains `wim_margin` (the text of its relevant margins, in
+    reading order) and `wim_margin_score` (their best `Margin.score`, None when the classification mode computes
+    none). Both keys are excluded from embeddings, and from the next reader's prompt unless `margins_in_prompt=True`.
+    Kept nodes keep their retrieval score, and their retrieval order unless `kept_order="score"`.
 
     Args:
         wim: the reader; `WiM.default()` (shared) when None.
         order, metadata_mode: as in `WiMSynthesizer`.
         margins_in_prompt: let the next reader see `wim_margin` in the node text (LlamaIndex's LLM metadata mode).
-        config, **config_overrides: WiM settings (`classification`, `margin_max_new_tokens`, ...).
+        top_n: keep at most this many relevant nodes, the best-scored (None: every relevant node).
+        kept_order: "retrieval" (the order the nodes came in) or "score" (best `wim_margin_score` first).
+        config, **config_overrides: WiM settings (`classification`, `margin_max_new_tokens`, `merge_documents`, ...).
     """
 
     order: ReadingOrder = "document"
     metadata_mode: MetadataMode = MetadataMode.LLM
     margins_in_prompt: bool = Field(False, description="show the attached margins to the next reader's LLM")
+    top_n: int | None = Field(None, description="keep at most this many relevant nodes, the best-scored")
+    kept_order: KeptOrder = Field("retrieval", description="kept nodes as retrieved, or best score first")
     _wim: WiM = PrivateAttr()
     _config: WiMConfig = PrivateAttr()
 
@@ -62,18 +69,29 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         order: ReadingOrder = "document",
         metadata_mode: MetadataMode = MetadataMode.LLM,
         margins_in_prompt: bool = False,
+        top_n: int | None = None,
+        kept_order: KeptOrder = "retrieval",
         config: WiMConfig | None = None,
         callback_manager: CallbackManager | None = None,
         **config_overrides: Any,
     ) -> None:
         reading_order([], order)  # validate now
+        check_filter_settings(top_n, kept_order)
         wim = wim if wim is not None else WiM.default()
         base = config or wim.config
-        # A margin should be about its own nodes (margin_scope "segment", unless asked otherwise), and no answer is
-        # generated, so its budget need not fit the model window.
-        cfg = base.with_updates(**{"margin_scope": "segment", **config_overrides, "answer_max_new_tokens": 1})
+        # A margin should be about its own node (margin_scope "segment", one node per segment, unless asked
+        # otherwise), and no answer is generated, so its budget need not fit the model window.
+        defaults = {"margin_scope": "segment", "merge_documents": False}
+        cfg = base.with_updates(**{**defaults, **config_overrides, "answer_max_new_tokens": 1})
         kwargs: dict[str, Any] = {"callback_manager": callback_manager} if callback_manager is not None else {}
-        super().__init__(order=order, metadata_mode=metadata_mode, margins_in_prompt=margins_in_prompt, **kwargs)
+        super().__init__(
+            order=order,
+            metadata_mode=metadata_mode,
+            margins_in_prompt=margins_in_prompt,
+            top_n=top_n,
+            kept_order=kept_order,
+            **kwargs,
+        )
         self._wim, self._config = wim, cfg
 
     @classmethod
@@ -122,27 +140,21 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         margins = self.read(nodes, query_bundle.query_str)
-        on_node: dict[str, list[Margin]] = {}
-        for m in margins:
-            if m.relevant:
-                for node_id in dict.fromkeys(d.doc_id for d in m.documents if d.doc_id):
-                    on_node.setdefault(node_id, []).append(m)
-        kept, seen = [], set()
-        for n in nodes:
-            node_id = n.node.node_id
-            if node_id in seen or node_id not in on_node:
-                continue
-            seen.add(node_id)
-            kept.append(NodeWithScore(node=self._annotated(n.node, on_node[node_id]), score=n.score))
-        return kept
+        read = reading_order(nodes, self.order)  # margins name their documents by position in this list
+        judged = judge_documents(margins, len(read))
+        retrieved = {n.node.node_id: i for i, n in reversed(list(enumerate(nodes)))}  # first occurrence of each node
+        by_retrieval = sorted(judged, key=lambda j: retrieved[read[j.index].node.node_id])
+        return [
+            NodeWithScore(node=self._annotated(read[j.index].node, j), score=read[j.index].score)
+            for j in kept_documents(by_retrieval, top_n=self.top_n, kept_order=self.kept_order)
+        ]
 
-    def _annotated(self, node: Any, margins: list[Margin]) -> Any:
-        scores = [m.score for m in margins if m.score is not None]
+    def _annotated(self, node: Any, judged: DocumentJudgement) -> Any:
         copy = node.model_copy()
         copy.metadata = {
             **node.metadata,
-            MARGIN_KEY: "\n\n".join(m.text for m in margins),
-            SCORE_KEY: max(scores) if scores else None,
+            MARGIN_KEY: "\n\n".join(m.text for m in judged.relevant_margins),
+            SCORE_KEY: judged.score,
         }
         keys = [MARGIN_KEY, SCORE_KEY]
         copy.excluded_embed_metadata_keys = [*node.excluded_embed_metadata_keys, *keys]

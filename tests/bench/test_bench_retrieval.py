@@ -1,0 +1,34 @@
+"""The retrieval benchmark: its tasks (facts in the pieces they claim) and one tiny run of every system."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.retrieval import KINDS, SYSTEMS, main, make_task, run, table
+
+
+def count(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tasks_hold_their_facts_where_they_say(kind):
+    task = make_task(count, kind, 8, 3)
+    assert task == make_task(count, kind, 8, 3)  # deterministic
+    assert len(task.pieces) == 8 and len(task.holding) == (1 if kind == "needle" else 2)
+    for i, piece in enumerate(task.pieces):
+        holds = "secret code" in piece or "gave the" in piece or "lives in the town" in piece
+        assert holds == (i in task.holding)
+    assert any(task.answer in task.pieces[i] for i in task.holding)
+    assert all(task.answer not in p for i, p in enumerate(task.pieces) if i not in task.holding)
+
+
+def test_a_tiny_run_reports_every_system(tiny_wim, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    records = run(tiny_wim.with_options(config=tiny_wim.config.with_updates(segment_tokens=200)), [2], 1, out)
+    assert {(r["kind"], r["system"]) for r in records} == {(k, s) for k in KINDS for s in SYSTEMS}
+    none = [r for r in records if r["system"] == "none"]
+    assert all(r["recall"] == 1.0 and r["kept_share"] == 1.0 for r in none)
+    assert all(0.0 <= r["recall"] <= 1.0 and set(r["kept"]) <= {0, 1} for r in records)
+    assert main(["--report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == table(records)
