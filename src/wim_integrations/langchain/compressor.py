@@ -18,6 +18,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
 from ..engine import WiM, WiMStream
+from ..errors import WiMInputError
 from ..events import AnswerStarted, Margin, MarginWritten
 from .chain import to_engine_context
 from .events import AsyncEventRelay, EventRelay
@@ -99,6 +100,14 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
 
     def _start(self, documents: Sequence[Document], query: str) -> WiMStream:
         """Plan the read (input errors raise here, before any compute)."""
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise WiMInputError(f"documents must be a list of Documents, not {type(documents).__name__}.")
+        for i, d in enumerate(documents):
+            if not isinstance(d, Document):
+                raise WiMInputError(
+                    f"documents[{i}] is a {type(d).__name__}, not a Document: the compressor returns the documents it "
+                    "keeps, with their metadata; wrap text as Document(page_content=...)."
+                )
         return self.wim.stream(to_engine_context(list(documents)), query, **self.wim_overrides())
 
 
@@ -108,7 +117,8 @@ def _keep(documents: Sequence[Document], margins: list[Margin]) -> list[Document
     for m in margins:
         if m.relevant:
             for span in m.documents:
-                on_doc.setdefault(span.doc_index, []).append(m)
+                if span.end_char > span.start_char:  # an empty document has nothing a margin could be about
+                    on_doc.setdefault(span.doc_index, []).append(m)
     kept = []
     for i, doc in enumerate(documents):
         if i not in on_doc:

@@ -125,7 +125,8 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         on_node: dict[str, list[Margin]] = {}
         for m in margins:
             if m.relevant:
-                for node_id in dict.fromkeys(d.doc_id for d in m.documents if d.doc_id):
+                # An empty node (a span of no characters) has nothing a margin could be about.
+                for node_id in dict.fromkeys(d.doc_id for d in m.documents if d.doc_id and d.end_char > d.start_char):
                     on_node.setdefault(node_id, []).append(m)
         kept, seen = [], set()
         for n in nodes:
