@@ -39,6 +39,7 @@ class Lease:
 
     done: threading.Event = field(default_factory=threading.Event)
     progress: float = field(default_factory=time.monotonic)
+    thread: int = field(default_factory=threading.get_ident)  # the thread that last stepped its holder
     waiting: int = 0
 
 
@@ -83,8 +84,9 @@ class DocumentCache:
     def acquire(self, key: str, cancelled: Callable[[], bool] | None = None) -> tuple[Any | None, Lease | None]:
         """Single flight: (stored cache, None) on a hit; (None, lease) on a miss, the caller then prefills and stores
         the document and must `release` the lease (stored or not); a miss while another run holds the lease waits
-        for it and looks again. (None, None): the wait ended without a hit (`cancelled()` became true, or the holder
-        made no progress for `wait_seconds`): the caller prefills on its own."""
+        for it and looks again. (None, None): no wait, or one that ended without a hit (`cancelled()` became true, the
+        holder made no progress for `wait_seconds`, or the holder is a stream this same thread steps, which cannot go
+        on while it waits): the caller prefills on its own."""
         while True:
             with self._lock:
                 entry = self._entries.get(key)
@@ -97,6 +99,9 @@ class DocumentCache:
                     lease = self._leases[key] = Lease()
                     self.misses += 1
                     return None, lease
+                if lease.thread == threading.get_ident():  # its holder is a suspended stream of this very thread
+                    self.misses += 1
+                    return None, None
                 lease.waiting += 1
             try:
                 while not lease.done.wait(_POLL_SECONDS):
@@ -113,7 +118,7 @@ class DocumentCache:
 
     def progress(self, lease: Lease) -> None:
         """The lease's holder is still reading: waiters keep waiting."""
-        lease.progress = time.monotonic()
+        lease.progress, lease.thread = time.monotonic(), threading.get_ident()
 
     def release(self, key: str, lease: Lease) -> None:
         """End `lease` (idempotent): waiters look again."""

@@ -151,3 +151,24 @@ def test_a_waiting_run_can_be_cancelled(tiny_backends) -> None:
     for _ in holder:  # the holder is unaffected
         pass
     assert holder.result is not None and key in cache
+
+
+def test_two_streams_on_one_document_in_one_thread_do_not_wait_for_each_other(tiny_backends) -> None:
+    b = tiny_backends["llama"]
+    cache = DocumentCache(wait_seconds=3600)  # were the second to wait, the guard below would fail long before
+    cached = WiM(b, config=FAST, document_cache=cache)
+    first, second = cached.stream(DOC, Q1), cached.stream(DOC, Q2)
+    events: list = []
+
+    def interleaved() -> None:  # one thread steps both: the first holds the lease, suspended
+        next(first)
+        events.extend(second)
+
+    worker = threading.Thread(target=interleaved, daemon=True)
+    worker.start()
+    worker.join(WAIT_LIMIT)
+    assert not worker.is_alive(), "the second stream waits for the first, which only its own thread could step"
+    assert second.result is not None and second.result.timings.context_cache == "miss" and events
+    for _ in first:
+        pass
+    assert first.result is not None
