@@ -11,6 +11,7 @@ import json
 from collections.abc import Generator
 from typing import Any
 
+import pytest
 from fake_backend import FakeBackend
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -119,16 +120,28 @@ class WatchedBackend(FakeBackend):
         return super().score_rows(*args, **kwargs)
 
 
-def _check(call: Any, prompts: PromptSet | None = None) -> None:
-    """`call(wim)` raises a WiMError before any forward pass, or returns a result that comes out as JSON and HTML."""
-    backend = WatchedBackend()
+def _check(call: Any, prompts: PromptSet | None = None, backend: Any = None) -> None:
+    """`call(wim)` raises a WiMError before any forward pass, or returns a result that comes out as JSON and HTML.
+    `backend`: the fake one (a new `WatchedBackend`) unless given; a given one is watched for the call's duration."""
+    backend = backend if backend is not None else WatchedBackend()
+    computed = [False]
+    watched = {}
+    if not isinstance(backend, WatchedBackend):
+        for name in ("prefill", "generate", "generate_packed", "score_rows", "prefill_aside"):
+            original = getattr(backend, name)
+            watched[name] = lambda *a, _f=original, **k: (computed.__setitem__(0, True), _f(*a, **k))[1]
+            setattr(backend, name, watched[name])
     try:
         wim = WiM(backend, config=BASE, prompts=prompts, document_cache=None)
         result = call(wim)
     except WiMError as exc:
         event(type(exc).__name__)  # shown by --hypothesis-show-statistics
-        assert not backend.computed, "a WiMError after compute started: the input was not checked up front"
+        started = computed[0] or getattr(backend, "computed", False)
+        assert not started, "a WiMError after compute started: the input was not checked up front"
         return
+    finally:
+        for name in watched:
+            delattr(backend, name)
     event("result")
     assert isinstance(result, WiMResult)
     json.loads(result.model_dump_json())
@@ -183,3 +196,18 @@ def test_any_prompt_override(name: str, text: Any, context: str) -> None:
 @given(config=settings_inputs)
 def test_any_config_mapping(config: dict[str, Any]) -> None:
     _check(lambda wim: wim.run("The keeper is Mara Voss. She came in 1999.", "Who keeps it?", config=config))
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(context=st.one_of(prose, well_formed_docs, contexts), question=questions, settings=valid_settings)
+def test_the_embedded_model_under_the_same_inputs(
+    default_wim: WiM, context: Any, question: Any, settings: dict[str, Any]
+) -> None:
+    """The same invariant on the embedded SmolLM2 (real tokenizer, real forward passes)."""
+    _check(lambda wim: wim.run(context, question, **settings), backend=default_wim.backend)
