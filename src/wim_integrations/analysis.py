@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .errors import WiMInputError
 from .events import Margin, WiMResult
+from .segmenter import check_text
 
 DEFAULT_SUMMARY_INSTRUCTION = (
     "Write a summary of the whole text: its key facts, names, numbers and events, in the order they appear."
@@ -29,6 +30,7 @@ DEFAULT_NOTE_INSTRUCTION = "Note the key facts, names, numbers and events of thi
 def _instruction(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise WiMInputError(f"{what} must be a string, not {type(value).__name__}.")
+    check_text(value, what)  # lone surrogates: refused here, not by the tokenizer after the model has loaded
     if not value.strip():
         raise WiMInputError(f"{what} is empty; say what WiM should write (or leave it out to use the default).")
     return value.strip()

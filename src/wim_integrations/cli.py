@@ -9,11 +9,9 @@ import typing
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import ValidationError
-
 from .analysis import Analysis
 from .config import WiMConfig
-from .errors import WiMError
+from .errors import SettingsError, WiMError
 from .html_report import check_report_path
 from .progress import ProgressDisplay
 from .prompts import PromptSet, without_placeholders
@@ -239,12 +237,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         elif args.quiet:
             out.write(stream.result.answer + "\n")
         return 0
+    except SettingsError as exc:  # a setting out of range, e.g. --batch 0
+        err.write(f"wim: error: invalid setting ({'; '.join(exc.problems)}); see `wim {args.command} --help`.\n")
+        return 2
     except WiMError as exc:
         err.write(f"wim: error: {exc}\n")
-        return 2
-    except ValidationError as exc:  # a setting out of range, e.g. --batch 0
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err.write(f"wim: error: invalid setting ({problems}); see `wim {args.command} --help`.\n")
         return 2
     except KeyboardInterrupt:
         err.write("wim: interrupted\n")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Self
 
+from .errors import SettingsError
 from .stopping import MarginStop
 
 ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
@@ -18,36 +20,92 @@ SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
 DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.15, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
 
 
-class SamplingConfig(BaseModel):
+def _not_bool(value: object) -> object:
+    # pydantic reads True as 1: margin_batch_size=True would silently mean the step-by-step loop.
+    if isinstance(value, bool):
+        raise ValueError(f"a whole number is needed, not {value!r}")
+    return value
+
+
+# An int setting that refuses bools (the validator is metadata, so adapters deriving fields from these keep it).
+Count = BeforeValidator(_not_bool)
+
+
+def settings_error(owner: str, exc: ValidationError) -> SettingsError:
+    """pydantic's `ValidationError` as the library's `SettingsError`: each problem with its field and value."""
+    problems: list[str] = []
+    for e in exc.errors(include_url=False):
+        loc = ".".join(map(str, e["loc"]))
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, SettingsError):  # a nested settings model said it already: its problems, under `loc`
+            problems += [f"{loc}.{p}" if loc else p for p in inner.problems]
+        elif not loc:  # a rule across fields: its message says it all
+            problems.append(str(inner) if inner is not None else e["msg"])
+        elif e["type"] in ("missing", "extra_forbidden"):
+            problems.append(f"{loc}: {e['msg']}")
+        else:
+            shown = repr(e["input"])
+            msg = str(inner) if inner is not None else e["msg"]
+            problems.append(f"{loc}: {msg} (got {shown[:80]}{'...' if len(shown) > 80 else ''})")
+    return SettingsError(owner, problems)
+
+
+class _Settings(BaseModel):
+    """A settings model whose validation errors are `SettingsError`s (a `WiMInputError`), not pydantic's."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(type(self).__name__, exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise settings_error(cls.__name__, exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as exc:
+            raise settings_error(cls.__name__, exc) from None
+
+
+class SamplingConfig(_Settings):
     """Decoding settings. Greedy (the default) is deterministic; set `do_sample=True` to sample."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    top_k: Annotated[int, Count] = Field(0, ge=0, description="0 disables top-k filtering")
     repetition_penalty: float = Field(1.0, gt=0)
-    seed: int | None = Field(None, description="seed for sampling; None draws from torch's global generator")
+    seed: Annotated[int | None, Count] = Field(
+        None, description="seed for sampling; None draws from torch's global generator"
+    )
 
 
-class WiMConfig(BaseModel):
+class WiMConfig(_Settings):
     """How WiM reads a context.
 
     `segment_tokens=None` sizes segments for the model: min(4096, max(256, window // 8)) tokens, 4096 being
     the paper's choice for 128k-token models.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    segment_tokens: int | None = Field(None, ge=1, description="segment budget in model tokens")
-    margin_max_new_tokens: int = Field(
+    segment_tokens: Annotated[int | None, Count] = Field(None, ge=1, description="segment budget in model tokens")
+    margin_max_new_tokens: Annotated[int, Count] = Field(
         32,
         ge=1,
         description="max new tokens per margin (with margin_stop='sentence' most margins end before it; measured in "
         "docs/benchmarks.md, 'Margin stop rules')",
     )
-    answer_max_new_tokens: int = Field(256, ge=1, description="max new tokens of the answer")
+    answer_max_new_tokens: Annotated[int, Count] = Field(256, ge=1, description="max new tokens of the answer")
     classification: ClassificationMode = Field(
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
@@ -69,12 +127,14 @@ class WiMConfig(BaseModel):
         description="what a margin is written about: 'segment' (the part just read, with the earlier text in view) or "
         "'so_far' (everything read so far)",
     )
-    classifier_max_new_tokens: int = Field(8, ge=1, description="max new tokens of a classifier reply")
+    classifier_max_new_tokens: Annotated[int, Count] = Field(
+        8, ge=1, description="max new tokens of a classifier reply"
+    )
     keep_unknown_verdicts: bool = Field(
         False, description="treat margins whose verdict could not be parsed as relevant instead of dropping them"
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    margin_batch_size: int = Field(
+    margin_batch_size: Annotated[int, Count] = Field(
         8,
         ge=1,
         description="margins of this many segments are decoded (and classified) together in one batch over the "

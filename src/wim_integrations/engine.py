@@ -18,6 +18,7 @@ from .analysis import Analysis, WiMSummary
 from .backends.base import Backend
 from .config import WiMConfig
 from .doc_cache import DocumentCache
+from .errors import WiMInputError
 from .events import Margin, WiMEvent, WiMResult
 from .planning import ConfigInput, Plan, Planner, as_config, default_segment_tokens
 from .prompts import PromptSet
@@ -106,8 +107,14 @@ class WiM:
         completions server); `tokenizer` the served model's local tokenizer directory (or a loaded tokenizer), checked
         against the server at start; `api_key` defaults to the WIM_SERVER_API_KEY environment variable. The server's
         prefix cache stands in for the document cache. See docs/serving.md for launch commands."""
-        from .backends.server import ServerBackend
+        from .backends.server import ServerBackend, server_options_known
 
+        unknown = sorted(set(server_options) - server_options_known())
+        if unknown:
+            raise WiMInputError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {unknown} for WiM.from_server; valid: "
+                f"{sorted({'tokenizer', 'config', 'prompts', *server_options_known()})}."
+            )
         backend = ServerBackend(
             base_url,
             tokenizer=tokenizer,

@@ -9,6 +9,16 @@ class WiMInputError(WiMError, ValueError):
     """The context, question or settings cannot be used as given."""
 
 
+class SettingsError(WiMInputError):
+    """A setting (`WiMConfig`, `SamplingConfig`, an adapter's settings field) has a bad value; `problems` names each
+    one as "field: what is wrong (got value)" (pydantic's messages)."""
+
+    def __init__(self, owner: str, problems: list[str]) -> None:
+        super().__init__(f"invalid {owner} settings: {'; '.join(problems)}.")
+        self.owner = owner
+        self.problems = problems
+
+
 class ContextTooLongError(WiMInputError):
     """The context plus prompts and generation budgets does not fit the model's window."""
 

@@ -47,7 +47,8 @@ def judge_documents(margins: Sequence[Margin], n_documents: int) -> list[Documen
     """One judgement per document of the read list, in its order, from the run's margins."""
     on_doc: list[list[Margin]] = [[] for _ in range(n_documents)]
     for m in margins:
-        for index in dict.fromkeys(span.doc_index for span in m.documents):  # a margin once per document
+        # A margin once per document; an empty document has nothing a margin could be about.
+        for index in dict.fromkeys(span.doc_index for span in m.documents if span.end_char > span.start_char):
             on_doc[index].append(m)
     return [DocumentJudgement(i, tuple(ms)) for i, ms in enumerate(on_doc)]
 

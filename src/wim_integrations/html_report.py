@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -127,11 +128,20 @@ def render_page(result: WiMResult | ReadingView) -> str:
 
 def check_report_path(path: str | os.PathLike[str]) -> Path:
     """Where a report may be written, checked before any run: an existing directory, not a directory itself."""
-    p = Path(path)
-    if p.is_dir():
-        raise WiMInputError(f"the HTML report path {str(p)!r} is a directory; pass a file name such as report.html.")
+    name = os.fspath(path) if isinstance(path, str | os.PathLike) else path
+    if not isinstance(name, str):
+        raise WiMInputError(f"the HTML report path must be a str or a path, not {type(name).__name__}.")
+    if not name or "\x00" in name:
+        raise WiMInputError(f"the HTML report path {name!r} is empty or contains a NUL character; pass a file name.")
+    p = Path(name)
     parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
+    try:
+        is_dir, parent_is_dir = p.is_dir(), parent.is_dir()
+    except OSError as exc:  # a name the file system refuses (too long, ...)
+        raise WiMInputError(f"cannot write the HTML report to {name!r}: {exc.strerror or exc}.") from exc
+    if is_dir:
+        raise WiMInputError(f"the HTML report path {str(p)!r} is a directory; pass a file name such as report.html.")
+    if not parent_is_dir:
         raise WiMInputError(
             f"cannot write the HTML report to {str(p)!r}: the directory {str(parent)!r} does not exist; "
             "create it first or pick another path."
@@ -143,13 +153,26 @@ def write_page(result: WiMResult | ReadingView, path: str | os.PathLike[str] | N
     """The full page; also written to `path` (UTF-8) when given."""
     page = render_page(result)
     if path is not None:
-        check_report_path(path).write_text(page, encoding="utf-8")
+        target = check_report_path(path)
+        try:
+            target.write_text(page, encoding="utf-8")
+        except OSError as exc:  # permissions, a full disk, a name the file system refuses
+            raise WiMInputError(f"cannot write the HTML report to {str(target)!r}: {exc.strerror or exc}.") from exc
     return page
 
 
 # -- building blocks -------------------------------------------------------------------------------------------------
 def _e(text: object) -> str:
-    return escape(str(text), quote=True)
+    return _BIDI_CONTROLS.sub(_shown_control, escape(str(text), quote=True))
+
+
+# Bidirectional embedding, override and isolate controls reorder the display of the text around them, so a report
+# could show something other than what the model read or wrote: each is shown as its code point instead, inert.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown_control(m: re.Match[str]) -> str:
+    return f"[U+{ord(m.group()):04X}]"
 
 
 def _body(view: ReadingView) -> str:

@@ -79,7 +79,14 @@ def wim_node(
                 f"wim_node: the state has no {missing} (keys: {sorted(state)}); add them to the graph state or pass "
                 "question_key=/context_key= naming the keys that hold the question and the context."
             )
-        handler = _StreamWriterHandler(get_stream_writer(), wanted)
+        try:
+            writer = get_stream_writer()
+        except (KeyError, RuntimeError) as exc:  # no graph run around this call
+            raise WiMInputError(
+                f"wim_node {name!r} runs as a node of a LangGraph graph (graph.add_node(...), then graph.invoke); "
+                "outside a graph, call the reader itself: WiMChain.invoke({'question': ..., 'context': ...})."
+            ) from exc
+        handler = _StreamWriterHandler(writer, wanted)
         return {"question": state[question_key], "context": state[context_key]}, with_handler(config, handler)
 
     def update(out: dict[str, Any]) -> dict[str, Any]:

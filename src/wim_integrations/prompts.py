@@ -16,9 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WiMInputError
+from .segmenter import check_text
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _SENTINEL = "\x00WIM_CONTENT\x00"
+
+# The placeholders each prompt is filled with, and those it must keep: a prompt without {{question}} or {{margins}}
+# would silently answer without them. Checked whenever a `PromptSet` is made (overrides included).
+_QUESTION = frozenset({"question"})
+PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # name -> (allowed, required)
+    "context_opening": (frozenset(), frozenset()),
+    "margin_instruction": (_QUESTION, _QUESTION),
+    "margin_instruction_inline": (_QUESTION, _QUESTION),
+    "margin_instruction_segment": (_QUESTION, _QUESTION),
+    "margin_instruction_inline_segment": (_QUESTION, _QUESTION),
+    "classification": (frozenset({"question", "margin"}), frozenset({"question", "margin"})),
+    "final_answer": (frozenset({"margins", "question"}), frozenset({"margins", "question"})),
+    "no_margins": (frozenset(), frozenset()),
+    "note_instruction": (frozenset({"instruction", "format"}), frozenset({"instruction", "format"})),
+    "final_report": (frozenset({"notes", "instruction"}), frozenset({"notes", "instruction"})),
+    "no_notes": (frozenset(), frozenset()),
+}
 
 # Used when a tokenizer has no chat template; documented in docs/architecture.md.
 PLAIN_PREFIX = "User:\n"
@@ -40,6 +58,27 @@ def render(template: str, **values: str) -> str:
 def without_placeholders(template: str) -> str:
     """The template's own text, its `{{name}}` placeholders left empty."""
     return _PLACEHOLDER.sub("", template)
+
+
+def check_prompt(name: str, text: object) -> str:
+    """`text` if it can be prompt `name`: a string whose placeholders are those the prompt is filled with, the
+    required ones present; else a `WiMInputError` naming the problem and the fix."""
+    if not isinstance(text, str):
+        raise WiMInputError(f"prompt {name!r} must be a string, not {type(text).__name__}.")
+    check_text(text, f"prompt {name!r}")
+    allowed, required = PLACEHOLDERS[name]
+    used = set(_PLACEHOLDER.findall(text))
+    shown = ", ".join("{{" + p + "}}" for p in sorted(allowed)) or "none"
+    if unknown := sorted(used - allowed):
+        raise WiMInputError(
+            f"prompt {name!r} has unknown placeholder(s) {['{{' + p + '}}' for p in unknown]}; it can use: {shown}."
+        )
+    if missing := sorted(required - used):
+        raise WiMInputError(
+            f"prompt {name!r} lacks the placeholder(s) {['{{' + p + '}}' for p in missing]}, so what they stand for "
+            f"would be left out of the prompt; put them where that text belongs (it can use: {shown})."
+        )
+    return text
 
 
 def _templates_dir() -> Path:
@@ -71,6 +110,10 @@ class PromptSet:
     note_instruction: str  # summaries and analyses: the note written after each part ({{instruction}}, {{format}})
     final_report: str  # summaries and analyses: the final pass ({{notes}}, {{instruction}})
     no_notes: str
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_prompt(f.name, getattr(self, f.name))
 
     @classmethod
     def default(cls) -> PromptSet:

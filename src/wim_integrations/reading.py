@@ -28,7 +28,7 @@ from .backends.base import (
 )
 from .classifier import MarginClassifier
 from .config import WiMConfig
-from .doc_cache import DocumentCache, PrefilledDocument, document_key
+from .doc_cache import DocumentCache, Lease, PrefilledDocument, document_key
 from .errors import WiMCancelled
 from .events import (
     AnswerStarted,
@@ -88,6 +88,7 @@ class WiMStream:
         self.result: WiMResult | None = None
         self._answer_now = threading.Event()
         self._cancel = threading.Event()
+        self._lease: tuple[DocumentCache, str, Lease] | None = None  # held while this run prefills a document
         self._events = self._run()
 
     def answer_now(self) -> None:
@@ -144,6 +145,15 @@ class WiMStream:
             yield from self._steps()
         except WiMCancelled:
             return
+        finally:
+            self._release_document()
+
+    def _release_document(self) -> None:
+        """Let runs waiting for this run's prefill of the document go on (they find it stored, or prefill it)."""
+        if self._lease is not None:
+            doc_cache, key, lease = self._lease
+            self._lease = None
+            doc_cache.release(key, lease)
 
     def _steps(self) -> Iterator[WiMEvent]:
         wim, plan, cfg = self.wim, self.plan, self.plan.config
@@ -158,7 +168,11 @@ class WiMStream:
         kv = self._kv
         doc_cache = wim.document_cache if kv is not None and cfg.reuse_document_cache else None
         key = document_key(kv.cache_namespace, plan.full_ids) if kv is not None and doc_cache is not None else ""
-        stored: PrefilledDocument | None = doc_cache.get(key) if doc_cache is not None else None
+        stored: PrefilledDocument | None = None
+        if doc_cache is not None:  # single flight: a run prefilling this document now is waited for
+            stored, lease = doc_cache.acquire(key, cancelled=self._cancel.is_set)
+            self._lease = (doc_cache, key, lease) if lease is not None else None
+            self._check_cancel()
         if stored is not None and kv is not None:
             cache = kv.fork_cache(stored.cache)
             kv.reserve(cache, plan.peak_tokens)  # if this question outgrows the stored room, one copy, not several
@@ -185,7 +199,10 @@ class WiMStream:
             for event in reading:
                 if isinstance(event, SegmentRead):
                     read_seconds[event.segment_index] = event.seconds
+                if self._lease is not None:
+                    self._lease[0].progress(self._lease[2])
                 yield event
+        self._release_document()  # stored by now if it could be: nobody waits for this run's answer
         read = run.read
         # A reused cache holds the whole document; answer from the segments actually read.
         if read < n:
@@ -382,13 +399,16 @@ class WiMStream:
                 return
 
     def _store_document(self, doc_cache: DocumentCache, key: str, cache: Any, run: _RunState) -> None:
-        """Keep the context as read (a fork: no copy), with the margin heads computed so far, for later questions."""
+        """Keep the context as read, with the margin heads computed so far, for later questions: a compact copy, so
+        the entry holds (and is charged) only the document's own keys/values, not the room this run reserved for its
+        peak (a fork would keep that whole buffer alive: 3x the document's bytes on a short one)."""
         b, heads = self._kv, dict(run.margin_heads)
         assert b is not None  # a document cache is only used where the backend holds keys/values here
-        nbytes = b.cache_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
-        if not doc_cache.fits(nbytes):  # too large to keep: no fork, so the run goes on writing in place
+        nbytes = b.filled_nbytes(cache) + sum(b.aside_nbytes(h) for h in heads.values())
+        if not doc_cache.fits(nbytes):  # too large to keep: no copy made
             return
-        doc_cache.put(key, PrefilledDocument(b.fork_cache(cache), tuple(self.plan.margin_head_ids), heads), nbytes)
+        doc_cache.put(key, PrefilledDocument(b.compact_cache(cache), tuple(self.plan.margin_head_ids), heads), nbytes)
+        self._release_document()  # waiting runs start from the stored entry now
 
     def _margin_prompt_aside(
         self, b: LocalKVBackend, cache: Any, seg: Segment, run: _RunState, prefilled: bool, *, keep_head: bool

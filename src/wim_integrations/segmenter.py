@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pydantic_core
+
 from .errors import WiMInputError
 from .events import DocumentSpan
 
@@ -56,11 +58,27 @@ class InputDocument:
         check_text(self.text, "document text")
         if self.id is not None and not isinstance(self.id, str):
             raise WiMInputError(f"document id must be a string or None, not {type(self.id).__name__}.")
+        if self.id is not None:
+            check_text(self.id, "document id")
         if not isinstance(self.metadata, Mapping):
             raise WiMInputError(
                 f"document metadata must be a mapping (dict), not {type(self.metadata).__name__}; "
                 "wrap the value, e.g. metadata={'tags': [...]}."
             )
+        check_metadata(self.metadata)
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> None:
+    """Metadata travels into the events and the result, so it must be writable as JSON (and HTML): refused here, not
+    when the result is written after a whole run."""
+    try:
+        pydantic_core.to_json(metadata)
+    except ValueError as exc:  # PydanticSerializationError: a lone surrogate, bytes, a cycle, an unknown type
+        detail = str(exc).removeprefix("Error serializing to JSON: ")
+        raise WiMInputError(
+            f"document metadata cannot be written out as JSON ({detail[:200]}); keep to strings (valid Unicode), "
+            "numbers, booleans, None, lists and dicts, e.g. convert objects with str()."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import SAMPLE
-from pydantic import ValidationError
 
 from wim_integrations import (
     ContextTooLongError,
@@ -189,7 +188,7 @@ def test_segment_budget_smaller_than_the_instruction(no_compute):
 
 
 def test_unknown_classification_mode_and_missing_classifier(no_compute):
-    with pytest.raises(ValidationError, match="same_model"):
+    with pytest.raises(WiMInputError, match="same_model"):
         no_compute.stream(SAMPLE, Q, classification="vibes")
     with pytest.raises(WiMInputError, match="needs a classifier model"):
         no_compute.stream(SAMPLE, Q, classification="auxiliary")

@@ -156,7 +156,8 @@ BAD_INPUTS = [
     ({"question": "   ", "context": DOCS}, "question is empty"),
     (42, "must be a dict"),
     ({"question": QUESTION, "context": "Mary went to the kitchen. " * 1500}, "context window"),
-    ({"question": QUESTION, "context": DOCS, "margin": 1}, None),  # extra keys are fine
+    ({"question": QUESTION, "context": DOCS, "margin": 1}, r"unknown WiMChain input key \['margin'\]"),
+    ({"question": QUESTION, "context": DOCS}, None),
 ]
 
 

@@ -184,7 +184,14 @@ class LocalKVBackend(PackedBackend, Protocol):
     def fork_cache(self, cache: Any) -> Any:
         """A cache that shares `cache`'s tensors without copying them; appending to either leaves the other intact."""
 
-    def cache_nbytes(self, cache: Any) -> int: ...
+    def cache_nbytes(self, cache: Any) -> int:
+        """Bytes of the storage the cache's keys/values keep alive (spare room included)."""
+
+    def filled_nbytes(self, cache: Any) -> int:
+        """Bytes of the keys/values the cache holds (what a compact copy of it takes)."""
+
+    def compact_cache(self, cache: Any) -> Any:
+        """A copy of `cache` that keeps alive only its own keys/values (no spare room, nothing shared)."""
 
     def reserve(self, cache: Any, n_tokens: int) -> None:
         """Hint: `cache` will hold up to about `n_tokens`; room may be allocated for them at once."""

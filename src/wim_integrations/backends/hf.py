@@ -108,6 +108,23 @@ class HFBackend(TokenizerMethods):
             if isinstance(layer, BufferedLayer):
                 layer.reserve(n_tokens)
 
+    def compact_cache(self, cache: DynamicCache) -> DynamicCache:
+        with self.lock, torch.inference_mode():
+            out = copy.copy(cache)
+            out.layers = [
+                layer.compact() if isinstance(layer, BufferedLayer) else copy.copy(layer) for layer in cache.layers
+            ]
+        return out
+
+    def filled_nbytes(self, cache: DynamicCache) -> int:
+        """Bytes of the keys and values the cache holds (its filled length, without spare room)."""
+        return sum(
+            t.numel() * t.element_size()
+            for layer in cache.layers
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if isinstance(t, torch.Tensor)
+        )
+
     def cache_nbytes(self, cache: DynamicCache) -> int:
         """Bytes of the storage behind the cache's keys and values (spare buffer room and cropped views included)."""
         storages: dict[int, int] = {}

@@ -106,6 +106,18 @@ class BufferedLayer(DynamicLayer):
         self._key_buffer = self._value_buffer = None
         self._owns_buffer, self._share = False, None
 
+    def compact(self) -> BufferedLayer:
+        """A copy holding exactly this layer's tokens, in a buffer of its own with no spare room (what a document cache
+        stores: the room a run reserved for its peak is not kept alive with it)."""
+        twin = copy.copy(self)
+        if self._key_buffer is None or self.keys is None or self.values is None:
+            return twin
+        twin.keys = self.keys.clone(memory_format=torch.contiguous_format)
+        twin.values = self.values.clone(memory_format=torch.contiguous_format)
+        twin._key_buffer, twin._value_buffer = twin.keys, twin.values
+        twin._owns_buffer, twin._share, twin._reserved = True, None, 0
+        return twin
+
     def fork(self) -> BufferedLayer:
         """A layer with the same contents and no copy. Neither side writes what either can see afterwards; one of them
         may still append past it (see the module docstring)."""

@@ -14,12 +14,20 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
 from ..errors import ServerUnavailableError
+
+
+def _remove(log: IO[bytes], log_path: Path, slot_dir: Path) -> None:
+    log.close()
+    log_path.unlink(missing_ok=True)
+    shutil.rmtree(slot_dir, ignore_errors=True)
 
 
 def find_llama_server(binary: str | os.PathLike[str] | None = None) -> Path | None:
@@ -60,6 +68,11 @@ class LlamaServer:
         self.model = Path(model)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The log and the slot directory are this object's: removed on stop(), or when it is garbage collected.
+        self.slot_dir = Path(tempfile.mkdtemp(prefix="llama-slots-"))
+        self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log_path = Path(self._log.name)
+        self._cleanup = weakref.finalize(self, _remove, self._log, self.log_path, self.slot_dir)
         self.args = [
             str(self.binary),
             "-m",
@@ -74,22 +87,22 @@ class LlamaServer:
             str(slots),
             "--no-webui",
             "--slot-save-path",  # enables the slot actions (erase_slots)
-            tempfile.mkdtemp(prefix="llama-slots-") + os.sep,
+            str(self.slot_dir) + os.sep,
             *(["-t", str(threads)] if threads else []),
             *extra_args,
         ]
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
 
     def start(self) -> LlamaServer:
         self.process = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerUnavailableError(
-                    f"llama-server exited with code {self.process.returncode} at start; its log:\n{self.log_tail()}"
-                )
+                code, log = self.process.returncode, self.log_tail()
+                message = f"llama-server exited with code {code} at start; its log:\n{log}"
+                self.stop()
+                raise ServerUnavailableError(message)
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return self
@@ -100,6 +113,7 @@ class LlamaServer:
         raise ServerUnavailableError(f"llama-server did not become healthy in {self.startup_timeout:.0f} s")
 
     def stop(self) -> None:
+        """Stop the server and remove its log and slot directory (read `log_tail()` before, if needed)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -107,10 +121,13 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._cleanup()
 
     def log_tail(self, n_chars: int = 4000) -> str:
+        if self._log.closed:
+            return ""
         self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")[-n_chars:]
+        return self.log_path.read_text(errors="replace")[-n_chars:]
 
     def erase_slots(self) -> None:
         """Empty every slot's cache: the next request computes its whole prompt (a cold start)."""

@@ -11,6 +11,7 @@ backend checks that this tokenizer matches the server's.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import queue
 import threading
@@ -22,14 +23,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import SamplingConfig
-from ..errors import ContextTooLongError, ServerMismatchError, ServerUnavailableError, WiMInputError
+from ..errors import (
+    ContextTooLongError,
+    ServerMismatchError,
+    ServerResponseError,
+    ServerTimeoutError,
+    ServerUnavailableError,
+    WiMInputError,
+)
 from .base import Capabilities, GenerationRequest, PackedRow, RowScores
-from .http import HTTPClient
+from .http import HTTPClient, check_base_url
 from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
 from .tokenizer import HFTokenizer, TokenizerMethods
 
 # Text whose tokens must be the same on both sides: plain words, digits, accents, CJK, an emoji.
 _PROBE_TEXT = "WiM checks the tokenizer: 4417 keepers, naïve café, 東京, 🙂."
+# Once a completion has all its tokens (a stop id or the budget) the server should end it at once: the rest of the
+# stream is read (its usage report, which vLLM sends in a chunk of its own, and its end, so the connection can be
+# reused), but at most this many more events; then the stream is closed.
+_EVENTS_AFTER_END = 4
+# What a reply of the wrong shape raises inside a profile's parsing (a missing key, a string for a number, ...).
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
 
 
 @dataclass
@@ -75,10 +89,11 @@ class ServerBackend(TokenizerMethods):
         check: bool = True,
         name: str | None = None,
     ) -> None:
-        if engine not in PROFILES:
+        check_base_url(base_url)  # before the tokenizer is loaded
+        if not isinstance(engine, str) or engine not in PROFILES:
             raise WiMInputError(f"engine={engine!r} is not known; use one of {sorted(PROFILES)}.")
-        if max_concurrency < 1:
-            raise WiMInputError(f"max_concurrency must be at least 1, not {max_concurrency}.")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise WiMInputError(f"max_concurrency must be a whole number of at least 1, not {max_concurrency!r}.")
         # reuse_prefix=False sends every request cold (no warm-ups; llama.cpp: cache_prompt off): for comparisons.
         self.profile: Profile = PROFILES[engine](model, cache_salt, reuse_prefix)
         self.engine = engine
@@ -120,13 +135,13 @@ class ServerBackend(TokenizerMethods):
             except Exception:  # the window is optional information: planning then checks nothing against it
                 self.max_context_tokens = None
         if isinstance(self.profile, LlamaCppProfile):
-            self.n_slots = self.profile.slots(self.client)
+            self.n_slots = self._parsed("/props", self.profile.slots, self.client)
         probe = self.tokens.chat_frame().prefix + _PROBE_TEXT
         request = self.profile.tokenize(probe)
         if request is None:
             return  # the engine has no tokenize endpoint: documented as unchecked
         ours = self.tokens.encode_template(probe)
-        theirs = self.profile.tokens_of(self.client.post_json(*request))
+        theirs = self._parsed(request[0], self.profile.tokens_of, self.client.post_json(*request))
         if theirs != ours:
             same = (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
             at = next(same, min(len(ours), len(theirs)))
@@ -287,9 +302,10 @@ class ServerBackend(TokenizerMethods):
         slot = self._slot(cache)
 
         def lp(prompt: list[int], prefix: int) -> list[float]:
-            reply = self.client.post_json(*self.profile.score(prompt, slot))
-            self._record("score", prompt, prefix, self.profile.usage(reply))
-            return self.profile.prompt_logprobs(reply, prompt)
+            path, body = self.profile.score(prompt, slot)
+            reply = self.client.post_json(path, body)
+            self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
+            return self._parsed(path, self.profile.prompt_logprobs, reply, prompt)
 
         jobs = [
             self._pool.submit(lp, [*head, *ids, *([t] if t is not None else [])], len(head))
@@ -313,8 +329,9 @@ class ServerBackend(TokenizerMethods):
             return
         prompt = cache.tokens[:upto]
         self._check_fits(len(prompt) + 1)
-        reply = self.client.post_json(*self.profile.warm(prompt, self._slot(cache)))
-        self._record("warm", prompt, cache.warm, self.profile.usage(reply))
+        path, body = self.profile.warm(prompt, self._slot(cache))
+        reply = self.client.post_json(path, body)
+        self._record("warm", prompt, cache.warm, self._parsed(path, self.profile.usage, reply))
         cache.warm = upto
 
     def _stream(
@@ -328,31 +345,56 @@ class ServerBackend(TokenizerMethods):
         slot: int | None,
         cancel: threading.Event,
     ) -> Generator[tuple[int, float | None], None, None]:
-        """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget."""
+        """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget.
+
+        Bounded: once the completion has all its tokens, at most `_EVENTS_AFTER_END` more events are read (for the
+        usage report) and the stream is closed, so a server that streams on past the budget cannot hold the run."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
-        n, usage, finished, final = 0, None, False, False
+        n, usage, finished, final, after = 0, None, False, False, 0
+        events = self.client.stream_events(path, body, cancel)
         try:
-            for event in self.client.stream_events(path, body, cancel):
-                usage = self.profile.usage(event) or usage
-                final = final or self.profile.is_final(event)
-                if finished:  # the server stops at the same stop ids and budget: read on to its usage report
+            for event in events:
+                usage = self._parsed(path, self.profile.usage, event) or usage
+                final = final or self._parsed(path, self.profile.is_final, event)
+                if finished:  # all tokens are in: read on to the end (usage report, [DONE]), a few events at most
+                    after += 1
+                    if after >= _EVENTS_AFTER_END:
+                        break
                     continue
-                tokens = self.profile.chunk_tokens(event, self.tokens.encode_text)
+                tokens = self._parsed(path, self.profile.chunk_tokens, event, self.tokens.encode_text)
                 for token, logprob in tokens[n:] if self.profile.cumulative else tokens:
-                    if token in self.stop_ids or n >= max_tokens:
+                    if token in self.stop_ids:
                         finished = True
                         break
                     n += 1
                     yield token, logprob
+                    if n >= max_tokens:
+                        finished = True
+                        break
+        except ServerTimeoutError:
+            if not finished:
+                raise  # with every token in, a server slow to end the stream costs only its usage report
         except GeneratorExit:  # closed by the caller (a margin complete by its stop rule): recorded as far as it went
             self._record(kind, prompt, prefix, usage)
             raise
-        if not final and not cancel.is_set():
+        finally:
+            events.close()  # closes the connection: the server stops generating for it
+        if not (final or finished or cancel.is_set()):
             raise ServerUnavailableError(
                 f"the {self.engine} server's stream ended after {n} tokens without its final event (connection cut "
                 "off?); the run was stopped, nothing partial was kept. Check the server's log."
             )
         self._record(kind, prompt, prefix, usage)
+
+    def _parsed(self, path: str, read: Callable[..., Any], *args: Any) -> Any:
+        """`read(*args)`: a profile reading a reply; a reply of the wrong shape is a `ServerResponseError`."""
+        try:
+            return read(*args)
+        except _SHAPE_ERRORS as e:
+            raise ServerResponseError(
+                f"the {self.engine} server at {self.client.base_url}{path} sent a reply WiM cannot read "
+                f"({type(e).__name__}: {str(e)[:200]}); is engine={self.engine!r} the engine serving there?"
+            ) from e
 
     def _record(self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None) -> None:
         u = usage or Usage()
@@ -375,6 +417,12 @@ class ServerBackend(TokenizerMethods):
                 f"({self.name}); start the server with a larger context (llama.cpp: -c, vLLM: --max-model-len) or "
                 "shorten the input."
             )
+
+
+def server_options_known() -> set[str]:
+    """The keyword options `ServerBackend` takes (what `WiM.from_server` may pass on)."""
+    params = inspect.signature(ServerBackend.__init__).parameters.values()
+    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _required(logprob: float | None, engine: str) -> float:

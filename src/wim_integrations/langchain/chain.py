@@ -23,9 +23,11 @@ from ..events import AnswerToken, Margin, WiMResult
 from ..segmenter import InputDocument
 from .events import AsyncEventRelay, EventRelay
 from .settings import WiMSettings, check_known
-from .summary import analysis_from_input
+from .summary import TASK_KEYS, TASK_OPTIONS, analysis_from_input
 
 QUESTION_KEYS = ("question", "input", "query")
+# Every key a WiMChain input dict may have: a question (or a summary / analysis task, summary.py) and its context.
+INPUT_KEYS = (*QUESTION_KEYS, "context", *TASK_KEYS, *TASK_OPTIONS)
 
 ContextInput = str | Sequence[Document | InputDocument | str | dict[str, Any]]
 
@@ -128,6 +130,7 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
         if isinstance(value, str):
             question, context = value, None
         elif isinstance(value, dict):
+            check_known(value, INPUT_KEYS, what="WiMChain input key")  # a misspelt key is not silently ignored
             found = [k for k in QUESTION_KEYS if value.get(k) is not None]
             if not found and (task := analysis_from_input(value)) is not None:  # a summary / analysis (summary.py)
                 value = {**value, "question": task}

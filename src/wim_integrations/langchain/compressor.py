@@ -19,6 +19,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
 from ..engine import WiM, WiMStream
+from ..errors import WiMInputError
 from ..events import AnswerStarted, Margin, MarginWritten
 from ..filtering import judge_documents, kept_documents
 from .chain import to_engine_context
@@ -110,6 +111,14 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
 
     def _start(self, documents: Sequence[Document], query: str) -> WiMStream:
         """Plan the read (input errors raise here, before any compute): one segment per document unless asked."""
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise WiMInputError(f"documents must be a list of Documents, not {type(documents).__name__}.")
+        for i, d in enumerate(documents):
+            if not isinstance(d, Document):
+                raise WiMInputError(
+                    f"documents[{i}] is a {type(d).__name__}, not a Document: the compressor returns the documents it "
+                    "keeps, with their metadata; wrap text as Document(page_content=...)."
+                )
         overrides = {"merge_documents": False, **self.wim_overrides()}
         return self.wim.stream(to_engine_context(list(documents)), query, **overrides)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, cast
 
-from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from ..config import WiMConfig
+from ..config import WiMConfig, settings_error
 from ..errors import WiMInputError
 
 # Engine options that are not per-call settings: they belong to the `WiM` the adapter wraps.
@@ -44,6 +44,12 @@ _WiMSettingsFields = create_model("_WiMSettingsFields", **_optional_fields())
 
 class WiMSettings(_WiMSettingsFields):
     """Mixin of the per-call WiM settings (one optional field per `WiMConfig` field) for the LangChain adapters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except ValidationError as exc:  # a bad setting is the library's SettingsError, as on WiMConfig itself
+            raise settings_error(type(self).__name__, exc) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from ..analysis import Analysis
 from ..errors import WiMInputError
 
 TASK_KEYS = ("summarize", "analyze")
+TASK_OPTIONS = ("schema", "note_instruction")
 
 
 def analysis_from_input(value: Mapping[str, Any]) -> Analysis | None:

@@ -52,7 +52,7 @@ def reading_order(nodes: Sequence[NodeWithScore], order: ReadingOrder = "documen
     by start offset inside the document, like a person reading the passages in place. "score": retrieval order.
     """
     if order not in ("document", "score"):
-        raise ValueError(f"order must be 'document' or 'score', not {order!r}")
+        raise WiMInputError(f"order must be 'document' or 'score', not {order!r}.")
     seen: set[str] = set()
     unique: list[NodeWithScore] = []
     for n in nodes:  # the first occurrence of each node
