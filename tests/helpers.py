@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import torch
@@ -44,3 +45,12 @@ HOSTILE = (
     '<img src=x onerror="document.body.dataset.pwned=1"> & "quotes" \'single\' </div></section>\n\n'
     "The second paragraph of the untrusted document ends here."
 )
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """`wim ARGV...` in process: (exit status, standard output, standard error)."""
+    from wim_integrations.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()

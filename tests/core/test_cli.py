@@ -6,15 +6,7 @@ import io
 import json
 
 import pytest
-from helpers import SAMPLE
-
-from wim_integrations.cli import main
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+from helpers import SAMPLE, run_cli
 
 
 @pytest.fixture

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
-from helpers import SAMPLE
+from helpers import SAMPLE, run_cli
 
 from wim_integrations.analysis import DEFAULT_SUMMARY_INSTRUCTION
-from wim_integrations.cli import main
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -3,26 +3,19 @@ display; the core imports no backend's packages, and a missing extra is named wi
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLE
+from helpers import SAMPLE, run_cli
 
 import wim_integrations
 from wim_integrations import models
 from wim_integrations.cli import main
 
 ROOT = Path(__file__).parents[2]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

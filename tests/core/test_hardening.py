@@ -9,10 +9,10 @@ import threading
 import warnings
 
 import pytest
-from helpers import SAMPLE
+from helpers import SAMPLE, run_cli
 
 from wim_integrations import ModelLoadError, WiM, WiMConfig
-from wim_integrations.cli import CONFIG_OPTIONS, _build_parser, _config, main
+from wim_integrations.cli import CONFIG_OPTIONS, _build_parser, _config
 from wim_integrations.doc_cache import DocumentCache
 from wim_integrations.models import load_backend
 
@@ -48,12 +48,6 @@ def test_document_cache_nbytes_is_safe_while_another_thread_stores():
 
 
 # -- CLI: every check that needs no model comes before loading it; clear errors for misuse ---------------------------
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
 class _PipedStdin(io.TextIOWrapper):
     """Standard input fed from a pipe, decoded like Python does under the C locale (surrogateescape)."""
 

@@ -5,17 +5,15 @@ test_html_browser.py."""
 
 from __future__ import annotations
 
-import io
 import json
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import HOSTILE, SAMPLE
+from helpers import HOSTILE, SAMPLE, run_cli
 
 from wim_integrations import InputDocument, MarginWritten, WiMInputError, WiMResult
-from wim_integrations.cli import main
 from wim_integrations.html_report import COLLAPSE_ABOVE_SEGMENTS, render_fragment, render_page
 
 
@@ -252,12 +250,6 @@ def test_llamaindex_streaming_result_is_there_once_read(tiny_wim):
         wim_result(response)
     text = "".join(response.response_gen)
     assert wim_result(response).answer == text.strip()
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_cli_writes_the_report(tiny_model_dirs, tmp_path):
