@@ -218,7 +218,8 @@ def _choose_cuts_per_document(
     """Cuts with every document starting a segment of its own (a long document is still cut within).
 
     The separator after a document stays in its last segment when it fits there; otherwise it opens the next
-    document's first segment, so no segment holds only a separator."""
+    document's first segment, so no segment holds only a separator (given a budget of at least the separator plus one
+    character's tokens: a few, far below the margin prompt the planner requires)."""
     n = len(strengths)
     firsts = [*_document_token_starts(starts, doc_starts), n]
     cuts: list[int] = []
