@@ -151,22 +151,24 @@ def _config(args: argparse.Namespace) -> WiMConfig:
     return config
 
 
-def check_segment_budget(config: WiMConfig, task: str | Analysis) -> None:
-    """Refuse, before any model loads, a segment budget smaller than the instruction written after each segment.
+def segment_budget_floor(config: WiMConfig, task: str | Analysis) -> int:
+    """A lower bound, on any model, of the tokens of the instruction written after each segment: its word count.
 
-    Every tokenizer WiM supports splits text at whitespace before merging (byte-level BPE, SentencePiece), so the
-    instruction's word count is a lower bound of its token count on any model; the planner checks the exact count
-    once the model is loaded."""
-    if config.segment_tokens is None:
-        return
+    Every tokenizer WiM supports splits text at whitespace before merging (byte-level BPE, SentencePiece), so each
+    word is at least one token; the planner checks the exact count once the model is loaded."""
     prompts = PromptSet.default()
-    if isinstance(task, Analysis):
-        template, extra = prompts.note_instruction, f"{task.instruction} {task.note_instruction or ''}"
+    if isinstance(task, Analysis):  # a note's prompt is filled with the note instruction, not the final one
+        template, filling = prompts.note_instruction, task.note_instruction
     else:
         inline = config.classification == "inline"
-        template, extra = prompts.margin_instruction_for(inline=inline, scope=config.margin_scope), task
-    words = len(without_placeholders(template).split()) + len(extra.split())
-    if config.segment_tokens < words:
+        template, filling = prompts.margin_instruction_for(inline=inline, scope=config.margin_scope), task
+    return len(without_placeholders(template).split()) + len(filling.split())
+
+
+def check_segment_budget(config: WiMConfig, task: str | Analysis) -> None:
+    """Refuse, before any model loads, a segment budget below `segment_budget_floor`."""
+    words = segment_budget_floor(config, task)
+    if config.segment_tokens is not None and config.segment_tokens < words:
         raise WiMError(
             f"--segment-tokens {config.segment_tokens} is smaller than the instruction written after each segment "
             f"(at least {words} tokens on any model: {words} words); use a few times more, e.g. --segment-tokens "

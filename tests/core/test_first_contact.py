@@ -70,17 +70,16 @@ def test_summarize_checks_its_segment_budget_before_loading(no_model_loads, doc)
 
 def test_the_word_count_bound_never_exceeds_the_planners_token_count(tiny_backends):
     """The CLI's early bound is a lower bound: a budget it accepts is never one the planner would refuse."""
-    from wim_integrations import WiM, WiMConfig
-    from wim_integrations.cli import check_segment_budget
-    from wim_integrations.errors import WiMError
+    from wim_integrations import Analysis, WiM, WiMConfig
+    from wim_integrations.cli import segment_budget_floor
 
+    wim = WiM(tiny_backends["llama"])
     question = "Who keeps the lighthouse on the point?"
-    for scope in ("segment", "so_far"):
-        plan = WiM(tiny_backends["llama"]).plan(SAMPLE, question, WiMConfig(margin_scope=scope))
-        exact = len(plan.margin_prompt_ids)
-        check_segment_budget(WiMConfig(segment_tokens=exact, margin_scope=scope), question)  # accepted
-        with pytest.raises(WiMError):
-            check_segment_budget(WiMConfig(segment_tokens=1, margin_scope=scope), question)
+    for cfg in (WiMConfig(margin_scope="segment"), WiMConfig(margin_scope="so_far"), WiMConfig(classification="inline")):
+        assert 0 < segment_budget_floor(cfg, question) <= len(wim.plan(SAMPLE, question, cfg).margin_prompt_ids)
+    # A long final instruction does not go into the notes' prompt: only the note instruction counts.
+    task = Analysis.create("Write a report. " * 200, note_instruction="List the names in this part.")
+    assert 0 < segment_budget_floor(WiMConfig(), task) <= len(wim.plan(SAMPLE, task).margin_prompt_ids)
 
 
 def test_library_progress_bars_are_silenced_in_the_display(tiny_model_dirs, doc):
