@@ -75,7 +75,8 @@ def test_the_word_count_bound_never_exceeds_the_planners_token_count(tiny_backen
 
     wim = WiM(tiny_backends["llama"])
     question = "Who keeps the lighthouse on the point?"
-    for cfg in (WiMConfig(margin_scope="segment"), WiMConfig(margin_scope="so_far"), WiMConfig(classification="inline")):
+    configs = WiMConfig(margin_scope="segment"), WiMConfig(margin_scope="so_far"), WiMConfig(classification="inline")
+    for cfg in configs:
         assert 0 < segment_budget_floor(cfg, question) <= len(wim.plan(SAMPLE, question, cfg).margin_prompt_ids)
     # A long final instruction does not go into the notes' prompt: only the note instruction counts.
     task = Analysis.create("Write a report. " * 200, note_instruction="List the names in this part.")
