@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-# An action for one request: ("status", code), ("stall", seconds), ("cut", n_events), ("call", fn) then forward.
+# An action for one request: ("status", code), ("stall", seconds), ("cut", n_events), ("call", fn) then forward,
+# ("drip", seconds) forwards with a pause before every line, ("garbage", body) answers 200 with that body instead.
 Action = tuple[str, object]
 
 
@@ -65,6 +66,12 @@ class FaultProxy:
             h.end_headers()
             h.wfile.write(b'{"error": {"message": "injected"}}')
             return
+        if kind == "garbage":
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.end_headers()
+            h.wfile.write(arg)  # type: ignore[arg-type]
+            return
         if kind == "stall":
             time.sleep(float(arg))  # type: ignore[arg-type]
         if kind == "call":
@@ -86,6 +93,8 @@ class FaultProxy:
                         if events == cut:
                             return  # the connection closes here: the stream is cut off without its end
                         events += 1
+                    if kind == "drip":
+                        time.sleep(float(arg))  # type: ignore[arg-type]
                     h.wfile.write(line.encode() + b"\n")
                     h.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):  # the client went away (it stopped reading)

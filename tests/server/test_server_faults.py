@@ -111,3 +111,21 @@ def test_a_lost_prefix_cache_costs_time_not_correctness(proxy, llama_server, ser
     assert_same_run(llama_server.url, wim, wim.plan(HARBOR, QUESTION), reference, evicted)
     second_margin = [r for r in list(wim.backend.requests)[start:] if r.kind == "generate"][1]
     assert second_margin.cached_tokens == 0 and second_margin.computed_tokens == second_margin.prompt_tokens
+
+
+# Hostile answers from the real server's path (the fake engines get the full set: tests/server/test_hostile_server.py).
+@pytest.mark.parametrize("body", [b"not json at all", b'{"tokens": "abc"}', b"[1, 2, 3]", b"{"])
+def test_a_garbage_reply_is_a_response_error_then_the_backend_works(proxy, served_model, body):
+    wim = _wim(proxy.url, served_model[1])
+    proxy.script(("garbage", body))
+    with pytest.raises(ServerResponseError, match="/completion"):  # names the endpoint
+        wim.run(HARBOR, QUESTION)
+    assert "Marlowe" in wim.run(HARBOR, QUESTION).answer
+
+
+def test_a_dripping_stream_ends_at_the_requests_deadline_not_never(proxy, served_model):
+    wim = _wim(proxy.url, served_model[1], timeout=2.0)
+    proxy.script(("forward", None), ("drip", 0.5))  # the warm-up goes through; the first margin drips
+    with pytest.raises(ServerTimeoutError):
+        wim.run(HARBOR, QUESTION)
+    assert wim.run(HARBOR, QUESTION).answer  # the backend is usable afterwards
