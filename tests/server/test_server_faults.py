@@ -114,7 +114,9 @@ def test_a_lost_prefix_cache_costs_time_not_correctness(proxy, llama_server, ser
 
 
 # Hostile answers from the real server's path (the fake engines get the full set: tests/server/test_hostile_server.py).
-@pytest.mark.parametrize("body", [b"not json at all", b'{"tokens": "abc"}', b"[1, 2, 3]", b"{"])
+# The next request is a warm-up, whose reply WiM reads only as JSON (its content is not needed): a reply that is not
+# JSON is an error; well-formed JSON of the wrong shape in replies WiM does read is tested on the fake engines.
+@pytest.mark.parametrize("body", [b"not json at all", b"{", b"\xff\xfe"])
 def test_a_garbage_reply_is_a_response_error_then_the_backend_works(proxy, served_model, body):
     wim = _wim(proxy.url, served_model[1])
     proxy.script(("garbage", body))
