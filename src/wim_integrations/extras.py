@@ -9,8 +9,8 @@ from .errors import WiMError
 
 # extra -> (the modules it brings, what needs it)
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
-    "hf": (("torch", "transformers", "accelerate", "gguf", "tokenizers"), "in-process Hugging Face models"),
-    "server": (("transformers", "tokenizers"), "the served model's tokenizer"),
+    "hf": (("torch", "transformers", "accelerate", "gguf", "tokenizers", "jinja2"), "in-process Hugging Face models"),
+    "server": (("transformers", "tokenizers", "jinja2"), "the served model's tokenizer and chat template"),
     "langchain": (("langchain_core", "langsmith"), "the LangChain adapters"),
     "langgraph": (("langgraph",), "the LangGraph node"),
     "llamaindex": (("llama_index.core",), "the LlamaIndex adapters"),
