@@ -25,7 +25,7 @@ from .events import (
     WiMEvent,
     WiMResult,
 )
-from .extras import MissingExtraError
+from .extras import MissingExtraError, require
 from .prompts import PromptSet
 from .segmenter import InputDocument
 
@@ -51,14 +51,8 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'wim_integrations' has no attribute {name!r}")
     module, extra = _LAZY[name]
-    try:
-        return getattr(import_module(module), name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("langchain_core", "langsmith", "llama_index"):
-            raise MissingExtraError(
-                f"{name} needs the '{extra}' extra: pip install 'wim-integrations[{extra}]' ({exc.name} is missing)"
-            ) from exc
-        raise
+    require(extra)  # a missing framework is one MissingExtraError naming its pip line, as on every other path
+    return getattr(import_module(module), name)
 
 
 __all__ = [

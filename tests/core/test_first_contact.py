@@ -170,3 +170,20 @@ def test_the_gguf_conversion_bar_is_off_while_the_cli_reports_progress():
     assert gguf_utils.tqdm is original
     with _quiet_gguf_bar(False):
         assert gguf_utils.tqdm is original
+
+
+@pytest.mark.parametrize(
+    ("name", "blocked", "extra"), [("WiMChain", "langchain_core", "langchain"), ("WiMLLM", "llama_index", "llamaindex")]
+)
+def test_without_a_framework_its_adapters_name_their_extra(name, blocked, extra):
+    script = f"""
+import wim_integrations
+from wim_integrations import MissingExtraError
+try:
+    getattr(wim_integrations, {name!r})
+except MissingExtraError as e:
+    print(e)
+"""
+    proc = _blocked(script, blocked)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pip install 'wim-integrations[{extra}]'" in proc.stdout
