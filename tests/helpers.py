@@ -49,7 +49,7 @@ HOSTILE = (
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """`wim ARGV...` in process: (exit status, standard output, standard error)."""
-    from wim_integrations.cli import main
+    from wim_integrations.frontends.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdout=out, stderr=err)

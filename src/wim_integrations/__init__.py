@@ -8,7 +8,6 @@ from typing import Any
 
 from .analysis import Analysis, WiMSummary
 from .config import SamplingConfig, WiMConfig
-from .doc_cache import DocumentCache
 from .engine import WiM, WiMStream
 from .errors import ContextTooLongError, ModelLoadError, WiMCancelled, WiMError, WiMInputError
 from .events import (
@@ -26,8 +25,9 @@ from .events import (
     WiMResult,
 )
 from .extras import MissingExtraError, require
+from .inputs import InputDocument
 from .prompts import PromptSet
-from .segmenter import InputDocument
+from .reading.doc_cache import DocumentCache
 
 try:
     __version__ = version("wim-integrations")  # the installed package's metadata: one source of truth

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .errors import WiMInputError
 from .events import Margin, WiMResult
-from .segmenter import check_text
+from .inputs import check_text
 
 DEFAULT_SUMMARY_INSTRUCTION = (
     "Write a summary of the whole text: its key facts, names, numbers and events, in the order they appear."

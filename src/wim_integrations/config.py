@@ -9,10 +9,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from typing_extensions import Self
 
 from .errors import SettingsError
-from .stopping import MarginStop
 
 ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
 MarginScope = Literal["segment", "so_far"]
+MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
 
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
@@ -106,6 +106,9 @@ class WiMConfig(_Settings):
         "docs/benchmarks.md, 'Margin stop rules')",
     )
     answer_max_new_tokens: Annotated[int, Count] = Field(256, ge=1, description="max new tokens of the answer")
+    answer_stop: tuple[str, ...] = Field(
+        (), description="stop sequences of the answer: decoding ends at the first one, which the answer leaves out"
+    )
     classification: ClassificationMode = Field(
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "

@@ -5,7 +5,8 @@ for event in wim.stream(context, question):
     ...
 result = wim.run(context, question)
 
-Planning lives in `planning.py`, the reading loops in `reading.py`.
+The facade: it builds the frozen `Reader` a run needs (backend, planner, prompts, judges' models, document cache);
+planning and the reading loop live in `reading/`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any, Literal
 from .analysis import Analysis, WiMSummary
 from .backends.base import Backend
 from .config import WiMConfig
-from .doc_cache import DocumentCache
 from .errors import WiMInputError
 from .events import Margin, WiMEvent, WiMResult
-from .planning import ConfigInput, Plan, Planner, as_config, default_segment_tokens
 from .prompts import PromptSet
-from .reading import WiMStream
+from .reading import Reader, WiMStream
+from .reading.doc_cache import DocumentCache
+from .reading.plan import ConfigInput, Plan, Planner, as_config, default_segment_tokens
 
 __all__ = ["ConfigInput", "Plan", "WiM", "WiMStream", "default_segment_tokens"]
 
@@ -51,6 +52,7 @@ class WiM:
         self.classifier = classifier
         self.frame = backend.chat_frame()
         self.planner = Planner(backend, self.prompts, has_classifier=classifier is not None)
+        self.reader = Reader(backend, self.planner, self.prompts, self.document_cache, classifier)
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -195,7 +197,7 @@ class WiM:
     def stream(self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any) -> WiMStream:
         """Start a run. Inputs are validated now (errors raise here); work happens as the stream is read."""
         cfg = as_config(config, self.config)
-        return WiMStream(self, self.plan(context, question, cfg.with_updates(**overrides) if overrides else cfg))
+        return WiMStream(self.reader, self.plan(context, question, cfg.with_updates(**overrides) if overrides else cfg))
 
     def run(self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any) -> WiMResult:
         stream = self.stream(context, question, config=config, **overrides)

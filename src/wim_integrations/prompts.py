@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WiMInputError
-from .segmenter import check_text
+from .inputs import check_text
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _SENTINEL = "\x00WIM_CONTENT\x00"

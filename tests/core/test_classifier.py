@@ -7,9 +7,9 @@ import pytest
 from helpers import SAMPLE, plain_generate, plain_text
 
 from wim_integrations import WiM, WiMConfig
-from wim_integrations import classifier as classifier_module
-from wim_integrations.classifier import MarginClassifier
 from wim_integrations.prompts import PromptSet, render, split_at_placeholder
+from wim_integrations.reading import classifier as classifier_module
+from wim_integrations.reading.classifier import MarginClassifier
 
 QUESTION = "Who keeps the lighthouse?"
 MARGINS = ["Ines Marlowe keeps the lighthouse.", "Nothing relevant.", "The gate code is 4417.", "Boats {{question}}"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wim_integrations.cli import main
+from wim_integrations.frontends.cli import main
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).parents[2] / "examples" / "harbor_report.txt"

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from wim_integrations import WiM, WiMConfig
-from wim_integrations.doc_cache import DocumentCache, document_key
 from wim_integrations.events import MarginWritten
 from wim_integrations.prompts import PromptSet
+from wim_integrations.reading.doc_cache import DocumentCache, document_key
 
 DOC = " ".join(
     [

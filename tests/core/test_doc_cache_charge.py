@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from wim_integrations import WiM, WiMConfig
-from wim_integrations.doc_cache import DocumentCache, document_key
+from wim_integrations.reading.doc_cache import DocumentCache, document_key
 
 DOC = " ".join(
     [

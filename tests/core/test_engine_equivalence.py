@@ -104,8 +104,8 @@ def test_answer_now_answers_from_the_segments_read_so_far(tiny_backends):
 
 
 def test_auxiliary_classifier_reply_equals_its_plain_generation(tiny_backends):
-    from wim_integrations.classifier import MarginClassifier
     from wim_integrations.prompts import render
+    from wim_integrations.reading.classifier import MarginClassifier
 
     main, aux = tiny_backends["llama"], tiny_backends["qwen2"]
     wim = WiM(main, config=CFG.with_updates(classification="auxiliary", classifier_max_new_tokens=4), classifier=aux)

@@ -21,7 +21,7 @@ from wim_integrations.backends.base import (
     PackedRequest,
     PackedRow,
 )
-from wim_integrations.relevance import lexical_score
+from wim_integrations.reading.scoring import lexical_score
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = (

@@ -96,7 +96,7 @@ def test_a_question_longer_than_the_segment_says_so(no_compute):
 
 
 def test_a_huge_context_is_refused_from_its_size_before_tokenizing(no_compute, monkeypatch):
-    import wim_integrations.planning as engine
+    import wim_integrations.reading.plan as engine
 
     def no_tokenizing(*a, **k):
         raise AssertionError("the whole context was tokenized before the size check")

@@ -13,7 +13,7 @@ from helpers import SAMPLE, run_cli
 
 import wim_integrations
 from wim_integrations import models
-from wim_integrations.cli import main
+from wim_integrations.frontends.cli import main
 
 ROOT = Path(__file__).parents[2]
 
@@ -71,7 +71,7 @@ def test_summarize_checks_its_segment_budget_before_loading(no_model_loads, doc)
 def test_the_word_count_bound_never_exceeds_the_planners_token_count(tiny_backends):
     """The CLI's early bound is a lower bound: a budget it accepts is never one the planner would refuse."""
     from wim_integrations import Analysis, WiM, WiMConfig
-    from wim_integrations.cli import segment_budget_floor
+    from wim_integrations.frontends.cli import segment_budget_floor
 
     wim = WiM(tiny_backends["llama"])
     question = "Who keeps the lighthouse on the point?"

@@ -12,9 +12,9 @@ import pytest
 from helpers import SAMPLE, run_cli
 
 from wim_integrations import ModelLoadError, WiM, WiMConfig
-from wim_integrations.cli import CONFIG_OPTIONS, _build_parser, _config
-from wim_integrations.doc_cache import DocumentCache
+from wim_integrations.frontends.cli import CONFIG_OPTIONS, _build_parser, _config
 from wim_integrations.models import load_backend
+from wim_integrations.reading.doc_cache import DocumentCache
 
 
 def test_document_cache_nbytes_is_safe_while_another_thread_stores():

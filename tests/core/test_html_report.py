@@ -14,7 +14,7 @@ import pytest
 from helpers import HOSTILE, SAMPLE, run_cli
 
 from wim_integrations import InputDocument, MarginWritten, WiMInputError, WiMResult
-from wim_integrations.html_report import COLLAPSE_ABOVE_SEGMENTS, render_fragment, render_page
+from wim_integrations.frontends.html import COLLAPSE_ABOVE_SEGMENTS, render_fragment, render_page
 
 
 class Tree(HTMLParser):

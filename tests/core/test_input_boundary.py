@@ -12,9 +12,9 @@ import pytest
 from fake_backend import FakeBackend
 
 from wim_integrations import Analysis, DocumentCache, PromptSet, SamplingConfig, WiM, WiMConfig, WiMInputError
-from wim_integrations.cli import main
 from wim_integrations.errors import SettingsError
-from wim_integrations.html_report import render_page
+from wim_integrations.frontends.cli import main
+from wim_integrations.frontends.html import render_page
 
 CFG = WiMConfig(segment_tokens=600, margin_max_new_tokens=6, answer_max_new_tokens=6, classification="lexical")
 TEXT = "The keeper of the lighthouse is Mara Voss. She came in 1999.\n\nThe harbour has 12 boats."

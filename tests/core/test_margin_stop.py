@@ -12,7 +12,7 @@ from test_fake_backend import CONTEXT as FAKE_CONTEXT
 
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.analysis import Analysis
-from wim_integrations.stopping import stop_rule
+from wim_integrations.reading.stopping import stop_rule
 
 QUESTION = "Who keeps the lighthouse?"
 CFG = WiMConfig(segment_tokens=150, margin_max_new_tokens=12, answer_max_new_tokens=6, classification="none")

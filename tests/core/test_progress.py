@@ -8,7 +8,7 @@ import re
 from helpers import SAMPLE
 
 from wim_integrations import InputDocument, WiMConfig
-from wim_integrations.progress import ProgressDisplay
+from wim_integrations.frontends.progress import ProgressDisplay
 
 QUESTION = "Who keeps the lighthouse?"
 CFG = WiMConfig(segment_tokens=150, margin_max_new_tokens=5, answer_max_new_tokens=5, classification="none")
@@ -42,7 +42,7 @@ def test_display_draws_a_run(tiny_wim):
 def test_cli_and_both_handlers_print_the_same_margin_lines(tiny_model_dirs, tiny_wim, tmp_path, capsys):
     from llama_index.core.instrumentation import get_dispatcher
 
-    from wim_integrations.cli import main
+    from wim_integrations.frontends.cli import main
     from wim_integrations.langchain import ConsoleProgressHandler, WiMChain
     from wim_integrations.llamaindex import WiMProgressHandler, WiMQueryEngine
 

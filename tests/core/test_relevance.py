@@ -11,9 +11,9 @@ from helpers import SAMPLE
 
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow
-from wim_integrations.classifier import MarginClassifier
 from wim_integrations.errors import WiMInputError
-from wim_integrations.relevance import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
+from wim_integrations.reading.classifier import MarginClassifier
+from wim_integrations.reading.scoring import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
 
 QUESTION = "Who keeps the lighthouse?"
 CFG = WiMConfig(
@@ -192,7 +192,7 @@ def test_bad_threshold_settings_raise_before_any_forward_pass(changes, fragment)
 
 
 def test_empty_margin_scores_zero(tiny_backend):
-    from wim_integrations.relevance import MarginDraft, PMIScorer
+    from wim_integrations.reading.scoring import MarginDraft, PMIScorer
 
     wim = WiM(tiny_backend, config=CFG)
     plan = wim.plan(SAMPLE, QUESTION)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wim_integrations import InputDocument, WiMInputError
-from wim_integrations.segmenter import segment_context
+from wim_integrations.reading.segmenter import segment_context
 
 WORDS = ["harbor", "keeper", "Ines", "4417", "東京", "naïve", "🙂", "the", "a", "{question}", "<|im_end|>"]
 word = st.sampled_from(WORDS) | st.text(min_size=1, max_size=8)

@@ -162,7 +162,7 @@ def test_the_cli_reads_through_the_server(llama_server, served_model):
     import io
     from pathlib import Path
 
-    from wim_integrations.cli import main
+    from wim_integrations.frontends.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     harbor = str(Path(__file__).parents[2] / "examples" / "harbor_report.txt")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from ..errors import ServerResponseError, ServerTimeoutError, ServerUnavailableError, WiMInputError
-from ..segmenter import check_text
+from ..inputs import check_text
 
 # Statuses worth another try: the server is busy or restarting. Anything else is the request's fault.
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

@@ -9,7 +9,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead
-from ..progress import ProgressDisplay
+from ..frontends.progress import ProgressDisplay
 from .events import parse_event
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing_extensions import TypedDict
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import AnswerToken, Margin, WiMResult
-from ..segmenter import InputDocument
+from ..inputs import InputDocument
 from .events import AsyncEventRelay, EventRelay
 from .settings import WiMSettings, check_known
 from .summary import TASK_KEYS, TASK_OPTIONS, analysis_from_input

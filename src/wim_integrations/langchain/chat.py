@@ -39,7 +39,7 @@ from ..config import SamplingConfig
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import AnswerToken, WiMResult
-from ..segmenter import InputDocument, check_text
+from ..inputs import InputDocument, check_text
 from ..textstream import StopCut
 from .chain import ContextInput, to_engine_context
 from .events import AsyncEventRelay, EventRelay, event_name, event_payload, with_handler

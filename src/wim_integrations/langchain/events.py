@@ -25,7 +25,6 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
 from pydantic import TypeAdapter
 
-from ..classifier import MarginClassifier
 from ..engine import WiMStream
 from ..events import (
     AnswerStarted,
@@ -112,9 +111,8 @@ class _RunSpecs:
     """
 
     def __init__(self, stream: WiMStream) -> None:
-        self.stream, self.plan, self.wim = stream, stream.plan, stream.wim
+        self.stream, self.plan, self.model_name = stream, stream.plan, stream.model_name
         self.relevant: list[Margin] = []
-        self._judge: MarginClassifier | None = None
         self._seg_tokens: dict[int, int] = {}
 
     def _params(self, step: str, model: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -142,7 +140,7 @@ class _RunSpecs:
         seg = self.plan.context.segments[ev.segment_index]
         head = len(self.plan.head_ids) if ev.segment_index == 0 else 0
         self._seg_tokens[ev.segment_index] = head + ev.n_tokens + len(self.plan.margin_prompt_ids)
-        ls, params = self._params("margin", self.wim.model_name, self.plan.config.margin_max_new_tokens)
+        ls, params = self._params("margin", self.model_name, self.plan.config.margin_max_new_tokens)
         meta = {
             **ls,
             "wim_segment_index": ev.segment_index,
@@ -164,29 +162,24 @@ class _RunSpecs:
             "n_tokens": m.n_tokens,
         }
         usage = _usage(self._seg_tokens.pop(m.segment_index, 0), m.n_tokens)
-        return _llm_result(m.text, info, usage, self.wim.model_name)
+        return _llm_result(m.text, info, usage, self.model_name)
 
     def classify(self, ev: MarginWritten) -> tuple[list[str], dict[str, Any], str, dict[str, Any], LLMResult] | None:
         m = ev.margin
         if m.classifier_output is None:  # 'inline' and 'none' modes have no separate classification call
             return None
-        if self._judge is None:
-            self._judge = self.stream._margin_classifier(self.plan.config)
-        judge = self._judge
-        assert judge is not None
-        model = judge.backend.name
-        ls, params = self._params("classify", model, self.plan.config.classifier_max_new_tokens)
-        prompt_ids = judge.prompt_ids(m.text)
-        usage = _usage(len(prompt_ids), len(judge.backend.encode_text(m.classifier_output)))
+        call = ev.judge_call
+        assert call is not None  # a classifier's reply comes with its call
+        ls, params = self._params("classify", call.model, self.plan.config.classifier_max_new_tokens)
+        usage = _usage(call.prompt_tokens, call.output_tokens)
         info = {"verdict": m.verdict, "relevant": m.relevant, "score": m.score}
         meta = {**ls, "wim_segment_index": m.segment_index, "wim_verdict": m.verdict}
-        out = _llm_result(m.classifier_output, info, usage, model)
-        return [judge.backend.decode(prompt_ids)], meta, CLASSIFY_RUN, params, out
+        out = _llm_result(m.classifier_output, info, usage, call.model)
+        return [call.prompt], meta, CLASSIFY_RUN, params, out
 
     def answer_start(self, ev: AnswerStarted) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
         # The final prompt as the model gets it after the context: the relevant margins and the question.
-        final_ids = self.wim.final_prompt_ids(self.plan.question, self.relevant, self.plan.n_segments)
-        ls, params = self._params("answer", self.wim.model_name, self.plan.config.answer_max_new_tokens)
+        ls, params = self._params("answer", self.model_name, self.plan.config.answer_max_new_tokens)
         meta = {
             **ls,
             "wim_n_relevant_margins": ev.n_relevant_margins,
@@ -194,7 +187,7 @@ class _RunSpecs:
             "wim_n_segments": ev.n_segments,
             "wim_question": self.plan.question,
         }
-        return [self.wim.backend.decode(final_ids)], meta, ANSWER_RUN, params
+        return [ev.prompt], meta, ANSWER_RUN, params
 
     def answer_end(self, ev: Finished) -> LLMResult:
         r = ev.result

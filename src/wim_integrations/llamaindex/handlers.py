@@ -15,7 +15,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
-from ..progress import ProgressDisplay
+from ..frontends.progress import ProgressDisplay
 from .events import WiMAnswerEvent, WiMAnswerStartEvent, WiMMarginEvent, WiMSegmentReadEvent
 
 

@@ -30,7 +30,7 @@ from ..backends.base import GenerationRequest
 from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
-from ..segmenter import check_text
+from ..inputs import check_text
 from ..textstream import StopCut, TextDeltas, stop_list
 
 T = TypeVar("T")

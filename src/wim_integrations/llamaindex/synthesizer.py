@@ -32,8 +32,8 @@ from ..config import WiMConfig
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import AnswerToken, Finished, MarginWritten, WiMResult
+from ..inputs import InputDocument
 from ..prompts import PromptSet
-from ..segmenter import InputDocument
 from .llm import WiMLLM
 from .prompt_templates import prompt_templates, updated_prompt_set
 from .tracing import RunTracer

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WiMInputError
+from ..errors import WiMInputError
 
 
 def document_key(namespace: str, token_ids: Sequence[int]) -> str:

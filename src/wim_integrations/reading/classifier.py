@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedRequest, PackedRow, packed_view
-from .events import Verdict
-from .prompts import ChatFrame, render, split_at_placeholder
-from .relevance import CONTENT_FREE_MARGIN, logsumexp
-from .verdicts import parse_verdict, verdict_is_settled
+from ..backends.base import Backend, GenerationRequest, PackedRequest, PackedRow, packed_view
+from ..events import Verdict
+from ..prompts import ChatFrame, render, split_at_placeholder
+from ..verdicts import parse_verdict, verdict_is_settled
+from .scoring import CONTENT_FREE_MARGIN, logsumexp
 
 _YES_WORDS = ("YES", "Yes", "yes", " YES", " Yes", " yes")
 _NO_WORDS = ("NO", "No", "no", " NO", " No", " no")

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend, PackedRow, PromptAside, local_kv_view
+from ..backends.base import Backend, PackedRow, PromptAside, local_kv_view
 
 CONTENT_FREE_MARGIN = "Nothing relevant."
 

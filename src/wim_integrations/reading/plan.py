@@ -6,13 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .analysis import Analysis
-from .backends.base import Backend
-from .config import WiMConfig
-from .errors import ContextTooLongError, WiMInputError
-from .events import Margin
-from .prompts import ChatFrame, PromptSet, render, split_at_placeholder
-from .segmenter import DOCUMENT_SEPARATOR, Context, InputDocument, as_documents, check_text, segment_context
+from ..analysis import Analysis
+from ..backends.base import Backend
+from ..config import WiMConfig
+from ..errors import ContextTooLongError, WiMInputError
+from ..events import Margin
+from ..inputs import InputDocument, as_documents, check_text
+from ..prompts import ChatFrame, PromptSet, render, split_at_placeholder
+from .segmenter import DOCUMENT_SEPARATOR, Context, segment_context
 
 # A run's settings: the WiM's own (None), a WiMConfig, or a mapping of WiMConfig fields.
 ConfigInput = WiMConfig | Mapping[str, Any] | None

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from .events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
+from ..events import AnswerStarted, AnswerToken, Finished, MarginWritten, SegmentRead
 
 
 def _short(text: str, width: int | None) -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Literal
 
-MarginStop = Literal["sentence", "line", "eos"]
+from ..config import MarginStop
+
 StopRule = Callable[[Sequence[int]], bool]
 
 _SENTENCE_END = re.compile(r"(?<![\d\s])[.!?][\"'”’)\]]*$")

@@ -20,8 +20,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .errors import WiMInputError
-from .events import ContextDocument, Margin, SegmentInfo, WiMResult
+from ..errors import WiMInputError
+from ..events import ContextDocument, Margin, SegmentInfo, WiMResult
 
 # Above this many segments, segments without a kept margin start collapsed (the kept ones stay open).
 COLLAPSE_ABOVE_SEGMENTS = 12

@@ -1,0 +1,429 @@
+"""The reading loop: one run of the WiM algorithm as small named steps.
+
+    open the document        (a document-cache hit, or the context's opening prefilled)
+    for each group of segments:
+        read the group       (prefill each segment; where margins are decoded packed, compute its margin prompt)
+        write its margins    (in place after the segment, or all the group's rows in one packed decode)
+        judge them           (one pass for the group)
+    answer                   (from the segments read and the kept margins)
+
+Groups hold `margin_batch_size` segments on a backend that decodes packed rows, one elsewhere. On a cache hit the
+document is already in the cache: segments are only "read" for their margins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..analysis import WiMSummary
+from ..backends.base import GenerationRequest, PackedRequest, PackedRow, PromptAside, local_kv_view, packed_view
+from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead, WiMEvent
+from ..results import ContextDocument, Margin, SegmentInfo, Timings, TokenCounts, WiMResult
+from ..textstream import StopCut, TextDeltas
+from .document import CachedDocument
+from .judging import Judgement
+from .plan import Plan
+from .reader import Reader
+from .scoring import MarginDraft
+from .segmenter import Context, Segment
+from .stopping import stop_rule
+from .timing import lap
+
+Events = Generator[WiMEvent, None, None]
+
+
+@dataclass
+class Controls:
+    """The caller's hold on a run: `answer_now()` (stop reading, answer from what was read) and `cancel()`."""
+
+    answer_now: Callable[[], bool]
+    check: Callable[[], None]  # raises WiMCancelled once the run is cancelled
+    cancelled: Callable[[], bool]
+
+
+@dataclass
+class _Written:
+    """A margin as decoded, before it is judged."""
+
+    segment: Segment
+    deltas: TextDeltas
+    logprobs: list[float]
+
+
+class Run:
+    """The state of one run (its cache, counters and margins) and the steps that advance it."""
+
+    def __init__(self, reader: Reader, plan: Plan, controls: Controls) -> None:
+        self.reader, self.plan, self.cfg, self.controls = reader, plan, plan.config, controls
+        self.backend = reader.backend
+        self.packed = packed_view(self.backend)  # None: margins are decoded one at a time, in place
+        self.kv = local_kv_view(self.backend)  # None: keys/values are not held in this process (a server)
+        self.stop = stop_rule(self.cfg.margin_stop, self.backend.decode)  # None: margins end at the stop token
+        self.judge = reader.judge_for(plan, controls.check)
+        self.timings = Timings()
+        self.tokens = TokenCounts(context=plan.context.n_tokens)
+        self.margins: list[Margin] = []
+        self.read_seconds: dict[int, float] = {}  # segment index -> prefill seconds, for the result's records
+        self.prompt_cached = 0  # template / margin-head tokens taken from the document cache (not in tokens.prompt)
+        self.margin_heads: dict[int, PromptAside] = {}  # segment end -> margin-head keys/values, for the doc cache
+        self.group_seconds = 0.0  # the current group's margin time (prompts computed aside, decoding)
+        self.document: CachedDocument | None = None
+        if self.kv is not None and reader.document_cache is not None and self.cfg.reuse_document_cache:
+            self.document = CachedDocument(self.kv, reader.document_cache, plan)
+        self.result: WiMResult | None = None
+
+    @property
+    def n_read(self) -> int:
+        return len(self.read_seconds)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def events(self) -> Events:
+        try:
+            cache, prefilled = self.open_document()
+            for group in self.groups(prefilled):
+                segments, asides = yield from self.read_group(cache, group, prefilled)
+                if not segments:
+                    break
+                written = yield from self.write_margins(cache, segments, asides, prefilled)
+                yield from self.judge_margins(cache, written)
+                if self.controls.answer_now():
+                    break
+            if self.document is not None:
+                self.document.release()  # stored by now if it could be: nobody waits for this run's answer
+            yield from self.answer(cache)
+        finally:
+            if self.document is not None:
+                self.document.release()
+
+    def groups(self, prefilled: bool) -> Iterator[list[Segment]]:
+        size = self.cfg.margin_batch_size if self.decodes_packed(prefilled) else 1
+        segments = self.plan.context.segments
+        for g0 in range(0, len(segments), size):
+            yield list(segments[g0 : g0 + size])
+
+    def decodes_packed(self, prefilled: bool) -> bool:
+        """Packed rows where the backend has them and a group holds several margins, or the document is already in
+        the cache (a margin cannot be decoded in place there: the cache holds the segments after it)."""
+        return self.packed is not None and (self.cfg.margin_batch_size > 1 or prefilled)
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def open_document(self) -> tuple[Any, bool]:
+        """The run's cache, and whether it already holds the whole document (a document-cache hit)."""
+        plan, kv = self.plan, self.kv
+        stored = self.document.open(self.controls.cancelled) if self.document is not None else None
+        self.controls.check()
+        if stored is not None and kv is not None:
+            cache = kv.fork_cache(stored.cache)
+            kv.reserve(cache, plan.peak_tokens)  # if this question outgrows the stored room, one copy, not several
+            if stored.margin_head_ids == tuple(plan.margin_head_ids):
+                self.margin_heads = dict(stored.margin_heads)
+            self.timings.context_cache = "hit"
+            self.prompt_cached += len(plan.head_ids)
+            self.tokens.cache_read = self.tokens.context
+            return cache, True
+        cache = self.backend.new_cache()
+        if kv is not None:  # one allocation for the whole run: no growth copying the cache (memory peak)
+            kv.reserve(cache, plan.peak_tokens)
+        with lap() as t:
+            self.backend.prefill(cache, plan.head_ids)
+        self.timings.prefill_seconds += t.seconds
+        self.tokens.prompt += len(plan.head_ids)
+        self.timings.context_cache = "miss" if self.document is not None else "off"
+        return cache, False
+
+    def read_group(
+        self, cache: Any, group: list[Segment], prefilled: bool
+    ) -> Generator[WiMEvent, None, tuple[list[Segment], list[PromptAside | None]]]:
+        """Prefill the group's segments (unless prefilled), each announced as read. Where margins are decoded packed
+        and keys/values live here, each margin prompt is computed as its segment is read (see `margin_prompt_at`).
+        An `answer_now` stops the group: a segment read after it is not annotated."""
+        read: list[Segment] = []
+        asides: list[PromptAside | None] = []
+        packed = self.decodes_packed(prefilled)
+        self.group_seconds = 0.0
+        for seg in group:
+            if self.controls.answer_now():
+                break
+            self.controls.check()
+            seconds = 0.0
+            if not prefilled:
+                with lap() as t:
+                    self.backend.prefill(cache, seg.token_ids)
+                seconds = t.seconds
+                self.timings.prefill_seconds += seconds
+            self.read_seconds[seg.index] = seconds
+            yield self.segment_read(seg, seconds)
+            self.progress()
+            if self.controls.answer_now():
+                break
+            if packed:
+                with lap() as t:
+                    asides.append(self.margin_prompt_at(cache, seg, prefilled) if self.kv is not None else None)
+                self.add_margin_time(t.seconds)
+                if self.document is not None and not prefilled and seg.index == self.plan.n_segments - 1:
+                    self.document.store(cache, self.margin_heads)  # the whole document read: waiting runs go on
+            read.append(seg)
+        return read, asides
+
+    def write_margins(
+        self, cache: Any, segments: list[Segment], asides: list[PromptAside | None], prefilled: bool
+    ) -> Generator[WiMEvent, None, list[_Written]]:
+        if self.decodes_packed(prefilled):
+            return (yield from self.write_packed(cache, segments, asides))
+        [seg] = segments
+        written = yield from self.write_in_place(cache, seg)
+        if self.document is not None and seg.index == self.plan.n_segments - 1:
+            self.document.store(cache, self.margin_heads)  # the cache is back at the document's end
+        return [written]
+
+    def write_in_place(self, cache: Any, seg: Segment) -> Generator[WiMEvent, None, _Written]:
+        """Decode the margin on top of the cache, which ends at `seg`, token by token; then roll back."""
+        plan, kv = self.plan, self.kv
+        end = self.backend.cache_length(cache)
+        deltas, logprobs = TextDeltas.for_backend(self.backend), list[float]()
+        request = GenerationRequest(plan.margin_prompt_ids, self.cfg.margin_max_new_tokens, self.cfg.sampling, logprobs)
+        with lap() as t:
+            try:
+                tokens = self.backend.generate(cache, request)
+                for tok in tokens:
+                    self.controls.check()
+                    self.progress()
+                    if delta := deltas.push(tok):
+                        yield MarginToken(segment_index=seg.index, text=delta)
+                    if self.stop is not None and self.stop(deltas.ids):
+                        tokens.close()  # complete: no further decoding step
+                        break
+                if delta := deltas.flush():
+                    yield MarginToken(segment_index=seg.index, text=delta)
+                if kv is not None:  # the prompt's keys/values are in the cache now: keep what is used later
+                    if self.document is not None and plan.margin_head_length:
+                        self.margin_heads[end] = kv.take_aside(cache, end, plan.margin_head_ids)
+                    if self.judge.keeps_prompts:  # the next margin is scored without its segment from here
+                        self.judge.keep_prompt(end, kv.take_aside(cache, end, plan.margin_prompt_ids[:-1]))
+            finally:
+                self.backend.rollback(cache, end)
+        self.add_margin_time(t.seconds)
+        self.tokens.prompt += len(plan.margin_prompt_ids)
+        self.tokens.margin_generated += len(deltas.ids)
+        return _Written(seg, deltas, logprobs)
+
+    def write_packed(
+        self, cache: Any, segments: list[Segment], asides: list[PromptAside | None]
+    ) -> Generator[WiMEvent, None, list[_Written]]:
+        """Decode the group's margins in one packed batch over the shared cache (row j sees the cache up to the end
+        of segment j). Every margin streams live: its tokens interleave with the others', step by step. Where the
+        backend keeps keys/values here the rows start from their prompts computed aside; elsewhere (a server) they
+        carry their whole prompts."""
+        packed, plan = self.packed, self.plan
+        assert packed is not None
+        rule = self.stop
+        done = (lambda _, ids: rule(ids)) if rule is not None else None  # a row ends once its margin is complete
+        ends = plan.segment_ends
+        rows = [PackedRow(ends[s.index], plan.margin_prompt_ids, a) for s, a in zip(segments, asides, strict=True)]
+        written = [_Written(s, TextDeltas.for_backend(packed), []) for s in segments]
+        request = PackedRequest(
+            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written]
+        )
+        with lap() as t:
+            steps = packed.generate_packed(cache, request)
+            try:
+                for step in steps:
+                    self.controls.check()
+                    self.progress()
+                    for i, tok in step:
+                        if delta := written[i].deltas.push(tok):
+                            yield MarginToken(segment_index=segments[i].index, text=delta)
+            finally:
+                steps.close()
+            for w in written:  # text held back as a possibly partial character
+                if delta := w.deltas.flush():
+                    yield MarginToken(segment_index=w.segment.index, text=delta)
+        self.add_margin_time(t.seconds)
+        # Prompt tokens computed in this run: all of each margin prompt, but for heads reused from a document cache.
+        reused = sum(len(a.prompt_ids) for a in asides if a is not None and a.last_logits is None)
+        self.tokens.prompt += sum(len(r.prompt_ids) for r in rows) - reused
+        self.prompt_cached += reused
+        self.tokens.margin_generated += sum(len(w.deltas.ids) for w in written)
+        for seg, aside in zip(segments, asides, strict=True):
+            if aside is not None and self.judge.keeps_prompts:
+                self.judge.keep_prompt(ends[seg.index], aside)
+        return written
+
+    def margin_prompt_at(self, cache: Any, seg: Segment, prefilled: bool) -> PromptAside:
+        """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over
+        exactly its prefix, rather than a masked pass over the whole document with the other rows later.
+
+        Reading, the cache does end there: the whole prompt is computed, and where a document cache will store this
+        read, its question-independent head is kept. From a stored document the stored head is enough (the rest is
+        computed in the packed pass); without one, the document is cut at the segment in a fork (a copy of that
+        prefix, dropped after)."""
+        kv, plan = self.kv, self.plan
+        assert kv is not None
+        end = plan.segment_ends[seg.index]
+        if not prefilled:
+            aside = kv.prefill_aside(cache, plan.margin_prompt_ids)
+            if self.document is not None and plan.margin_head_length:
+                self.margin_heads[end] = kv.aside_head(aside, plan.margin_head_length)
+            return aside
+        if end in self.margin_heads:
+            return self.margin_heads[end]
+        at_segment_end = kv.fork_cache(cache)
+        kv.rollback(at_segment_end, end)
+        return kv.prefill_aside(at_segment_end, plan.margin_prompt_ids)
+
+    def judge_margins(self, cache: Any, written: list[_Written]) -> Events:
+        """Judge the group in one pass; each margin's time is an equal share of the group's decoding and judging."""
+        self.controls.check()
+        drafts = [self.draft(w) for w in written]
+        before = self.judge.generated_tokens
+        with lap() as t:
+            judged = self.judge.judge(drafts, cache)
+        self.timings.classify_seconds += t.seconds
+        self.tokens.classifier_generated += self.judge.generated_tokens - before
+        share = (self.group_seconds + t.seconds) / len(written)
+        for w, judgement in zip(written, judged, strict=True):
+            margin = self.margin(w, judgement, share)
+            self.margins.append(margin)
+            yield self.margin_written(w.segment, margin, judgement)
+
+    def answer(self, cache: Any) -> Events:
+        """Roll back to the segments read, then decode the answer from them and the kept margins."""
+        plan, cfg, b = self.plan, self.cfg, self.backend
+        n, read = plan.n_segments, self.n_read
+        if read < n:  # a reused cache holds the whole document: answer from the segments actually read
+            b.rollback(cache, plan.segment_ends[read - 1] if read else len(plan.head_ids))
+        self.controls.check()
+        relevant = [m for m in self.margins if m.relevant]
+        final_ids = self.reader.planner.final_prompt_ids(plan.analysis or plan.question, relevant, n)
+        self.tokens.answer_prompt = len(final_ids)
+        yield AnswerStarted(
+            n_relevant_margins=len(relevant),
+            segments_read=read,
+            n_segments=n,
+            prompt=b.decode(final_ids),
+            prompt_tokens=len(final_ids),
+        )
+        deltas = TextDeltas.for_backend(b)
+        cut = StopCut(cfg.answer_stop, lstrip=False) if cfg.answer_stop else None  # None: the whole budget
+        streamed: list[str] = []
+        with lap() as t:
+            tokens = b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling))
+            for tok in tokens:
+                self.controls.check()
+                delta = deltas.push(tok)
+                if cut is not None:
+                    delta = cut.push(delta)
+                if delta:
+                    streamed.append(delta)
+                    yield AnswerToken(text=delta)
+                if cut is not None and cut.stopped:
+                    tokens.close()  # a stop sequence ended the answer: no further decoding step
+                    break
+            tail = deltas.flush()
+            if cut is not None:
+                tail = cut.push(tail) + cut.flush()
+            if tail:
+                streamed.append(tail)
+                yield AnswerToken(text=tail)
+        self.timings.answer_seconds = t.seconds
+        self.tokens.answer_generated = len(deltas.ids)
+        self.result = self.outcome((deltas.text if cut is None else "".join(streamed)).strip())
+        yield Finished(result=self.result)
+
+    def add_margin_time(self, seconds: float) -> None:
+        self.timings.margin_seconds += seconds
+        self.group_seconds += seconds
+
+    def progress(self) -> None:
+        """Tell runs waiting for this run's prefill of the document that it is still going."""
+        if self.document is not None:
+            self.document.progress()
+
+    # -- records --------------------------------------------------------------------------------------------------
+    def outcome(self, answer: str) -> WiMResult:
+        plan, tokens = self.plan, self.tokens
+        tokens.cache_read += self.prompt_cached
+        tokens.input_total = tokens.context + tokens.prompt + self.prompt_cached + tokens.answer_prompt
+        fields = dict(
+            answer=answer,
+            margins=self.margins,
+            n_segments=plan.n_segments,
+            segments_read=self.n_read,
+            stopped_early=self.n_read < plan.n_segments,
+            timings=self.timings,
+            tokens=tokens,
+            model=self.backend.name,
+            segments=_segment_records(plan.context.segments, self.read_seconds),
+            documents=_document_records(plan.context),
+            context_text=plan.context.text,
+        )
+        if plan.analysis is not None:
+            task = plan.analysis
+            return WiMSummary(question="", instruction=task.instruction, schema_name=task.schema_name, **fields)
+        return WiMResult(question=plan.question, **fields)
+
+    def segment_read(self, seg: Segment, seconds: float) -> SegmentRead:
+        return SegmentRead(
+            segment_index=seg.index,
+            n_segments=self.plan.n_segments,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            n_tokens=seg.n_tokens,
+            documents=list(seg.documents),
+            seconds=seconds,
+        )
+
+    def draft(self, w: _Written) -> MarginDraft:
+        seg = w.segment
+        start = self.plan.segment_ends[seg.index - 1] if seg.index else len(self.plan.head_ids)
+        return MarginDraft(w.deltas.text.strip(), list(w.deltas.ids), w.logprobs, seg.text, start)
+
+    def margin(self, w: _Written, judged: Judgement, seconds: float) -> Margin:
+        seg = w.segment
+        return Margin(
+            segment_index=seg.index,
+            text=judged.text,
+            relevant=judged.verdict in ("yes", "unclassified")
+            or (judged.verdict == "unknown" and self.cfg.keep_unknown_verdicts),
+            verdict=judged.verdict,
+            classifier_output=judged.reply,
+            score=judged.score,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            documents=list(seg.documents),
+            n_tokens=len(w.deltas.ids),
+            seconds=seconds,
+            data=judged.data,
+            parse_error=judged.parse_error,
+        )
+
+    def margin_written(self, seg: Segment, margin: Margin, judged: Judgement) -> MarginWritten:
+        head = len(self.plan.head_ids) if seg.index == 0 else 0
+        return MarginWritten(
+            segment_index=seg.index,
+            n_segments=self.plan.n_segments,
+            margin=margin,
+            prompt_tokens=head + seg.n_tokens + len(self.plan.margin_prompt_ids),
+            judge_call=judged.call,
+        )
+
+
+def _segment_records(segments: Sequence[Segment], read_seconds: dict[int, float]) -> list[SegmentInfo]:
+    return [
+        SegmentInfo(
+            index=seg.index,
+            char_span=(seg.start_char, seg.end_char),
+            token_span=(seg.start_token, seg.end_token),
+            read=seg.index in read_seconds,
+            seconds=read_seconds.get(seg.index, 0.0),
+        )
+        for seg in segments
+    ]
+
+
+def _document_records(ctx: Context) -> list[ContextDocument]:
+    return [
+        ContextDocument(index=i, id=doc.id, metadata=dict(doc.metadata), char_span=(start, start + len(doc.text)))
+        for i, (doc, start) in enumerate(zip(ctx.documents, ctx.doc_starts, strict=True))
+    ]
