@@ -432,3 +432,19 @@ def test_get_response_on_text_chunks_matches_core(tiny_wim):
     assert asyncio.run(synth.aget_response(QUESTION, chunks)) == expected
     synth._streaming = True
     assert "".join(synth.get_response(QUESTION, chunks)).strip() == expected
+
+
+def test_own_prompts_keep_the_shared_document_cache(index, tiny_wim):
+    # Prompts given to a synthesizer (at construction or through update_prompts) change the prompts only: the
+    # WiM's document cache stays the shared one, so nodes already read are a cache hit.
+    wim = tiny_wim.with_options(document_cache="auto")
+    assert wim.document_cache is not None
+    nodes = _retriever(index, 2).retrieve(QUESTION)
+    custom = wim.prompts.with_overrides(margin_instruction_segment="Notes on {{question}}.")
+    synth = WiMSynthesizer(wim, prompts=custom)
+    assert synth.wim.prompts == custom and synth.wim.document_cache is wim.document_cache
+    synth.synthesize(QUESTION, nodes)
+    synth.update_prompts({"final_answer": PromptTemplate("Answer briefly. {margins}\n{question}")})
+    assert synth.wim.document_cache is wim.document_cache
+    second = synth.synthesize(QUESTION, nodes).metadata["wim"]["result"]
+    assert second["timings"]["context_cache"] == "hit"
