@@ -6,9 +6,7 @@ used where the backend keeps keys/values in this process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import functools
 import threading
 import time
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .analysis import WiMSummary
+from .asyncbridge import aiter_in_thread
 from .backends.base import (
     GenerationRequest,
     LocalKVBackend,
@@ -112,29 +111,9 @@ class WiMStream:
         self._cancel.set()
         self._events.close()
 
-    async def aiter(self) -> AsyncGenerator[WiMEvent, None]:
+    def aiter(self) -> AsyncGenerator[WiMEvent, None]:
         """Drive this stream from a worker thread, one event at a time; cancelling the task cancels the run."""
-        done = object()
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                # A plain executor future, not a task: `asyncio.run` cancels every pending task at shutdown, and a
-                # cancelled `to_thread` task looks done while its thread is still inside the generator.
-                step = functools.partial(contextvars.copy_context().run, next, self._events, done)
-                pending = loop.run_in_executor(None, step)
-                event = await asyncio.shield(pending)
-                pending = None
-                if event is done:
-                    return
-                yield event
-        finally:
-            self._cancel.set()
-            if pending is None or pending.done():
-                self._events.close()
-            else:  # the generator is executing in the worker: close it once that step returns, even if cancelled again
-                pending.add_done_callback(lambda _: self._events.close())
-                await asyncio.wait([pending])
+        return aiter_in_thread(self._events, self.cancel)
 
     # -- the algorithm ---------------------------------------------------------------------------------
     def _check_cancel(self) -> None:

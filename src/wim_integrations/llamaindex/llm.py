@@ -7,9 +7,9 @@ OpenAI LLM (which `index.as_query_engine()` and chat engines look up when no llm
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -26,14 +26,13 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from pydantic import Field, PrivateAttr, ValidationError
 
+from ..asyncbridge import aiter_in_thread
 from ..backends.base import GenerationRequest
 from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
 from ..segmenter import check_text
 from ..textstream import StopCut, TextDeltas, stop_list
-
-T = TypeVar("T")
 
 DEFAULT_MAX_NEW_TOKENS = 256
 # What `complete`/`chat`/... accept as keyword arguments: generation settings for that call only.
@@ -239,7 +238,7 @@ class WiMLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         ids = await asyncio.to_thread(self._completion_ids, prompt, formatted)
-        return _in_thread(self._completion_stream(self._request(ids, kwargs)))
+        return aiter_in_thread(self._completion_stream(self._request(ids, kwargs)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -248,7 +247,7 @@ class WiMLLM(CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         ids = await asyncio.to_thread(self._chat_ids, messages)
-        return _in_thread(self._chat_stream(self._request(ids, kwargs)))
+        return aiter_in_thread(self._chat_stream(self._request(ids, kwargs)))
 
 
 @dataclass(frozen=True)
@@ -257,24 +256,3 @@ class _Call:
 
     request: GenerationRequest
     stops: list[str]
-
-
-async def _in_thread(items: Iterator[T]) -> AsyncGenerator[T, None]:
-    """Each `next` in a worker thread. If the consumer stops early, the step in flight finishes before the
-    generator is closed (closing a generator that is running in another thread would raise)."""
-    done: Any = object()
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            pending = asyncio.ensure_future(asyncio.to_thread(next, items, done))
-            item = await asyncio.shield(pending)
-            pending = None
-            if item is done:
-                return
-            yield item
-    finally:
-        if pending is not None and not pending.done():
-            await asyncio.wait([pending])
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
