@@ -80,8 +80,10 @@ class StepTracker:
             step = event.segment_index
             if not self._closed(step):
                 return []
-            call = event.judge_call
-            return [Close(step, event)] + ([Judged(step, call, event)] if call is not None else [])
+            closed: list[StepAction] = [Close(step, event)]
+            if event.judge_call is not None:
+                closed.append(Judged(step, event.judge_call, event))
+            return closed
         if isinstance(event, AnswerStarted):
             unannotated: list[StepAction] = [Abort(step, unannotated=True) for step in self._open]
             self._open.clear()
