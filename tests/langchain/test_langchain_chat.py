@@ -163,7 +163,7 @@ def test_standard_parameters_map_to_wim_settings(tiny_wim, reference):
     assert short.response_metadata["wim"]["tokens"]["answer_generated"] <= 2
     params = ChatWiM(wim=tiny_wim, max_tokens=7, temperature=0.5, stop=["x"])._get_ls_params()
     assert (params["ls_max_tokens"], params["ls_temperature"], params["ls_stop"]) == (7, 0.5, ["x"])
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ValueError, match="disagree"), pytest.warns(DeprecationWarning):
         ChatWiM(wim=tiny_wim, max_tokens=7, answer_max_new_tokens=8)
 
 

@@ -40,7 +40,7 @@ def test_every_wimconfig_field_is_a_chain_setting(chain):
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"max_tokens": 10}, "max_tokens"),
+        ({"max_new_tokens": 10}, "max_new_tokens"),
         ({"document_cache": object()}, "document_cache belongs to the engine"),
         ({"segment_tokens": 100, "classifer": "none"}, "classifer"),
     ],
@@ -171,3 +171,14 @@ def test_score_based_settings_from_the_core_work_and_are_checked(chain, tiny_wim
         WiMChain(wim=tiny_wim, relevance_threshold=0.5)  # the engine's mode (same_model) has no threshold
     with pytest.raises(ValueError, match="relevance_threshold applies"):  # WiMConfig's own check
         chain.invoke(X, relevance_threshold=0.5)
+
+
+def test_max_tokens_is_the_answer_budget_and_answer_max_new_tokens_a_deprecated_alias(chain):
+    short = WiMChain(wim=chain.wim, max_tokens=2, return_margins=True).invoke(X)["result"]
+    assert short.tokens.answer_generated <= 2 < chain.wim.config.answer_max_new_tokens
+    assert chain.invoke(X, max_tokens=2) == short.answer
+    with pytest.warns(DeprecationWarning, match="answer_max_new_tokens is deprecated, use max_tokens"):
+        old = WiMChain(wim=chain.wim, answer_max_new_tokens=2)
+    assert old.max_tokens == 2 and old.invoke(X) == short.answer
+    with pytest.warns(DeprecationWarning, match="use max_tokens"):
+        assert chain.invoke(X, answer_max_new_tokens=2) == short.answer

@@ -135,7 +135,7 @@ def test_swap_same_pipeline_default_vs_wim(index, tiny_wim):
 
 def test_as_query_engine_with_wim_llm_never_needs_openai(index, tiny_wim):
     engine = index.as_query_engine(
-        llm=WiMLLM(tiny_wim, max_new_tokens=8), response_synthesizer=WiMSynthesizer(tiny_wim), similarity_top_k=2
+        llm=WiMLLM(tiny_wim, max_tokens=8), response_synthesizer=WiMSynthesizer(tiny_wim), similarity_top_k=2
     )
     r = engine.query(QUESTION)
     assert len(r.source_nodes) == 2 and r.metadata["wim"]["margins"]
@@ -326,7 +326,7 @@ def test_tool_and_chat_engine_wiring(index, tiny_wim):
     tool = QueryEngineTool.from_defaults(engine, name="docs", description="Reads the documents with WiM.")
     assert tool.call(QUESTION).content == expected
 
-    llm = WiMLLM(tiny_wim, max_new_tokens=6)
+    llm = WiMLLM(tiny_wim, max_tokens=6)
     chat = CondenseQuestionChatEngine.from_defaults(query_engine=engine, llm=llm)
     first = chat.chat(QUESTION)
     assert str(first) == expected  # no history: the question goes through unchanged
@@ -369,7 +369,7 @@ def test_from_documents_reads_whole_documents_in_order(tiny_wim):
 
 
 def test_wim_llm_complete_stream_chat(tiny_wim):
-    llm = WiMLLM(tiny_wim, max_new_tokens=6)
+    llm = WiMLLM(tiny_wim, max_tokens=6)
     assert llm.metadata.model_name == tiny_wim.model_name and llm.metadata.num_output == 6
     text = llm.complete("Where is Mary?").text
     assert "".join(c.delta for c in llm.stream_complete("Where is Mary?")).strip() == text
