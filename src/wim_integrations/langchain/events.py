@@ -291,7 +291,8 @@ class EventRelay(_Relay):
                 targs, tkwargs = self.token_args(step, arg, chat)
                 self.open[step].on_llm_new_token(*targs, **tkwargs)
             elif kind == "end":
-                self.open.pop(step).on_llm_end(self.end_result(step, arg, chat))
+                result = self.end_result(step, arg, chat)  # names the run's message: before it leaves `open`
+                self.open.pop(step).on_llm_end(result)
             elif kind == "error":
                 self.open.pop(step).on_llm_error(arg)
             else:
@@ -332,7 +333,8 @@ class AsyncEventRelay(_Relay):
                 targs, tkwargs = self.token_args(step, arg, chat)
                 await self.open[step].on_llm_new_token(*targs, **tkwargs)
             elif kind == "end":
-                await self.open.pop(step).on_llm_end(self.end_result(step, arg, chat))
+                result = self.end_result(step, arg, chat)
+                await self.open.pop(step).on_llm_end(result)
             elif kind == "error":
                 await self.open.pop(step).on_llm_error(arg)
             else:
