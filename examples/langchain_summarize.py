@@ -30,7 +30,7 @@ def main() -> None:
         Document(page_content=REPORT.read_text(encoding="utf-8"), id="harbor_report", metadata={"source": "harbor"})
     ]
     chain = WiMChain.default(
-        segment_tokens=256, margin_max_new_tokens=48, answer_max_new_tokens=160, margin_batch_size=8
+        segment_tokens=256, margin_max_new_tokens=48, max_tokens=160, margin_batch_size=8
     )
     result = chain.with_margins().invoke({"context": docs, "summarize": True})["result"]
     for note in result.notes:

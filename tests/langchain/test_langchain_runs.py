@@ -82,6 +82,11 @@ def test_with_margins_output_works_with_pick_assign_and_itemgetter(chain, refere
 
 
 # -- child runs ----------------------------------------------------------------------------------------------
+def _usage(run: dict) -> dict:
+    """A child run's token usage: its output message's usage_metadata (what LangSmith and usage handlers read)."""
+    return run["outputs"]["generations"][0][0]["message"]["kwargs"]["usage_metadata"]
+
+
 def _children(client: RecordingClient) -> list[dict]:
     root = next(r for r in client.recorded.values() if r.get("parent_run_id") is None)
     return client.children(root["id"])
@@ -105,18 +110,18 @@ def test_child_runs_carry_ls_metadata_params_usage_and_the_final_prompt(chain, r
         assert (meta["ls_provider"], meta["ls_model_name"], meta["ls_model_type"]) == ("huggingface", model, "llm")
         params = run["extra"]["invocation_params"]
         assert params["model"] == model and params["classification"] == chain.wim.config.classification
-        usage = meta["usage_metadata"]  # where LangSmith reads token counts (cost tracking)
+        usage = _usage(run)  # where LangSmith reads token counts (cost tracking)
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
     margins, answer = children[:-1:2], children[-1]
-    assert [r["extra"]["metadata"]["usage_metadata"]["output_tokens"] for r in margins] == [
+    assert [_usage(r)["output_tokens"] for r in margins] == [
         m.n_tokens for m in reference.margins
     ]
     assert margins[0]["extra"]["invocation_params"]["max_new_tokens"] == chain.wim.config.margin_max_new_tokens
     # margins read the whole context once (segments + chat head) plus one margin prompt each
-    assert sum(r["extra"]["metadata"]["usage_metadata"]["input_tokens"] for r in margins) == (
+    assert sum(_usage(r)["input_tokens"] for r in margins) == (
         reference.tokens.context + reference.tokens.prompt
     )
-    a_usage = answer["extra"]["metadata"]["usage_metadata"]
+    a_usage = _usage(answer)
     assert (a_usage["input_tokens"], a_usage["output_tokens"]) == (
         reference.tokens.answer_prompt,
         reference.tokens.answer_generated,
@@ -126,7 +131,7 @@ def test_child_runs_carry_ls_metadata_params_usage_and_the_final_prompt(chain, r
     assert answer["extra"]["metadata"]["wim_question"] == QUESTION
     for classify, m in zip(children[1::2], reference.margins, strict=True):
         assert m.text in classify["inputs"]["prompts"][0]
-        assert classify["extra"]["metadata"]["usage_metadata"]["output_tokens"] >= 1
+        assert _usage(classify)["output_tokens"] >= 1
 
 
 def test_usage_metadata_handler_sums_the_child_runs(chain, reference):
