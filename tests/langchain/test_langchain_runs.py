@@ -113,14 +113,10 @@ def test_child_runs_carry_ls_metadata_params_usage_and_the_final_prompt(chain, r
         usage = _usage(run)  # where LangSmith reads token counts (cost tracking)
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
     margins, answer = children[:-1:2], children[-1]
-    assert [_usage(r)["output_tokens"] for r in margins] == [
-        m.n_tokens for m in reference.margins
-    ]
+    assert [_usage(r)["output_tokens"] for r in margins] == [m.n_tokens for m in reference.margins]
     assert margins[0]["extra"]["invocation_params"]["max_new_tokens"] == chain.wim.config.margin_max_new_tokens
     # margins read the whole context once (segments + chat head) plus one margin prompt each
-    assert sum(_usage(r)["input_tokens"] for r in margins) == (
-        reference.tokens.context + reference.tokens.prompt
-    )
+    assert sum(_usage(r)["input_tokens"] for r in margins) == (reference.tokens.context + reference.tokens.prompt)
     a_usage = _usage(answer)
     assert (a_usage["input_tokens"], a_usage["output_tokens"]) == (
         reference.tokens.answer_prompt,
