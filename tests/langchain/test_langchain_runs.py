@@ -183,3 +183,27 @@ def test_max_tokens_is_the_answer_budget_and_answer_max_new_tokens_a_deprecated_
     assert old.max_tokens == 2 and old.invoke(X) == short.answer
     with pytest.warns(DeprecationWarning, match="use max_tokens"):
         assert chain.invoke(X, answer_max_new_tokens=2) == short.answer
+
+
+def test_a_segment_read_but_not_annotated_ends_as_stopped(tiny_wim):
+    # answer_now() right after the second segment is read: its margin is never written; its child run ends as
+    # stopped (an error), the answer run follows.
+    from wim_integrations.langchain.chain import to_engine_context
+    from wim_integrations.langchain.events import EventRelay
+
+    def drive(x, config):
+        stream = tiny_wim.stream(to_engine_context(DOCS), QUESTION)
+        relay = EventRelay(config, stream)
+        for ev in stream:
+            relay(ev)
+            if ev.type == "segment_read" and ev.segment_index == 1:
+                stream.answer_now()
+        return stream.result.answer
+
+    with collect_runs() as cb:
+        answer = RunnableLambda(drive).invoke("x")
+    [root] = cb.traced_runs
+    assert [(r.name, r.error is not None) for r in root.child_runs] == [
+        (MARGIN_RUN, False), (CLASSIFY_RUN, False), (MARGIN_RUN, True), (ANSWER_RUN, False),
+    ]  # fmt: skip
+    assert root.child_runs[-1].outputs["generations"][0][0]["text"] == answer

@@ -448,3 +448,20 @@ def test_own_prompts_keep_the_shared_document_cache(index, tiny_wim):
     assert synth.wim.document_cache is wim.document_cache
     second = synth.synthesize(QUESTION, nodes).metadata["wim"]["result"]
     assert second["timings"]["context_cache"] == "hit"
+
+
+def test_a_segment_read_but_not_annotated_closes_empty(tiny_wim):
+    # answer_now() right after the second segment is read: its step closes with an empty completion, then the answer.
+    from wim_integrations.llamaindex.tracing import RunTracer
+
+    debug = LlamaDebugHandler()
+    tracer = RunTracer(get_dispatcher("test"), object(), None, CallbackManager([debug]), QUESTION, {})
+    stream = tiny_wim.stream(TEXTS, QUESTION)
+    tracer.start(len(TEXTS))
+    for ev in stream:
+        tracer.on_event(ev)
+        if ev.type == "segment_read" and ev.segment_index == 1:
+            stream.answer_now()
+    completions = [end.payload[EventPayload.COMPLETION] for _, end in debug.get_event_pairs(CBEventType.LLM)]
+    assert completions == [stream.result.margins[0].text, "", stream.result.answer]
+    assert tracer.run_id is None  # the run's span is closed
