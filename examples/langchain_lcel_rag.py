@@ -84,7 +84,7 @@ def main() -> None:
     retriever = store.as_retriever(search_kwargs={"k": 3})
 
     # Small budgets and segments keep this quick on CPU; a real app would use the defaults.
-    reader = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, answer_max_new_tokens=32)
+    reader = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, max_tokens=32)
     # Documents go to WiM as they are, so margins keep their ids and metadata. For the answer string only, drop
     # `.with_margins()` (and add `| StrOutputParser()` if you like).
     rag = {"context": retriever, "question": RunnablePassthrough()} | reader.with_margins()

@@ -31,7 +31,7 @@ def say(text: str) -> None:
 
 
 async def main() -> None:
-    chain = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, answer_max_new_tokens=32)
+    chain = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, max_tokens=32)
     print(f"Question: {QUESTION}")
     async for ev in chain.astream_events({"question": QUESTION, "context": CONTEXT}, version="v2"):
         kind, name = ev["event"], ev.get("name")

@@ -29,9 +29,7 @@ def main() -> None:
     docs = [
         Document(page_content=REPORT.read_text(encoding="utf-8"), id="harbor_report", metadata={"source": "harbor"})
     ]
-    chain = WiMChain.default(
-        segment_tokens=256, margin_max_new_tokens=48, answer_max_new_tokens=160, margin_batch_size=8
-    )
+    chain = WiMChain.default(segment_tokens=256, margin_max_new_tokens=48, max_tokens=160, margin_batch_size=8)
     result = chain.with_margins().invoke({"context": docs, "summarize": True})["result"]
     for note in result.notes:
         source = ", ".join(f"{d.doc_id}[{d.start_char}:{d.end_char}]" for d in note.documents)

@@ -4,7 +4,7 @@
     LANGSMITH_API_KEY=... python examples/langchain_tracing.py   # sends the trace to LangSmith
 
 The usual LangChain setup (LANGSMITH_TRACING=true plus a key) traces WiMChain with no code at all; this example
-passes the tracer explicitly so it can also run offline, on a `RecordingClient` that keeps what would be sent.
+passes the tracer explicitly so it can also run offline, on a `RecordingClient` that records the runs in memory.
 A `ConsoleProgressHandler` shows progress on stderr at the same time.
 """
 
@@ -24,7 +24,7 @@ QUESTION = "When was the lighthouse automated?"
 
 def main() -> None:
     tracer = langsmith_tracer(project_name="wim-integrations-example")
-    chain = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, answer_max_new_tokens=32)
+    chain = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, max_tokens=32)
     answer = chain.invoke(
         {"question": QUESTION, "context": CONTEXT},
         config={"callbacks": [tracer, ConsoleProgressHandler()], "run_name": "WiMChain", "tags": ["example"]},

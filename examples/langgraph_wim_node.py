@@ -35,7 +35,7 @@ def main() -> None:
     graph = StateGraph(State)
     graph.add_node("retrieve", lambda state: {"context": retriever.invoke(state["question"])})
     # Small budgets keep this quick on CPU; only margins go to the custom stream here.
-    reader = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, answer_max_new_tokens=32)
+    reader = WiMChain.default(segment_tokens=128, margin_max_new_tokens=24, max_tokens=32)
     graph.add_node("read", wim_node(reader, events={"wim_segment_read", "wim_margin_written"}))
     graph.add_edge(START, "retrieve")
     graph.add_edge("retrieve", "read")

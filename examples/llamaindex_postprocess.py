@@ -34,7 +34,7 @@ def main() -> dict[str, object]:
     retriever = index.as_retriever(similarity_top_k=4)
     wim = WiM.default()  # the one shared embedded model: WiMLLM below uses the same weights
     postprocessor = WiMNodePostprocessor(wim, classification="pmi", margin_max_new_tokens=32)
-    reader = get_response_synthesizer(llm=WiMLLM(wim, max_new_tokens=48), response_mode="compact")
+    reader = get_response_synthesizer(llm=WiMLLM(wim, max_tokens=48), response_mode="compact")
     engine = RetrieverQueryEngine(retriever, response_synthesizer=reader, node_postprocessors=[postprocessor])
 
     retrieved = retriever.retrieve(QUESTION)

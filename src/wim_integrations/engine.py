@@ -23,6 +23,7 @@ from .events import Margin, WiMEvent, WiMResult
 from .prompts import PromptSet
 from .reading import Reader, WiMStream
 from .reading.doc_cache import DocumentCache
+from .reading.margins import AsyncOnEvent, OnEvent, aread_until_answer, read_until_answer
 from .reading.plan import ConfigInput, Plan, Planner, as_config, default_segment_tokens
 
 __all__ = ["ConfigInput", "Plan", "WiM", "WiMStream", "default_segment_tokens"]
@@ -232,6 +233,31 @@ class WiM:
         result = self.run(context, task, config=config, **overrides)
         assert isinstance(result, WiMSummary)
         return result
+
+    def read_margins(
+        self,
+        context: object,
+        question: object,
+        *,
+        config: ConfigInput = None,
+        on_event: OnEvent | None = None,
+        **overrides: Any,
+    ) -> list[Margin]:
+        """The margins-only run: every segment read and annotated, no answer decoded (the run ends where the answer
+        would start, before its first forward pass). `on_event` sees each event up to there."""
+        return read_until_answer(self.stream(context, question, config=config, **overrides), on_event)
+
+    async def aread_margins(
+        self,
+        context: object,
+        question: object,
+        *,
+        config: ConfigInput = None,
+        on_event: AsyncOnEvent | None = None,
+        **overrides: Any,
+    ) -> list[Margin]:
+        """`read_margins` with the model in a worker thread; `on_event` may be a coroutine function."""
+        return await aread_until_answer(self.stream(context, question, config=config, **overrides), on_event)
 
     async def astream(
         self, context: object, question: object, *, config: ConfigInput = None, **overrides: Any

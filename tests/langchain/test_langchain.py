@@ -307,7 +307,7 @@ def test_from_model_id_passes_load_options_through(tiny_model_dirs, monkeypatch)
     d = WiMChain.from_model_id("some/model", device="cpu", dtype="auto", model_kwargs={"x": 1}, segment_tokens=200)
     assert seen == {"model": "some/model", "device": "cpu", "dtype": "auto", "model_kwargs": {"x": 1}}
     assert d.segment_tokens == 200 and d.wim is c.wim
-    assert WiMChain.from_pretrained("other", answer_max_new_tokens=5).answer_max_new_tokens == 5
+    assert WiMChain.from_pretrained("other", max_tokens=5).max_tokens == 5
 
 
 def test_as_tool(chain, reference):

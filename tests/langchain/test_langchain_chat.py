@@ -158,12 +158,23 @@ def test_stop_sequences_cut_the_answer(chat, reference):
     assert streamed.strip() == reference.answer[:3].strip() and streamed == cut.content
 
 
+def test_a_stop_sequence_ends_the_answers_decoding(tiny_wim):
+    long = ChatWiM(wim=tiny_wim, context=DOCS, max_tokens=40, classification="none")
+    full = long.invoke(QUESTION)
+    assert full.response_metadata["wim"]["tokens"]["answer_generated"] == 40  # the answer uses its whole budget
+    stop = full.content[8:11]
+    assert full.content.find(stop) == 8
+    cut = long.invoke(QUESTION, stop=[stop])
+    assert cut.content == full.content[:8]
+    assert cut.response_metadata["wim"]["tokens"]["answer_generated"] < 40
+
+
 def test_standard_parameters_map_to_wim_settings(tiny_wim, reference):
     short = ChatWiM(wim=tiny_wim, context=DOCS, max_tokens=2).invoke(QUESTION)
     assert short.response_metadata["wim"]["tokens"]["answer_generated"] <= 2
     params = ChatWiM(wim=tiny_wim, max_tokens=7, temperature=0.5, stop=["x"])._get_ls_params()
     assert (params["ls_max_tokens"], params["ls_temperature"], params["ls_stop"]) == (7, 0.5, ["x"])
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ValueError, match="disagree"), pytest.warns(DeprecationWarning):
         ChatWiM(wim=tiny_wim, max_tokens=7, answer_max_new_tokens=8)
 
 

@@ -40,7 +40,7 @@ def test_every_wimconfig_field_is_a_chain_setting(chain):
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"max_tokens": 10}, "max_tokens"),
+        ({"max_new_tokens": 10}, "max_new_tokens"),
         ({"document_cache": object()}, "document_cache belongs to the engine"),
         ({"segment_tokens": 100, "classifer": "none"}, "classifer"),
     ],
@@ -82,6 +82,11 @@ def test_with_margins_output_works_with_pick_assign_and_itemgetter(chain, refere
 
 
 # -- child runs ----------------------------------------------------------------------------------------------
+def _usage(run: dict) -> dict:
+    """A child run's token usage: its output message's usage_metadata (what LangSmith and usage handlers read)."""
+    return run["outputs"]["generations"][0][0]["message"]["kwargs"]["usage_metadata"]
+
+
 def _children(client: RecordingClient) -> list[dict]:
     root = next(r for r in client.recorded.values() if r.get("parent_run_id") is None)
     return client.children(root["id"])
@@ -105,18 +110,14 @@ def test_child_runs_carry_ls_metadata_params_usage_and_the_final_prompt(chain, r
         assert (meta["ls_provider"], meta["ls_model_name"], meta["ls_model_type"]) == ("huggingface", model, "llm")
         params = run["extra"]["invocation_params"]
         assert params["model"] == model and params["classification"] == chain.wim.config.classification
-        usage = meta["usage_metadata"]  # where LangSmith reads token counts (cost tracking)
+        usage = _usage(run)  # where LangSmith reads token counts (cost tracking)
         assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
     margins, answer = children[:-1:2], children[-1]
-    assert [r["extra"]["metadata"]["usage_metadata"]["output_tokens"] for r in margins] == [
-        m.n_tokens for m in reference.margins
-    ]
+    assert [_usage(r)["output_tokens"] for r in margins] == [m.n_tokens for m in reference.margins]
     assert margins[0]["extra"]["invocation_params"]["max_new_tokens"] == chain.wim.config.margin_max_new_tokens
     # margins read the whole context once (segments + chat head) plus one margin prompt each
-    assert sum(r["extra"]["metadata"]["usage_metadata"]["input_tokens"] for r in margins) == (
-        reference.tokens.context + reference.tokens.prompt
-    )
-    a_usage = answer["extra"]["metadata"]["usage_metadata"]
+    assert sum(_usage(r)["input_tokens"] for r in margins) == (reference.tokens.context + reference.tokens.prompt)
+    a_usage = _usage(answer)
     assert (a_usage["input_tokens"], a_usage["output_tokens"]) == (
         reference.tokens.answer_prompt,
         reference.tokens.answer_generated,
@@ -126,7 +127,7 @@ def test_child_runs_carry_ls_metadata_params_usage_and_the_final_prompt(chain, r
     assert answer["extra"]["metadata"]["wim_question"] == QUESTION
     for classify, m in zip(children[1::2], reference.margins, strict=True):
         assert m.text in classify["inputs"]["prompts"][0]
-        assert classify["extra"]["metadata"]["usage_metadata"]["output_tokens"] >= 1
+        assert _usage(classify)["output_tokens"] >= 1
 
 
 def test_usage_metadata_handler_sums_the_child_runs(chain, reference):
@@ -171,3 +172,38 @@ def test_score_based_settings_from_the_core_work_and_are_checked(chain, tiny_wim
         WiMChain(wim=tiny_wim, relevance_threshold=0.5)  # the engine's mode (same_model) has no threshold
     with pytest.raises(ValueError, match="relevance_threshold applies"):  # WiMConfig's own check
         chain.invoke(X, relevance_threshold=0.5)
+
+
+def test_max_tokens_is_the_answer_budget_and_answer_max_new_tokens_a_deprecated_alias(chain):
+    short = WiMChain(wim=chain.wim, max_tokens=2, return_margins=True).invoke(X)["result"]
+    assert short.tokens.answer_generated <= 2 < chain.wim.config.answer_max_new_tokens
+    assert chain.invoke(X, max_tokens=2) == short.answer
+    with pytest.warns(DeprecationWarning, match="answer_max_new_tokens is deprecated, use max_tokens"):
+        old = WiMChain(wim=chain.wim, answer_max_new_tokens=2)
+    assert old.max_tokens == 2 and old.invoke(X) == short.answer
+    with pytest.warns(DeprecationWarning, match="use max_tokens"):
+        assert chain.invoke(X, answer_max_new_tokens=2) == short.answer
+
+
+def test_a_segment_read_but_not_annotated_ends_as_stopped(tiny_wim):
+    # answer_now() right after the second segment is read: its margin is never written; its child run ends as
+    # stopped (an error), the answer run follows.
+    from wim_integrations.langchain.chain import to_engine_context
+    from wim_integrations.langchain.events import EventRelay
+
+    def drive(x, config):
+        stream = tiny_wim.stream(to_engine_context(DOCS), QUESTION)
+        relay = EventRelay(config, stream)
+        for ev in stream:
+            relay(ev)
+            if ev.type == "segment_read" and ev.segment_index == 1:
+                stream.answer_now()
+        return stream.result.answer
+
+    with collect_runs() as cb:
+        answer = RunnableLambda(drive).invoke("x")
+    [root] = cb.traced_runs
+    assert [(r.name, r.error is not None) for r in root.child_runs] == [
+        (MARGIN_RUN, False), (CLASSIFY_RUN, False), (MARGIN_RUN, True), (ANSWER_RUN, False),
+    ]  # fmt: skip
+    assert root.child_runs[-1].outputs["generations"][0][0]["text"] == answer

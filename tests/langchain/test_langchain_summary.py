@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 from langchain_core.documents import Document
+from langchain_core.tracers.context import collect_runs
 from pydantic import BaseModel
 
 from wim_integrations import Analysis, InputDocument, WiM, WiMInputError, WiMSummary
-from wim_integrations.langchain import WiMChain
+from wim_integrations.langchain import ANSWER_RUN, WiMChain
 
 DOCS = [
     Document(page_content="Mary went to the kitchen. The quick brown fox jumps. " * 8, id="d1", metadata={"n": 1}),
@@ -78,3 +79,14 @@ def test_summary_keys_are_accepted_but_the_input_schema_stays_a_question(chain):
     assert not {"summarize", "analyze", "note_instruction"} & set(schema["properties"])
     assert "question" in schema["required"]
     assert chain.invoke({"context": DOCS, "summarize": True, "note_instruction": "Copy numbers."})
+
+
+def test_trace_of_a_summary_shows_the_prompt_the_model_read(chain, tiny_wim, reference):
+    # The answer run's prompt is the summary prompt appended after the context (notes + instruction), not a
+    # question prompt rebuilt by the adapter.
+    with collect_runs() as cb:
+        chain.invoke({"context": DOCS, "summarize": True})
+    [root] = cb.traced_runs
+    [answer] = [r for r in root.child_runs if r.name == ANSWER_RUN]
+    read = tiny_wim.final_prompt_ids(Analysis.summary(), reference.notes, reference.n_segments)
+    assert answer.inputs["prompts"] == [tiny_wim.backend.decode(read)]

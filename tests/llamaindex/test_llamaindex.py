@@ -135,7 +135,7 @@ def test_swap_same_pipeline_default_vs_wim(index, tiny_wim):
 
 def test_as_query_engine_with_wim_llm_never_needs_openai(index, tiny_wim):
     engine = index.as_query_engine(
-        llm=WiMLLM(tiny_wim, max_new_tokens=8), response_synthesizer=WiMSynthesizer(tiny_wim), similarity_top_k=2
+        llm=WiMLLM(tiny_wim, max_tokens=8), response_synthesizer=WiMSynthesizer(tiny_wim), similarity_top_k=2
     )
     r = engine.query(QUESTION)
     assert len(r.source_nodes) == 2 and r.metadata["wim"]["margins"]
@@ -326,7 +326,7 @@ def test_tool_and_chat_engine_wiring(index, tiny_wim):
     tool = QueryEngineTool.from_defaults(engine, name="docs", description="Reads the documents with WiM.")
     assert tool.call(QUESTION).content == expected
 
-    llm = WiMLLM(tiny_wim, max_new_tokens=6)
+    llm = WiMLLM(tiny_wim, max_tokens=6)
     chat = CondenseQuestionChatEngine.from_defaults(query_engine=engine, llm=llm)
     first = chat.chat(QUESTION)
     assert str(first) == expected  # no history: the question goes through unchanged
@@ -369,7 +369,7 @@ def test_from_documents_reads_whole_documents_in_order(tiny_wim):
 
 
 def test_wim_llm_complete_stream_chat(tiny_wim):
-    llm = WiMLLM(tiny_wim, max_new_tokens=6)
+    llm = WiMLLM(tiny_wim, max_tokens=6)
     assert llm.metadata.model_name == tiny_wim.model_name and llm.metadata.num_output == 6
     text = llm.complete("Where is Mary?").text
     assert "".join(c.delta for c in llm.stream_complete("Where is Mary?")).strip() == text
@@ -432,3 +432,36 @@ def test_get_response_on_text_chunks_matches_core(tiny_wim):
     assert asyncio.run(synth.aget_response(QUESTION, chunks)) == expected
     synth._streaming = True
     assert "".join(synth.get_response(QUESTION, chunks)).strip() == expected
+
+
+def test_own_prompts_keep_the_shared_document_cache(index, tiny_wim):
+    # Prompts given to a synthesizer (at construction or through update_prompts) change the prompts only: the
+    # WiM's document cache stays the shared one, so nodes already read are a cache hit.
+    wim = tiny_wim.with_options(document_cache="auto")
+    assert wim.document_cache is not None
+    nodes = _retriever(index, 2).retrieve(QUESTION)
+    custom = wim.prompts.with_overrides(margin_instruction_segment="Notes on {{question}}.")
+    synth = WiMSynthesizer(wim, prompts=custom)
+    assert synth.wim.prompts == custom and synth.wim.document_cache is wim.document_cache
+    synth.synthesize(QUESTION, nodes)
+    synth.update_prompts({"final_answer": PromptTemplate("Answer briefly. {margins}\n{question}")})
+    assert synth.wim.document_cache is wim.document_cache
+    second = synth.synthesize(QUESTION, nodes).metadata["wim"]["result"]
+    assert second["timings"]["context_cache"] == "hit"
+
+
+def test_a_segment_read_but_not_annotated_closes_empty(tiny_wim):
+    # answer_now() right after the second segment is read: its step closes with an empty completion, then the answer.
+    from wim_integrations.llamaindex.tracing import RunTracer
+
+    debug = LlamaDebugHandler()
+    tracer = RunTracer(get_dispatcher("test"), object(), None, CallbackManager([debug]), QUESTION, {})
+    stream = tiny_wim.stream(TEXTS, QUESTION)
+    tracer.start(len(TEXTS))
+    for ev in stream:
+        tracer.on_event(ev)
+        if ev.type == "segment_read" and ev.segment_index == 1:
+            stream.answer_now()
+    completions = [end.payload[EventPayload.COMPLETION] for _, end in debug.get_event_pairs(CBEventType.LLM)]
+    assert completions == [stream.result.margins[0].text, "", stream.result.answer]
+    assert tracer.run_id is None  # the run's span is closed

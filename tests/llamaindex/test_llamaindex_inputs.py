@@ -15,12 +15,12 @@ def test_llamaindex_adapters_refuse_lone_surrogates_and_bad_budgets(tiny_wim):
 
     with pytest.raises(WiMInputError, match="lone surrogate"):
         WiMSynthesizer(tiny_wim).get_response("who?", ["abc \ud800 def"])
-    llm = WiMLLM(tiny_wim, max_new_tokens=4)
+    llm = WiMLLM(tiny_wim, max_tokens=4)
     with pytest.raises(WiMInputError, match="prompt contains a lone surrogate"):
         llm.complete("abc \ud800 def")
     with pytest.raises(WiMInputError, match="message 0 contains a lone surrogate"):
         llm.chat([ChatMessage(role="user", content="abc \ud800")])
-    with pytest.raises(WiMInputError, match="max_new_tokens must be at least 1"):
-        llm.complete("hi", max_new_tokens=-3)
+    with pytest.raises(WiMInputError, match="max_tokens must be at least 1"):
+        llm.complete("hi", max_tokens=-3)
     with pytest.raises(WiMInputError, match="prompt is empty and formatted=True"):
         llm.complete("", formatted=True)

@@ -45,7 +45,7 @@ def test_settings_come_from_call_then_fields_then_generation_config(tiny_wim, re
     llm.complete("Hi")
     s = requests[-1].sampling
     assert (requests[-1].max_new_tokens, s.do_sample, s.temperature, s.top_k) == (5, True, 0.7, 20)
-    llm = WiMLLM(tiny_wim, temperature=0, max_new_tokens=4, top_p=0.5)  # fields override the model's config
+    llm = WiMLLM(tiny_wim, temperature=0, max_tokens=4, top_p=0.5)  # fields override the model's config
     assert llm.metadata.num_output == 4
     llm.complete("Hi")
     s = requests[-1].sampling
@@ -53,19 +53,15 @@ def test_settings_come_from_call_then_fields_then_generation_config(tiny_wim, re
     llm.chat([ChatMessage(role="user", content="Hi")], max_tokens=3, temperature=0.9, seed=1)  # the call wins
     s = requests[-1].sampling
     assert (requests[-1].max_new_tokens, s.do_sample, s.temperature, s.seed) == (3, True, 0.9, 1)
-    list(llm.stream_complete("Hi", max_new_tokens=2, do_sample=False, temperature=0.9))
+    list(llm.stream_complete("Hi", max_tokens=2, do_sample=False, temperature=0.9))
     assert requests[-1].max_new_tokens == 2 and not requests[-1].sampling.do_sample
 
 
 def test_settings_change_what_is_generated(tiny_wim):
-    llm = WiMLLM(tiny_wim, max_new_tokens=40)
+    llm = WiMLLM(tiny_wim, max_tokens=40)
     greedy = llm.complete(LONG_PROMPT).text
-    five = llm.complete(LONG_PROMPT, max_new_tokens=5).text
-    assert (
-        five
-        == llm.complete(LONG_PROMPT, max_tokens=5).text
-        == WiMLLM(tiny_wim, max_new_tokens=5).complete(LONG_PROMPT).text
-    )
+    five = llm.complete(LONG_PROMPT, max_tokens=5).text
+    assert five == WiMLLM(tiny_wim, max_tokens=5).complete(LONG_PROMPT).text
     assert len(five) < len(greedy) and greedy.startswith(five.rstrip("\ufffd"))  # the same greedy start, cut short
     sampled = [llm.complete(LONG_PROMPT, temperature=1.5, seed=s).text for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] and greedy not in sampled  # seeded sampling: reproducible, not greedy
@@ -75,14 +71,14 @@ def test_bad_settings_are_named(tiny_wim):
     llm = WiMLLM(tiny_wim)
     with pytest.raises(WiMInputError, match=r"stop_sequence.*temperature"):
         llm.complete("Hi", stop_sequence=["x"])
-    with pytest.raises(WiMInputError, match="not both"):
+    with pytest.raises(WiMInputError, match="not both"), pytest.warns(DeprecationWarning):
         llm.complete("Hi", max_tokens=3, max_new_tokens=3)
     with pytest.raises(WiMInputError, match="temperature=0"):
         llm.complete("Hi", temperature=0, do_sample=True)
     with pytest.raises(WiMInputError, match="top_p"):
         llm.complete("Hi", top_p=2.0)
     with pytest.raises(WiMInputError, match="at least 1"):
-        llm.complete("Hi", max_new_tokens=0)
+        llm.complete("Hi", max_tokens=0)
     with pytest.raises(WiMInputError, match="unknown"):  # a stream refuses before its first token
         llm.stream_chat([ChatMessage(role="user", content="Hi")], foo=1)
 
@@ -113,7 +109,7 @@ async def _worst_gap(call) -> tuple[float, float]:
 
 @pytest.mark.parametrize("method", ["acomplete", "achat", "astream_complete", "astream_chat"])
 def test_async_calls_leave_the_event_loop_free(tiny_wim, method):
-    llm = WiMLLM(tiny_wim, max_new_tokens=600)
+    llm = WiMLLM(tiny_wim, max_tokens=600)
     messages = [ChatMessage(role="user", content=LONG_PROMPT)]
 
     async def call() -> None:
@@ -144,7 +140,7 @@ def test_wim_paths_never_look_for_openai(index_for_openai, tiny_wim, monkeypatch
     assert WiMQueryEngine.from_index(index_for_openai, tiny_wim).query(QUESTION).response is not None
     assert WiMSynthesizer(tiny_wim).get_response(QUESTION, TEXTS[:1])
     engine = index_for_openai.as_query_engine(
-        llm=WiMLLM(tiny_wim, max_new_tokens=4),
+        llm=WiMLLM(tiny_wim, max_tokens=4),
         response_synthesizer=WiMSynthesizer(tiny_wim),
         node_postprocessors=[WiMNodePostprocessor(tiny_wim, classification="none")],
     )
@@ -162,7 +158,7 @@ def index_for_openai() -> VectorStoreIndex:
 
 
 def test_stop_sequences_end_the_text_and_the_decoding(tiny_wim, monkeypatch):
-    llm = WiMLLM(tiny_wim, max_new_tokens=40)
+    llm = WiMLLM(tiny_wim, max_tokens=40)
     greedy = llm.complete(LONG_PROMPT).text
     stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 3]
     expected = greedy[: greedy.index(stop)]
@@ -178,10 +174,19 @@ def test_stop_sequences_end_the_text_and_the_decoding(tiny_wim, monkeypatch):
     full = len(tiny_wim.backend.encode_text(greedy))
     assert llm.complete(LONG_PROMPT, stop=[stop, "never there"]).text == expected.strip()
     assert len(decoded) < full  # decoding ended at the stop sequence, not at the budget
-    assert WiMLLM(tiny_wim, max_new_tokens=40, stop=[stop]).complete(LONG_PROMPT).text == expected.strip()
+    assert WiMLLM(tiny_wim, max_tokens=40, stop=[stop]).complete(LONG_PROMPT).text == expected.strip()
     streamed = list(llm.stream_complete(LONG_PROMPT, stop=stop))
     assert "".join(r.delta for r in streamed) == streamed[-1].text and streamed[-1].text.strip() == expected.strip()
     chat = llm.chat([ChatMessage(role="user", content=LONG_PROMPT)], stop=[stop]).message.content
     assert stop not in chat
     with pytest.raises(WiMInputError, match="stop must be"):
         llm.complete(LONG_PROMPT, stop=[1])
+
+
+def test_max_new_tokens_is_a_deprecated_alias_of_max_tokens(tiny_wim):
+    expected = WiMLLM(tiny_wim, max_tokens=5).complete(LONG_PROMPT).text
+    with pytest.warns(DeprecationWarning, match="use max_tokens"):
+        old_field = WiMLLM(tiny_wim, max_new_tokens=5)
+    assert old_field.max_tokens == 5 and old_field.complete(LONG_PROMPT).text == expected
+    with pytest.warns(DeprecationWarning, match="use max_tokens"):
+        assert WiMLLM(tiny_wim).complete(LONG_PROMPT, max_new_tokens=5).text == expected

@@ -8,7 +8,7 @@ import pytest
 from llama_index.core import Document, SummaryIndex
 from llama_index.core.base.response.schema import Response
 from llama_index.core.schema import NodeWithScore, TextNode
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from wim_integrations import InputDocument, WiMInputError
 from wim_integrations.llamaindex import WiMLLM, WiMSummarySynthesizer, summary_query_engine
@@ -73,3 +73,34 @@ def test_bad_settings_fail_at_construction_and_queries_before_compute(tiny_wim):
         WiMSummarySynthesizer(tiny_wim, analysis=True).synthesize(" ", _nodes())
     with pytest.raises(WiMInputError, match="too small for notes"):
         WiMSummarySynthesizer(tiny_wim, analysis=True, schema=Code).synthesize("List codes.", _nodes())
+
+
+def test_answer_start_event_and_legacy_prompt_are_the_summary_prompt_the_model_read(tiny_wim):
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    from wim_integrations import Analysis
+    from wim_integrations.llamaindex import WiMAnswerStartEvent
+
+    class Starts(BaseEventHandler):
+        seen: list = Field(default_factory=list)
+
+        def handle(self, event, **kwargs) -> None:
+            if isinstance(event, WiMAnswerStartEvent):
+                self.seen.append(event)
+
+    starts, debug = Starts(seen=[]), LlamaDebugHandler()
+    root = get_dispatcher()
+    root.add_event_handler(starts)
+    try:
+        synth = WiMSummarySynthesizer(tiny_wim, callback_manager=CallbackManager([debug]))
+        synth.synthesize("Summarise the notes.", _nodes())
+    finally:
+        root.event_handlers.remove(starts)
+    expected = tiny_wim.summarize(_docs(), "Summarise the notes.")
+    read = tiny_wim.final_prompt_ids(Analysis.summary("Summarise the notes."), expected.notes, expected.n_segments)
+    [start] = starts.seen
+    assert start.prompt == tiny_wim.backend.decode(read) and start.prompt_tokens == len(read)
+    answer_start = debug.get_event_pairs(CBEventType.LLM)[-1][0]
+    assert answer_start.payload[EventPayload.PROMPT] == start.prompt

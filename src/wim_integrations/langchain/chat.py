@@ -33,7 +33,7 @@ from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.runnables.config import get_async_callback_manager_for_config, get_callback_manager_for_config
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr
 
 from ..config import SamplingConfig
 from ..engine import WiM, WiMStream
@@ -58,7 +58,7 @@ class ChatWiM(WiMSettings, BaseChatModel):
 
     Settings: one optional field per `WiMConfig` field (None keeps the engine's setting), per call as invoke
     kwargs too. Standard chat-model parameters: `max_tokens` (the answer budget), `temperature` (0: greedy, > 0:
-    sampling at that temperature), `stop` (the answer is cut before the first stop sequence). `timeout`,
+    sampling at that temperature), `stop` (decoding ends at the first stop sequence, left out of the answer). `timeout`,
     `max_retries` and `api_key` are accepted so standard code runs unchanged, and do nothing: the model is local.
     """
 
@@ -66,23 +66,12 @@ class ChatWiM(WiMSettings, BaseChatModel):
 
     wim: WiM = Field(default_factory=_default_wim, exclude=True, description="the engine (default: WiM.default())")
     context: Any = Field(None, description="documents or text read before the system messages' text")
-    max_tokens: int | None = Field(None, ge=1, description="answer budget (same as answer_max_new_tokens)")
     temperature: float | None = Field(None, ge=0, description="0: greedy; > 0: sample at this temperature")
-    stop: list[str] | None = Field(None, description="the answer is cut before the first of these strings")
+    stop: list[str] | None = Field(None, description="the answer ends before the first of these strings (decoding stops there)")
     streaming: bool = Field(False, description="invoke() streams internally (callbacks get tokens)")
     timeout: float | None = Field(None, description="accepted for compatibility; unused (local model)")
     max_retries: int | None = Field(None, description="accepted for compatibility; unused (local model)")
     api_key: SecretStr | None = Field(None, description="accepted for compatibility; unused (local model)")
-
-    @model_validator(mode="after")
-    def _one_answer_budget(self) -> ChatWiM:
-        budget = self.setting("answer_max_new_tokens")
-        if None not in (self.max_tokens, budget) and self.max_tokens != budget:
-            raise WiMInputError(
-                f"max_tokens={self.max_tokens} and answer_max_new_tokens={budget} disagree; "
-                "they are the same setting, give one."
-            )
-        return self
 
     @classmethod
     def from_model_id(cls, model_id: str, **kwargs: Any) -> ChatWiM:
@@ -244,9 +233,10 @@ class ChatWiM(WiMSettings, BaseChatModel):
         kwargs = dict(kwargs)
         bound = kwargs.pop("context", None)
         context, question = self._inputs(messages, bound if bound is not None else self.context)
-        overrides = {**self.wim_overrides(**kwargs), "sampling": self._sampling(kwargs)}
-        overrides["answer_max_new_tokens"] = self._answer_budget(kwargs)
-        return self.wim.stream(context, question, **overrides), StopCut(stop or self.stop or [])
+        stops = tuple(stop or self.stop or ())  # the core ends the answer's decoding at the first one
+        overrides = {**self.wim_overrides(**kwargs), "sampling": self._sampling(kwargs), "answer_stop": stops}
+        # The cut here only starts the message at its first visible character, as `WiMResult.answer` does.
+        return self.wim.stream(context, question, **overrides), StopCut([])
 
     def _closing_chunks(self, stream: Any, cut: StopCut) -> Iterator[ChatGenerationChunk]:
         if text := cut.flush():
@@ -284,12 +274,7 @@ class ChatWiM(WiMSettings, BaseChatModel):
         return base.model_copy(update={"do_sample": True, "temperature": self.temperature})
 
     def _answer_budget(self, kwargs: dict[str, Any]) -> int:
-        return (
-            kwargs.get("answer_max_new_tokens")
-            or self.max_tokens
-            or self.setting("answer_max_new_tokens")
-            or self.wim.config.answer_max_new_tokens
-        )
+        return kwargs.get("max_tokens") or self.max_tokens or self.wim.config.answer_max_new_tokens
 
     @staticmethod
     def _inputs(messages: Sequence[BaseMessage], bound: Any) -> tuple[Any, str]:

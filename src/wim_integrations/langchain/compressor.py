@@ -20,8 +20,9 @@ from pydantic import ConfigDict, Field
 
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
-from ..events import AnswerStarted, Margin, MarginWritten
+from ..events import Margin
 from ..filtering import judge_documents, kept_documents
+from ..reading.margins import aread_until_answer, read_until_answer
 from .chain import to_engine_context
 from .events import AsyncEventRelay, EventRelay
 from .settings import WiMSettings
@@ -63,20 +64,12 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
         manager = CallbackManager.configure(inheritable_callbacks=callbacks)
         run = manager.on_chain_start(None, {"query": query, "documents": list(documents)}, name=RUN_NAME)
         relay = EventRelay({"callbacks": run.get_child()}, stream)
-        margins: list[Margin] = []
         try:
-            for ev in stream:
-                if isinstance(ev, AnswerStarted):
-                    break  # margins are all we need: stop before the answer is computed
-                relay(ev)
-                if isinstance(ev, MarginWritten):
-                    margins.append(ev.margin)
+            margins = read_until_answer(stream, relay)  # margins are all we need: no answer is decoded
         except BaseException as exc:
             relay.close(exc)
             run.on_chain_error(exc)
             raise
-        finally:
-            stream.close()
         kept = self._keep(documents, margins)
         run.on_chain_end({"documents": kept})
         return kept
@@ -90,21 +83,12 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
         manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
         run = await manager.on_chain_start(None, {"query": query, "documents": list(documents)}, name=RUN_NAME)
         relay = AsyncEventRelay({"callbacks": run.get_child()}, stream)
-        margins: list[Margin] = []
-        events = stream.aiter()
         try:
-            async for ev in events:
-                if isinstance(ev, AnswerStarted):
-                    break
-                await relay(ev)
-                if isinstance(ev, MarginWritten):
-                    margins.append(ev.margin)
+            margins = await aread_until_answer(stream, relay)
         except BaseException as exc:
             await relay.close(exc)
             await run.on_chain_error(exc)
             raise
-        finally:
-            await events.aclose()
         kept = self._keep(documents, margins)
         await run.on_chain_end({"documents": kept})
         return kept

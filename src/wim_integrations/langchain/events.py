@@ -10,6 +10,7 @@ chat-model run whose tokens are `AIMessageChunk`s, which is what LangGraph's ``s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -26,16 +27,8 @@ from langchain_core.runnables.config import get_async_callback_manager_for_confi
 from pydantic import TypeAdapter
 
 from ..engine import WiMStream
-from ..events import (
-    AnswerStarted,
-    AnswerToken,
-    Finished,
-    Margin,
-    MarginToken,
-    MarginWritten,
-    SegmentRead,
-    WiMEvent,
-)
+from ..events import AnswerStarted, Finished, MarginWritten, ModelCall, SegmentRead, WiMEvent
+from ..reading.steps import ANSWER, Close, Judged, Open, Step, StepAction, StepTracker, Stream
 
 EVENT_PREFIX = "wim_"
 EVENT_NAMES = tuple(
@@ -45,6 +38,11 @@ EVENT_NAMES = tuple(
 MARGIN_RUN, CLASSIFY_RUN, ANSWER_RUN = "wim_margin", "wim_classify", "wim_answer"
 
 _EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(WiMEvent)
+_Start = tuple[list[str], dict[str, Any], str, dict[str, Any]]  # a child run's (prompts, metadata, name, params)
+# One call on the child runs: (kind, step, argument, chat): kind "start" (argument: its _Start), "token" (the text),
+# "end" (the LLMResult), "error" (the exception) or "child" (a whole run of its own: (_Start, LLMResult)).
+_Call = tuple[str, Step, Any, bool]
+_STOPPED = "WiM run stopped before this step finished"
 
 
 def event_name(event: Any) -> str:
@@ -102,18 +100,17 @@ def _llm_result(
 
 
 class _RunSpecs:
-    """What each child run is started and ended with; shared by the sync and async relays.
+    """What each child run is started and ended with, from the events; shared by the sync and async relays.
 
-    Token usage counts what each step fed into the model and generated: a margin reads its segment (the first one
-    also the chat head) and the margin prompt, and writes the margin; a classification reads its whole prompt (the
-    engine prefills the shared head once per run) and writes the reply (re-tokenized); the answer reads the final
-    prompt (the context is already in the cache) and writes the answer.
+    Token usage counts what each step fed into the model and generated, as the events report it: a margin reads its
+    segment (the first one also the chat head) and the margin prompt (`MarginWritten.prompt_tokens`), and writes the
+    margin; a classification is the classifier's call (`MarginWritten.judge_call`); the answer reads the answer
+    prompt (`AnswerStarted.prompt`, the context already in the cache) and writes the answer.
     """
 
     def __init__(self, stream: WiMStream) -> None:
-        self.stream, self.plan, self.model_name = stream, stream.plan, stream.model_name
-        self.relevant: list[Margin] = []
-        self._seg_tokens: dict[int, int] = {}
+        self.plan, self.model = stream.plan, stream.model_name
+        self.answer_prompt_tokens = 0
 
     def _params(self, step: str, model: str, max_tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(ls_* metadata, invocation params) of one child run."""
@@ -136,11 +133,8 @@ class _RunSpecs:
         }
         return ls, params
 
-    def margin_start(self, ev: SegmentRead) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
-        seg = self.plan.context.segments[ev.segment_index]
-        head = len(self.plan.head_ids) if ev.segment_index == 0 else 0
-        self._seg_tokens[ev.segment_index] = head + ev.n_tokens + len(self.plan.margin_prompt_ids)
-        ls, params = self._params("margin", self.model_name, self.plan.config.margin_max_new_tokens)
+    def margin_start(self, ev: SegmentRead) -> _Start:
+        ls, params = self._params("margin", self.model, self.plan.config.margin_max_new_tokens)
         meta = {
             **ls,
             "wim_segment_index": ev.segment_index,
@@ -148,12 +142,10 @@ class _RunSpecs:
             "wim_char_span": list(ev.char_span),
             "wim_doc_ids": _doc_ids(ev),
         }
-        return [seg.text], meta, MARGIN_RUN, params
+        return [self.plan.context.segments[ev.segment_index].text], meta, MARGIN_RUN, params
 
     def margin_end(self, ev: MarginWritten) -> LLMResult:
         m = ev.margin
-        if m.relevant:
-            self.relevant.append(m)
         info = {
             "verdict": m.verdict,
             "relevant": m.relevant,
@@ -161,25 +153,20 @@ class _RunSpecs:
             "segment_index": m.segment_index,
             "n_tokens": m.n_tokens,
         }
-        usage = _usage(self._seg_tokens.pop(m.segment_index, 0), m.n_tokens)
-        return _llm_result(m.text, info, usage, self.model_name)
+        return _llm_result(m.text, info, _usage(ev.prompt_tokens, m.n_tokens), self.model)
 
-    def classify(self, ev: MarginWritten) -> tuple[list[str], dict[str, Any], str, dict[str, Any], LLMResult] | None:
+    def classify(self, ev: MarginWritten, call: ModelCall) -> tuple[_Start, LLMResult]:
         m = ev.margin
-        if m.classifier_output is None:  # 'inline' and 'none' modes have no separate classification call
-            return None
-        call = ev.judge_call
-        assert call is not None  # a classifier's reply comes with its call
         ls, params = self._params("classify", call.model, self.plan.config.classifier_max_new_tokens)
-        usage = _usage(call.prompt_tokens, call.output_tokens)
         info = {"verdict": m.verdict, "relevant": m.relevant, "score": m.score}
         meta = {**ls, "wim_segment_index": m.segment_index, "wim_verdict": m.verdict}
-        out = _llm_result(m.classifier_output, info, usage, call.model)
-        return [call.prompt], meta, CLASSIFY_RUN, params, out
+        usage = _usage(call.prompt_tokens, call.output_tokens)
+        out = _llm_result(m.classifier_output or "", info, usage, call.model)
+        return ([call.prompt], meta, CLASSIFY_RUN, params), out
 
-    def answer_start(self, ev: AnswerStarted) -> tuple[list[str], dict[str, Any], str, dict[str, Any]]:
-        # The final prompt as the model gets it after the context: the relevant margins and the question.
-        ls, params = self._params("answer", self.model_name, self.plan.config.answer_max_new_tokens)
+    def answer_start(self, ev: AnswerStarted) -> _Start:
+        self.answer_prompt_tokens = ev.prompt_tokens
+        ls, params = self._params("answer", self.model, self.plan.config.answer_max_new_tokens)
         meta = {
             **ls,
             "wim_n_relevant_margins": ev.n_relevant_margins,
@@ -192,8 +179,7 @@ class _RunSpecs:
     def answer_end(self, ev: Finished) -> LLMResult:
         r = ev.result
         info = {"stopped_early": r.stopped_early, "segments_read": r.segments_read}
-        usage = _usage(r.tokens.answer_prompt, r.tokens.answer_generated)
-        return _llm_result(r.answer, info, usage, r.model)
+        return _llm_result(r.answer, info, _usage(self.answer_prompt_tokens, r.tokens.answer_generated), r.model)
 
 
 def _message_id(run: Any) -> str:
@@ -217,17 +203,9 @@ def _with_message_id(result: LLMResult, run: Any) -> LLMResult:
 _SERIALIZED = {"name": "WiM", "id": ["wim_integrations", "WiM"]}
 
 
-# One callback action of a relay, on the child run of one step (a segment's index, or "answer"): ("start", step,
-# prompts, meta, name, params) opens it, ("token", step, text) streams into it, ("end", step, result) ends it,
-# ("error", step) ends it as stopped (a segment read but not annotated), ("child", step, prompts, meta, name, params,
-# result) is a whole child run of its own (the classification). Margins decoded together stream into their own runs,
-# interleaved.
-_Action = tuple[Any, ...]
-_ANSWER = "answer"
-
-
 class _Relay:
-    """Which callbacks each engine event makes, once for the sync and the async relay (which only execute them).
+    """The child runs of one WiM run: the step lifecycle (`steps.StepTracker`) mapped to callback-manager calls, once
+    for the sync and the async relay (which only execute them).
 
     Child runs get their callback manager from the run's config like any nested runnable
     (`get_callback_manager_for_config`), so configure hooks such as `collect_runs()` and tracing from the
@@ -236,39 +214,39 @@ class _Relay:
 
     def __init__(self, config: RunnableConfig, stream: WiMStream, *, answer_run: bool = True) -> None:
         self.config, self.specs = config, _RunSpecs(stream)
-        self.open: dict[int | str, Any] = {}  # step -> the child run its events stream into
-        self.answer_run = answer_run  # False under ChatWiM: its own run is the answer
+        self.steps = StepTracker(answer=answer_run)  # answer_run=False under ChatWiM: its own run is the answer
+        self.open: dict[Step, Any] = {}  # step -> the child run its events stream into
         # In a LangGraph node the answer is a chat-model run: its tokens then reach stream_mode="messages".
         self.chat_answer = "langgraph_node" in (config.get("metadata") or {})
 
-    def _chat(self, step: int | str) -> bool:
-        return self.chat_answer and step == _ANSWER
+    def calls(self, actions: Sequence[StepAction], error: BaseException | None = None) -> list[_Call]:
+        """What each step action does to the child runs: start one, stream a token into it, end it, end it as
+        stopped, or a whole run of its own (a classification)."""
+        calls: list[_Call] = []
+        for a in actions:
+            chat = self.chat_answer and a.step == ANSWER
+            if isinstance(a, Open):
+                ev = a.event
+                spec = self.specs.margin_start(ev) if isinstance(ev, SegmentRead) else self.specs.answer_start(ev)
+                calls.append(("start", a.step, spec, chat))
+            elif isinstance(a, Stream):
+                calls.append(("token", a.step, a.text, chat))
+            elif isinstance(a, Close):
+                end = a.event
+                result = self.specs.margin_end(end) if isinstance(end, MarginWritten) else self.specs.answer_end(end)
+                calls.append(("end", a.step, result, chat))
+            elif isinstance(a, Judged):
+                calls.append(("child", a.step, self.specs.classify(a.event, a.call), False))
+            else:
+                calls.append(("error", a.step, error or RuntimeError(_STOPPED), False))
+        return calls
 
-    def token_args(self, step: int | str, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def token_args(self, step: Step, text: str, chat: bool) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Arguments of `on_llm_new_token` for a step's run (a chat run gets a message chunk too)."""
-        return (text,), ({"chunk": _chat_chunk(self.open[step], text)} if self._chat(step) else {})
+        return (text,), ({"chunk": _chat_chunk(self.open[step], text)} if chat else {})
 
-    def end_result(self, step: int | str, result: LLMResult) -> LLMResult:
-        return _with_message_id(result, self.open[step]) if self._chat(step) else result
-
-    def actions(self, ev: Any) -> list[_Action]:
-        if isinstance(ev, SegmentRead):
-            return [("start", ev.segment_index, *self.specs.margin_start(ev))]
-        if isinstance(ev, AnswerStarted):
-            unwritten: list[_Action] = [("error", step) for step in self.open if step != _ANSWER]
-            return [*unwritten, ("start", _ANSWER, *self.specs.answer_start(ev))] if self.answer_run else unwritten
-        if isinstance(ev, MarginToken):
-            return [("token", ev.segment_index, ev.text)] if ev.segment_index in self.open else []
-        if isinstance(ev, AnswerToken):
-            return [("token", _ANSWER, ev.text)] if _ANSWER in self.open else []
-        if isinstance(ev, MarginWritten) and ev.segment_index in self.open:
-            actions: list[_Action] = [("end", ev.segment_index, self.specs.margin_end(ev))]
-            if spec := self.specs.classify(ev):
-                actions.append(("child", ev.segment_index, *spec))
-            return actions
-        if isinstance(ev, Finished) and _ANSWER in self.open:
-            return [("end", _ANSWER, self.specs.answer_end(ev))]
-        return []
+    def end_result(self, step: Step, result: LLMResult, chat: bool) -> LLMResult:
+        return _with_message_id(result, self.open[step]) if chat else result
 
     @staticmethod
     def _child_manager(manager: Any, meta: dict[str, Any], name: str) -> Any:
@@ -276,10 +254,6 @@ class _Relay:
         cm.add_tags(["wim", name], inherit=False)
         cm.add_metadata(meta, inherit=False)
         return cm
-
-    @staticmethod
-    def stopped(error: BaseException | None) -> BaseException:
-        return error or RuntimeError("WiM run stopped before this step finished")
 
 
 class EventRelay(_Relay):
@@ -289,9 +263,8 @@ class EventRelay(_Relay):
         super().__init__(config, stream, answer_run=answer_run)
         self.manager: CallbackManager = get_callback_manager_for_config(config)
 
-    def _start(
-        self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any], *, chat: bool = False
-    ) -> Any:
+    def _start(self, spec: _Start, *, chat: bool = False) -> Any:
+        prompts, meta, name, params = spec
         cm = self._child_manager(self.manager, meta, name)
         if chat:
             messages = [[HumanMessage(content=p) for p in prompts]]
@@ -304,24 +277,27 @@ class EventRelay(_Relay):
 
     def child_runs(self, ev: Any) -> None:
         """Only the child runs of `ev` (a caller that sends the custom events itself: ChatWiM)."""
-        for kind, step, *args in self.actions(ev):
-            if kind == "start":
-                self.open[step] = self._start(*args, chat=self._chat(step))
-            elif kind == "token":
-                targs, tkwargs = self.token_args(step, *args)
-                self.open[step].on_llm_new_token(*targs, **tkwargs)
-            elif kind == "end":
-                result = self.end_result(step, *args)
-                self.open.pop(step).on_llm_end(result)
-            elif kind == "error":
-                self.open.pop(step).on_llm_error(self.stopped(None))
-            else:
-                self._start(*args[:4]).on_llm_end(args[4])
+        self._execute(self.calls(self.steps.actions(ev)))
 
     def close(self, error: BaseException | None) -> None:
         """End the child runs left open by an error or an early stop."""
-        while self.open:
-            self.open.popitem()[1].on_llm_error(self.stopped(error))
+        self._execute(self.calls(self.steps.abort_all(), error))
+
+    def _execute(self, calls: list[_Call]) -> None:
+        for kind, step, arg, chat in calls:
+            if kind == "start":
+                self.open[step] = self._start(arg, chat=chat)
+            elif kind == "token":
+                targs, tkwargs = self.token_args(step, arg, chat)
+                self.open[step].on_llm_new_token(*targs, **tkwargs)
+            elif kind == "end":
+                result = self.end_result(step, arg, chat)  # names the run's message: before it leaves `open`
+                self.open.pop(step).on_llm_end(result)
+            elif kind == "error":
+                self.open.pop(step).on_llm_error(arg)
+            else:
+                spec, result = arg
+                self._start(spec).on_llm_end(result)
 
 
 class AsyncEventRelay(_Relay):
@@ -331,9 +307,8 @@ class AsyncEventRelay(_Relay):
         super().__init__(config, stream, answer_run=answer_run)
         self.manager: AsyncCallbackManager = get_async_callback_manager_for_config(config)
 
-    async def _start(
-        self, prompts: list[str], meta: dict[str, Any], name: str, params: dict[str, Any], *, chat: bool = False
-    ) -> Any:
+    async def _start(self, spec: _Start, *, chat: bool = False) -> Any:
+        prompts, meta, name, params = spec
         cm = self._child_manager(self.manager, meta, name)
         if chat:
             messages = [[HumanMessage(content=p) for p in prompts]]
@@ -345,20 +320,23 @@ class AsyncEventRelay(_Relay):
         await self.child_runs(ev)
 
     async def child_runs(self, ev: Any) -> None:
-        for kind, step, *args in self.actions(ev):
-            if kind == "start":
-                self.open[step] = await self._start(*args, chat=self._chat(step))
-            elif kind == "token":
-                targs, tkwargs = self.token_args(step, *args)
-                await self.open[step].on_llm_new_token(*targs, **tkwargs)
-            elif kind == "end":
-                result = self.end_result(step, *args)
-                await self.open.pop(step).on_llm_end(result)
-            elif kind == "error":
-                await self.open.pop(step).on_llm_error(self.stopped(None))
-            else:
-                await (await self._start(*args[:4])).on_llm_end(args[4])
+        await self._execute(self.calls(self.steps.actions(ev)))
 
     async def close(self, error: BaseException | None) -> None:
-        while self.open:
-            await self.open.popitem()[1].on_llm_error(self.stopped(error))
+        await self._execute(self.calls(self.steps.abort_all(), error))
+
+    async def _execute(self, calls: list[_Call]) -> None:
+        for kind, step, arg, chat in calls:
+            if kind == "start":
+                self.open[step] = await self._start(arg, chat=chat)
+            elif kind == "token":
+                targs, tkwargs = self.token_args(step, arg, chat)
+                await self.open[step].on_llm_new_token(*targs, **tkwargs)
+            elif kind == "end":
+                result = self.end_result(step, arg, chat)
+                await self.open.pop(step).on_llm_end(result)
+            elif kind == "error":
+                await self.open.pop(step).on_llm_error(arg)
+            else:
+                spec, result = arg
+                await (await self._start(spec)).on_llm_end(result)

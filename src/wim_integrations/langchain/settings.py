@@ -2,10 +2,15 @@
 
 Every `WiMConfig` field becomes an optional field of the same type and constraints; `None` keeps the engine's own
 setting. Unknown constructor arguments and invoke keyword arguments are rejected with the list of valid ones.
+
+The answer budget is `max_tokens`, LangChain's standard name for it (chat models' `max_tokens`, the `ls_max_tokens`
+a tracer records, `init_chat_model(..., max_tokens=)`), so code written for any LangChain model sets it unchanged;
+`answer_max_new_tokens` (the core's `WiMConfig` name) is a deprecated alias.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Annotated, Any, cast
 
@@ -33,17 +38,44 @@ def _optional_fields() -> dict[str, Any]:
         shown = default.model_dump() if isinstance(default, BaseModel) else default
         about = f"{info.description}. " if info.description else ""
         about += f"None keeps the engine's setting (WiMConfig: {shown!r})"
+        if name == "answer_max_new_tokens":
+            about = f"Deprecated alias of max_tokens (the answer budget). {about}"
         fields[name] = (ann | None, Field(None, description=about))
     return fields
 
 
-WIM_SETTINGS: tuple[str, ...] = tuple(WiMConfig.model_fields)
+ANSWER_BUDGET = "max_tokens"
+DEPRECATED_BUDGET = "answer_max_new_tokens"  # the core's name: accepted, with a DeprecationWarning
+WIM_SETTINGS: tuple[str, ...] = (*WiMConfig.model_fields, ANSWER_BUDGET)
 
 _WiMSettingsFields = create_model("_WiMSettingsFields", **_optional_fields())
 
 
+def answer_budget(given: dict[str, Any], owner: str) -> int | None:
+    """The answer budget among `given` settings: `max_tokens`, or its deprecated alias (warned; both must agree)."""
+    budget, old = given.get(ANSWER_BUDGET), given.get(DEPRECATED_BUDGET)
+    if old is None:
+        return budget
+    warnings.warn(
+        f"{owner}: {DEPRECATED_BUDGET} is deprecated, use {ANSWER_BUDGET} (LangChain's name for the answer budget); "
+        "the alias will be removed in a future release.",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    if budget is not None and budget != old:
+        raise WiMInputError(
+            f"{ANSWER_BUDGET}={budget} and {DEPRECATED_BUDGET}={old} disagree; they are the same setting, give "
+            f"{ANSWER_BUDGET} only."
+        )
+    return int(old)
+
+
 class WiMSettings(_WiMSettingsFields):
     """Mixin of the per-call WiM settings (one optional field per `WiMConfig` field) for the LangChain adapters."""
+
+    max_tokens: int | None = Field(
+        None, ge=1, description="answer budget: max new tokens of the answer. None keeps the engine's setting"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -56,6 +88,8 @@ class WiMSettings(_WiMSettingsFields):
     def _reject_unknown(cls, data: Any) -> Any:
         if isinstance(data, dict):
             check_known(data, cls.model_fields, what=f"{cls.__name__} argument")
+            if data.get(DEPRECATED_BUDGET) is not None:  # the alias sets max_tokens
+                data = {**data, ANSWER_BUDGET: answer_budget(data, cls.__name__)}
         return data
 
     @model_validator(mode="after")
@@ -73,8 +107,13 @@ class WiMSettings(_WiMSettingsFields):
     def wim_overrides(self, **per_call: Any) -> dict[str, Any]:
         """The settings this object (and `per_call` invoke kwargs) set, as `WiM.stream(**overrides)` takes them."""
         check_known(per_call, WIM_SETTINGS, what="invoke keyword argument")
-        fixed = {k: getattr(self, k) for k in WIM_SETTINGS if getattr(self, k) is not None}
-        return {**fixed, **{k: v for k, v in per_call.items() if v is not None}}
+        fixed = {k: getattr(self, k) for k in WiMConfig.model_fields if getattr(self, k) is not None}
+        overrides = {**fixed, **{k: v for k, v in per_call.items() if v is not None and k in WiMConfig.model_fields}}
+        budget = answer_budget(per_call, type(self).__name__) if per_call else None
+        budget = budget if budget is not None else self.max_tokens
+        if budget is not None:
+            overrides[DEPRECATED_BUDGET] = budget
+        return overrides
 
 
 def check_known(given: Iterable[str], valid: Iterable[str], *, what: str) -> None:

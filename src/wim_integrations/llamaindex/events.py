@@ -50,6 +50,7 @@ class WiMMarginEvent(BaseEvent):
     node_ids: list[str] = Field(default_factory=list)
     documents: list[dict[str, Any]] = Field(default_factory=list, description="DocumentSpan dumps")
     seconds: float = 0.0
+    prompt_tokens: int = Field(0, description="tokens the model read for this margin (segment + margin instruction)")
 
     @classmethod
     def class_name(cls) -> str:
@@ -62,6 +63,8 @@ class WiMAnswerStartEvent(BaseEvent):
     n_relevant_margins: int
     segments_read: int
     n_segments: int
+    prompt: str = Field("", description="the answer prompt read after the context (kept margins, question), decoded")
+    prompt_tokens: int = 0
 
     @classmethod
     def class_name(cls) -> str:

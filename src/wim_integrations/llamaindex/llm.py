@@ -7,9 +7,10 @@ OpenAI LLM (which `index.as_query_engine()` and chat engines look up when no llm
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -31,9 +32,8 @@ from ..config import SamplingConfig
 from ..engine import WiM
 from ..errors import ContextTooLongError, WiMInputError
 from ..inputs import check_text
+from ..reading.asyncbridge import aiter_in_thread
 from ..textstream import StopCut, TextDeltas, stop_list
-
-T = TypeVar("T")
 
 DEFAULT_MAX_NEW_TOKENS = 256
 # What `complete`/`chat`/... accept as keyword arguments: generation settings for that call only.
@@ -60,7 +60,8 @@ class WiMLLM(CustomLLM):
     stops decoding there. WiM's own reading settings (`WiMConfig.sampling`) do not apply here.
     """
 
-    max_new_tokens: int | None = Field(None, ge=1, description="tokens to generate per call (`max_tokens` per call)")
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate per call")
+    max_new_tokens: int | None = Field(None, ge=1, description="deprecated alias of max_tokens", exclude=True)
     temperature: float | None = Field(None, ge=0, description="0: greedy; > 0: sample at this temperature")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="0 disables top-k filtering")
@@ -71,6 +72,8 @@ class WiMLLM(CustomLLM):
     _wim: WiM = PrivateAttr()
 
     def __init__(self, wim: WiM | None = None, **kwargs: Any) -> None:
+        if kwargs.get("max_new_tokens") is not None:  # the deprecated alias sets max_tokens
+            kwargs["max_tokens"] = _budget(kwargs, "WiMLLM")
         super().__init__(**kwargs)
         self._wim = wim if wim is not None else WiM.default()
 
@@ -99,8 +102,6 @@ class WiMLLM(CustomLLM):
             raise WiMInputError(
                 f"WiMLLM got unknown setting(s) {', '.join(unknown)}; per call it accepts {', '.join(CALL_SETTINGS)}."
             )
-        if "max_tokens" in kwargs and "max_new_tokens" in kwargs:
-            raise WiMInputError("pass max_new_tokens or its alias max_tokens, not both.")
         gen = getattr(getattr(self._wim.backend, "model", None), "generation_config", None)
 
         def pick(name: str) -> Any:
@@ -110,9 +111,9 @@ class WiMLLM(CustomLLM):
                 return getattr(self, name)
             return getattr(gen, name, None)
 
-        max_new = kwargs.get("max_new_tokens", kwargs.get("max_tokens"))
+        max_new = _budget(kwargs, "WiMLLM call")
         if max_new is None:
-            max_new = pick("max_new_tokens")
+            max_new = self.max_tokens if self.max_tokens is not None else getattr(gen, "max_new_tokens", None)
         temperature = pick("temperature")
         explicit_t = kwargs.get("temperature", self.temperature)
         do_sample = kwargs.get("do_sample", self.do_sample)
@@ -131,7 +132,7 @@ class WiMLLM(CustomLLM):
             )
             max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
             if max_new < 1:
-                raise ValueError("max_new_tokens must be at least 1")
+                raise ValueError("max_tokens must be at least 1")
         except (ValidationError, ValueError, TypeError) as exc:
             raise WiMInputError(f"invalid WiMLLM generation setting: {exc}") from exc
         return max_new, sampling
@@ -168,8 +169,8 @@ class WiMLLM(CustomLLM):
         window = b.max_context_tokens
         if window and len(ids) + max_new > window:
             raise ContextTooLongError(
-                f"prompt of {len(ids)} tokens + max_new_tokens={max_new} exceeds model {b.name!r}'s window of "
-                f"{window}; shorten the prompt or lower max_new_tokens (WiM itself reads long contexts: use "
+                f"prompt of {len(ids)} tokens + max_tokens={max_new} exceeds model {b.name!r}'s window of "
+                f"{window}; shorten the prompt or lower max_tokens (WiM itself reads long contexts: use "
                 "WiMSynthesizer/WiMQueryEngine for those)."
             )
         return _Call(GenerationRequest(ids, max_new, sampling), stops)
@@ -239,7 +240,7 @@ class WiMLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         ids = await asyncio.to_thread(self._completion_ids, prompt, formatted)
-        return _in_thread(self._completion_stream(self._request(ids, kwargs)))
+        return aiter_in_thread(self._completion_stream(self._request(ids, kwargs)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -248,7 +249,23 @@ class WiMLLM(CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         ids = await asyncio.to_thread(self._chat_ids, messages)
-        return _in_thread(self._chat_stream(self._request(ids, kwargs)))
+        return aiter_in_thread(self._chat_stream(self._request(ids, kwargs)))
+
+
+def _budget(settings: dict[str, Any], owner: str) -> int | None:
+    """`max_tokens` among `settings`, or its deprecated alias `max_new_tokens` (warned; giving both is an error)."""
+    budget, old = settings.get("max_tokens"), settings.get("max_new_tokens")
+    if old is None:
+        return budget
+    warnings.warn(
+        f"{owner}: max_new_tokens is deprecated, use max_tokens (LlamaIndex's name for the output budget); the alias "
+        "will be removed in a future release.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if budget is not None:
+        raise WiMInputError("pass max_tokens only (max_new_tokens is its deprecated alias), not both.")
+    return int(old) if isinstance(old, int) else old
 
 
 @dataclass(frozen=True)
@@ -257,24 +274,3 @@ class _Call:
 
     request: GenerationRequest
     stops: list[str]
-
-
-async def _in_thread(items: Iterator[T]) -> AsyncGenerator[T, None]:
-    """Each `next` in a worker thread. If the consumer stops early, the step in flight finishes before the
-    generator is closed (closing a generator that is running in another thread would raise)."""
-    done: Any = object()
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            pending = asyncio.ensure_future(asyncio.to_thread(next, items, done))
-            item = await asyncio.shield(pending)
-            pending = None
-            if item is done:
-                return
-            yield item
-    finally:
-        if pending is not None and not pending.done():
-            await asyncio.wait([pending])
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()

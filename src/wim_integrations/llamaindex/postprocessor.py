@@ -22,8 +22,9 @@ from pydantic import Field, PrivateAttr
 from ..config import WiMConfig
 from ..engine import WiM
 from ..errors import WiMInputError
-from ..events import AnswerStarted, Margin, MarginWritten
+from ..events import Margin
 from ..filtering import DocumentJudgement, KeptOrder, check_filter_settings, judge_documents, kept_documents
+from ..reading.margins import read_until_answer
 from .synthesizer import ReadingOrder, node_documents, reading_order
 from .tracing import RunTracer
 
@@ -113,19 +114,11 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         texts = {d.id: d.text for d in docs if d.id}
         tracer = RunTracer(dispatcher, self, active_span_id.get(), self.callback_manager, query_str, texts)
         tracer.start(len(docs))
-        margins: list[Margin] = []
         try:
-            for event in stream:
-                if isinstance(event, AnswerStarted):
-                    break
-                tracer.on_event(event)
-                if isinstance(event, MarginWritten):
-                    margins.append(event.margin)
+            margins = read_until_answer(stream, tracer.on_event)  # the margins-only run: no answer is decoded
         except BaseException as exc:
             tracer.abort(exc)
             raise
-        finally:
-            stream.close()  # stops before the answer: no answer tokens are generated
         tracer.finish_reading(margins)
         return margins
 

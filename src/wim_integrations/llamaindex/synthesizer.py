@@ -138,7 +138,8 @@ class WiMSynthesizer(BaseSynthesizer):
         if wim is None:
             wim = llm.wim if isinstance(llm, WiMLLM) else WiM.default()
         reading_order([], order)  # validate now
-        self._wim = wim if prompts is None else WiM(wim.backend, wim.config, prompts, wim.classifier)
+        # Other prompts, same loaded model and document cache: nodes read before are still a cache hit.
+        self._wim = wim if prompts is None else wim.with_options(prompts=prompts)
         base = config or wim.config
         self._config = base.with_updates(**config_overrides) if config_overrides else base
         self._order: ReadingOrder = order
@@ -163,9 +164,7 @@ class WiMSynthesizer(BaseSynthesizer):
         return prompt_templates(self._wim.prompts)
 
     def _update_prompts(self, prompts_dict: PromptDictType) -> None:
-        prompts = updated_prompt_set(self._wim.prompts, dict(prompts_dict))
-        w = self._wim
-        self._wim = WiM(w.backend, w.config, prompts, w.classifier)
+        self._wim = self._wim.with_options(prompts=updated_prompt_set(self._wim.prompts, dict(prompts_dict)))
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _documents(self, nodes: Sequence[NodeWithScore]) -> list[InputDocument]:

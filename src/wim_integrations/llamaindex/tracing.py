@@ -14,7 +14,8 @@ from typing import Any
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.instrumentation import Dispatcher
 
-from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead, WiMResult
+from ..events import AnswerStarted, Finished, MarginWritten, SegmentRead, WiMResult
+from ..reading.steps import ANSWER, Abort, Close, Open, Step, StepTracker, Stream
 from .events import (
     WiMAnswerEvent,
     WiMAnswerStartEvent,
@@ -25,7 +26,6 @@ from .events import (
 )
 
 logger = logging.getLogger(__name__)
-_ANSWER = "answer"  # the answer's step; a segment's step is its index
 
 
 # Signatures that describe each WiM step to span handlers (they receive these bound arguments).
@@ -59,8 +59,9 @@ class RunTracer:
         self.query_str = query_str
         self.texts = texts  # document id -> text, to show a segment's text as the legacy LLM prompt
         self.run_id: str | None = None
-        self._steps: dict[int | str, tuple[str, inspect.BoundArguments]] = {}  # open step -> (span id, its args)
-        self._cb_event_ids: dict[int | str, str] = {}  # open step -> legacy event id
+        self._tracker = StepTracker()  # which step opens, streams, closes or aborts on which event
+        self._steps: dict[Step, tuple[str, inspect.BoundArguments]] = {}  # open step -> (span id, its args)
+        self._cb_event_ids: dict[Step, str] = {}  # open step -> legacy event id
 
     # -- spans -----------------------------------------------------------------------------------------
     def _enter(self, fn: Any, parent: str | None, **args: Any) -> tuple[str, inspect.BoundArguments]:
@@ -75,15 +76,15 @@ class RunTracer:
             wim_read, self.parent_id, query_str=self.query_str, n_documents=n_documents
         )
 
-    def _open_step(self, step: int | str, fn: Any, **args: Any) -> str:
+    def _open_step(self, step: Step, fn: Any, **args: Any) -> str:
         self._close_step(step, None)
         self._steps[step] = self._enter(fn, self.run_id, **args)
         return self._steps[step][0]
 
-    def _span(self, step: int | str) -> str | None:
+    def _span(self, step: Step) -> str | None:
         return self._steps[step][0] if step in self._steps else None
 
-    def _close_step(self, step: int | str, result: Any) -> None:
+    def _close_step(self, step: Step, result: Any) -> None:
         if (opened := self._steps.pop(step, None)) is not None:
             span_id, bound = opened
             self.dispatcher.span_exit(id_=span_id, bound_args=bound, instance=self.instance, result=result)
@@ -100,6 +101,7 @@ class RunTracer:
 
     def finish_reading(self, margins: list[Any]) -> None:
         """A run that stops after its margins (no answer): close the open steps and the run with the margins."""
+        self._tracker.abort_all()
         self._close_all(None)
         if self.run_id is not None:
             args = self._run_args
@@ -109,14 +111,13 @@ class RunTracer:
     def abort(self, err: BaseException | None) -> None:
         """The run failed or was abandoned: drop the open spans and end an open legacy event."""
         err = err or RuntimeError("WiM run stopped before it finished")
-        spans = [*self._steps.values(), (self.run_id, getattr(self, "_run_args", None))]
-        for span_id, args in spans:
-            if span_id is not None and args is not None:
-                self.dispatcher.span_drop(id_=span_id, bound_args=args, instance=self.instance, err=err)
-        self._steps.clear()
-        self.run_id = None
-        for step in list(self._cb_event_ids):
-            self._cb_end(step, {EventPayload.EXCEPTION: err})
+        for action in self._tracker.abort_all():
+            if (opened := self._steps.pop(action.step, None)) is not None:
+                self.dispatcher.span_drop(id_=opened[0], bound_args=opened[1], instance=self.instance, err=err)
+            self._cb_end(action.step, {EventPayload.EXCEPTION: err})
+        if self.run_id is not None:
+            self.dispatcher.span_drop(id_=self.run_id, bound_args=self._run_args, instance=self.instance, err=err)
+            self.run_id = None
 
     # -- events ----------------------------------------------------------------------------------------
     def _fire(self, event: Any) -> None:
@@ -125,7 +126,7 @@ class RunTracer:
         except Exception:  # the dispatcher guards handlers; this guards our own translation
             logger.exception("WiM: dispatching %s failed; the run goes on", type(event).__name__)
 
-    def _cb_start(self, step: int | str, payload: dict[str, Any]) -> None:
+    def _cb_start(self, step: Step, payload: dict[str, Any]) -> None:
         if self.callback_manager is None:
             return
         try:
@@ -133,7 +134,7 @@ class RunTracer:
         except Exception:
             logger.exception("WiM: a legacy callback handler failed on LLM start; the run goes on")
 
-    def _cb_end(self, step: int | str, payload: dict[str, Any]) -> None:
+    def _cb_end(self, step: Step, payload: dict[str, Any]) -> None:
         event_id = self._cb_event_ids.pop(step, None)
         if self.callback_manager is None or event_id is None:
             return
@@ -143,60 +144,22 @@ class RunTracer:
             logger.exception("WiM: a legacy callback handler failed on LLM end; the run goes on")
 
     def on_event(self, ev: Any) -> None:
-        if isinstance(ev, SegmentRead):
-            i = ev.segment_index
-            span_id = self._open_step(i, wim_segment, segment_index=i, n_segments=ev.n_segments)
-            node_ids = [d.doc_id for d in ev.documents if d.doc_id]
-            self._fire(
-                WiMSegmentReadEvent(
-                    span_id=span_id,
-                    segment_index=i,
-                    n_segments=ev.n_segments,
-                    n_tokens=ev.n_tokens,
-                    node_ids=node_ids,
-                    seconds=ev.seconds,
-                )
-            )
-            text = "".join(self.texts.get(d.doc_id or "", "")[d.start_char : d.end_char] for d in ev.documents)
-            self._cb_start(
-                i,
-                {
-                    EventPayload.PROMPT: text,
-                    EventPayload.QUERY_STR: self.query_str,
-                    "wim_step": "margin",
-                    "segment_index": i,
-                    "node_ids": node_ids,
-                },
-            )
-        elif isinstance(ev, MarginToken):
-            step_span = self._span(ev.segment_index)
-            self._fire(WiMMarginTokenEvent(span_id=step_span, segment_index=ev.segment_index, delta=ev.text))
-        elif isinstance(ev, MarginWritten):
-            m = ev.margin
-            self._fire(
-                WiMMarginEvent(
-                    span_id=self._span(m.segment_index),
-                    segment_index=m.segment_index,
-                    n_segments=ev.n_segments,
-                    text=m.text,
-                    relevant=m.relevant,
-                    score=m.score,
-                    verdict=m.verdict,
-                    node_ids=[d.doc_id for d in m.documents if d.doc_id],
-                    documents=[d.model_dump(mode="json") for d in m.documents],
-                    seconds=m.seconds,
-                )
-            )
-            self._cb_end(
-                m.segment_index, {EventPayload.COMPLETION: m.text, "relevant": m.relevant, "verdict": m.verdict}
-            )
-            self._close_step(m.segment_index, m.text)
-        elif isinstance(ev, AnswerStarted):
-            for step in list(self._steps):  # segments read without a margin (answer_now)
-                self._cb_end(step, {EventPayload.COMPLETION: ""})
-                self._close_step(step, None)
+        for action in self._tracker.actions(ev):
+            if isinstance(action, Open):
+                self._open(action.step, action.event)
+            elif isinstance(action, Stream):
+                self._stream(action.step, action.text)
+            elif isinstance(action, Close):
+                self._close(action.step, action.event)
+            elif isinstance(action, Abort):  # a segment read without a margin (answer_now): closed empty
+                self._cb_end(action.step, {EventPayload.COMPLETION: ""})
+                self._close_step(action.step, None)
+            # Judged: the classifier's call is part of the margin's step here (its verdict is on WiMMarginEvent)
+
+    def _open(self, step: Step, ev: SegmentRead | AnswerStarted) -> None:
+        if isinstance(ev, AnswerStarted):
             span_id = self._open_step(
-                _ANSWER, wim_answer, n_relevant_margins=ev.n_relevant_margins, segments_read=ev.segments_read
+                step, wim_answer, n_relevant_margins=ev.n_relevant_margins, segments_read=ev.segments_read
             )
             self._fire(
                 WiMAnswerStartEvent(
@@ -204,16 +167,50 @@ class RunTracer:
                     n_relevant_margins=ev.n_relevant_margins,
                     segments_read=ev.segments_read,
                     n_segments=ev.n_segments,
+                    prompt=ev.prompt,
+                    prompt_tokens=ev.prompt_tokens,
                 )
             )
-            self._cb_start(_ANSWER, {EventPayload.QUERY_STR: self.query_str, "wim_step": "answer"})
-        elif isinstance(ev, AnswerToken):
-            self._fire(WiMAnswerTokenEvent(span_id=self._span(_ANSWER), delta=ev.text))
-        elif isinstance(ev, Finished):
+            payload = {EventPayload.PROMPT: ev.prompt, EventPayload.QUERY_STR: self.query_str, "wim_step": "answer"}
+            self._cb_start(step, payload)
+            return
+        i = ev.segment_index
+        span_id = self._open_step(i, wim_segment, segment_index=i, n_segments=ev.n_segments)
+        node_ids = [d.doc_id for d in ev.documents if d.doc_id]
+        self._fire(
+            WiMSegmentReadEvent(
+                span_id=span_id,
+                segment_index=i,
+                n_segments=ev.n_segments,
+                n_tokens=ev.n_tokens,
+                node_ids=node_ids,
+                seconds=ev.seconds,
+            )
+        )
+        text = "".join(self.texts.get(d.doc_id or "", "")[d.start_char : d.end_char] for d in ev.documents)
+        self._cb_start(
+            i,
+            {
+                EventPayload.PROMPT: text,
+                EventPayload.QUERY_STR: self.query_str,
+                "wim_step": "margin",
+                "segment_index": i,
+                "node_ids": node_ids,
+            },
+        )
+
+    def _stream(self, step: Step, text: str) -> None:
+        if step == ANSWER:
+            self._fire(WiMAnswerTokenEvent(span_id=self._span(step), delta=text))
+        else:
+            self._fire(WiMMarginTokenEvent(span_id=self._span(step), segment_index=step, delta=text))
+
+    def _close(self, step: Step, ev: MarginWritten | Finished) -> None:
+        if isinstance(ev, Finished):
             r = ev.result
             self._fire(
                 WiMAnswerEvent(
-                    span_id=self._span(_ANSWER),
+                    span_id=self._span(step),
                     answer=r.answer,
                     n_segments=r.n_segments,
                     segments_read=r.segments_read,
@@ -221,5 +218,24 @@ class RunTracer:
                     result=r.model_dump(mode="json"),
                 )
             )
-            self._cb_end(_ANSWER, {EventPayload.COMPLETION: r.answer})
+            self._cb_end(step, {EventPayload.COMPLETION: r.answer})
             self.finish(r)
+            return
+        m = ev.margin
+        self._fire(
+            WiMMarginEvent(
+                span_id=self._span(step),
+                segment_index=m.segment_index,
+                n_segments=ev.n_segments,
+                text=m.text,
+                relevant=m.relevant,
+                score=m.score,
+                verdict=m.verdict,
+                node_ids=[d.doc_id for d in m.documents if d.doc_id],
+                documents=[d.model_dump(mode="json") for d in m.documents],
+                seconds=m.seconds,
+                prompt_tokens=ev.prompt_tokens,
+            )
+        )
+        self._cb_end(step, {EventPayload.COMPLETION: m.text, "relevant": m.relevant, "verdict": m.verdict})
+        self._close_step(step, m.text)

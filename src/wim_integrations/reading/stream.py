@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import threading
 from collections.abc import AsyncGenerator, Generator, Iterator
-from typing import Any
 
 from ..errors import WiMCancelled
 from ..events import WiMEvent
 from ..results import WiMResult
+from .asyncbridge import aiter_in_thread
 from .loop import Controls, Run
 from .plan import Plan
 from .reader import Reader
@@ -70,26 +67,6 @@ class WiMStream:
         except WiMCancelled:
             return
 
-    async def aiter(self) -> AsyncGenerator[WiMEvent, None]:
+    def aiter(self) -> AsyncGenerator[WiMEvent, None]:
         """Drive this stream from a worker thread, one event at a time; cancelling the task cancels the run."""
-        done = object()
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[Any] | None = None
-        try:
-            while True:
-                # A plain executor future, not a task: `asyncio.run` cancels every pending task at shutdown, and a
-                # cancelled `to_thread` task looks done while its thread is still inside the generator.
-                step = functools.partial(contextvars.copy_context().run, next, self._events, done)
-                pending = loop.run_in_executor(None, step)
-                event = await asyncio.shield(pending)
-                pending = None
-                if event is done:
-                    return
-                yield event
-        finally:
-            self._cancel.set()
-            if pending is None or pending.done():
-                self._events.close()
-            else:  # the generator is executing in the worker: close it once that step returns, even if cancelled again
-                pending.add_done_callback(lambda _: self._events.close())
-                await asyncio.wait([pending])
+        return aiter_in_thread(self._events, self.cancel)
