@@ -67,7 +67,9 @@ class ChatWiM(WiMSettings, BaseChatModel):
     wim: WiM = Field(default_factory=_default_wim, exclude=True, description="the engine (default: WiM.default())")
     context: Any = Field(None, description="documents or text read before the system messages' text")
     temperature: float | None = Field(None, ge=0, description="0: greedy; > 0: sample at this temperature")
-    stop: list[str] | None = Field(None, description="the answer ends before the first of these strings (decoding stops there)")
+    stop: list[str] | None = Field(
+        None, description="the answer ends before the first of these strings (decoding stops there)"
+    )
     streaming: bool = Field(False, description="invoke() streams internally (callbacks get tokens)")
     timeout: float | None = Field(None, description="accepted for compatibility; unused (local model)")
     max_retries: int | None = Field(None, description="accepted for compatibility; unused (local model)")
