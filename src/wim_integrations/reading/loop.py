@@ -12,21 +12,20 @@ document is already in the cache: segments are only "read" for their margins."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..analysis import WiMSummary
 from ..backends.base import GenerationRequest, PackedRequest, PackedRow, PromptAside, local_kv_view, packed_view
-from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead, WiMEvent
-from ..results import ContextDocument, Margin, SegmentInfo, Timings, TokenCounts, WiMResult
+from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, WiMEvent
+from ..results import Margin, Timings, TokenCounts, WiMResult
 from ..textstream import StopCut, TextDeltas
+from . import records
 from .document import CachedDocument
-from .judging import Judgement
 from .plan import Plan
 from .reader import Reader
-from .scoring import MarginDraft
-from .segmenter import Context, Segment
+from .records import Written
+from .segmenter import Segment
 from .stopping import stop_rule
 from .timing import lap
 
@@ -40,15 +39,6 @@ class Controls:
     answer_now: Callable[[], bool]
     check: Callable[[], None]  # raises WiMCancelled once the run is cancelled
     cancelled: Callable[[], bool]
-
-
-@dataclass
-class _Written:
-    """A margin as decoded, before it is judged."""
-
-    segment: Segment
-    deltas: TextDeltas
-    logprobs: list[float]
 
 
 class Run:
@@ -153,7 +143,7 @@ class Run:
                 seconds = t.seconds
                 self.timings.prefill_seconds += seconds
             self.read_seconds[seg.index] = seconds
-            yield self.segment_read(seg, seconds)
+            yield records.segment_read(self.plan, seg, seconds)
             self.progress()
             if self.controls.answer_now():
                 break
@@ -168,7 +158,7 @@ class Run:
 
     def write_margins(
         self, cache: Any, segments: list[Segment], asides: list[PromptAside | None], prefilled: bool
-    ) -> Generator[WiMEvent, None, list[_Written]]:
+    ) -> Generator[WiMEvent, None, list[Written]]:
         if self.decodes_packed(prefilled):
             return (yield from self.write_packed(cache, segments, asides))
         [seg] = segments
@@ -177,7 +167,7 @@ class Run:
             self.document.store(cache, self.margin_heads)  # the cache is back at the document's end
         return [written]
 
-    def write_in_place(self, cache: Any, seg: Segment) -> Generator[WiMEvent, None, _Written]:
+    def write_in_place(self, cache: Any, seg: Segment) -> Generator[WiMEvent, None, Written]:
         """Decode the margin on top of the cache, which ends at `seg`, token by token; then roll back."""
         plan, kv = self.plan, self.kv
         end = self.backend.cache_length(cache)
@@ -206,11 +196,11 @@ class Run:
         self.add_margin_time(t.seconds)
         self.tokens.prompt += len(plan.margin_prompt_ids)
         self.tokens.margin_generated += len(deltas.ids)
-        return _Written(seg, deltas, logprobs)
+        return Written(seg, deltas, logprobs)
 
     def write_packed(
         self, cache: Any, segments: list[Segment], asides: list[PromptAside | None]
-    ) -> Generator[WiMEvent, None, list[_Written]]:
+    ) -> Generator[WiMEvent, None, list[Written]]:
         """Decode the group's margins in one packed batch over the shared cache (row j sees the cache up to the end
         of segment j). Every margin streams live: its tokens interleave with the others', step by step. Where the
         backend keeps keys/values here the rows start from their prompts computed aside; elsewhere (a server) they
@@ -221,7 +211,7 @@ class Run:
         done = (lambda _, ids: rule(ids)) if rule is not None else None  # a row ends once its margin is complete
         ends = plan.segment_ends
         rows = [PackedRow(ends[s.index], plan.margin_prompt_ids, a) for s, a in zip(segments, asides, strict=True)]
-        written = [_Written(s, TextDeltas.for_backend(packed), []) for s in segments]
+        written = [Written(s, TextDeltas.for_backend(packed), []) for s in segments]
         request = PackedRequest(
             rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written]
         )
@@ -272,10 +262,10 @@ class Run:
         kv.rollback(at_segment_end, end)
         return kv.prefill_aside(at_segment_end, plan.margin_prompt_ids)
 
-    def judge_margins(self, cache: Any, written: list[_Written]) -> Events:
+    def judge_margins(self, cache: Any, written: list[Written]) -> Events:
         """Judge the group in one pass; each margin's time is an equal share of the group's decoding and judging."""
         self.controls.check()
-        drafts = [self.draft(w) for w in written]
+        drafts = [records.draft(self.plan, w) for w in written]
         before = self.judge.generated_tokens
         with lap() as t:
             judged = self.judge.judge(drafts, cache)
@@ -283,9 +273,9 @@ class Run:
         self.tokens.classifier_generated += self.judge.generated_tokens - before
         share = (self.group_seconds + t.seconds) / len(written)
         for w, judgement in zip(written, judged, strict=True):
-            margin = self.margin(w, judgement, share)
+            margin = records.margin(self.plan, w, judgement, share)
             self.margins.append(margin)
-            yield self.margin_written(w.segment, margin, judgement)
+            yield records.margin_written(self.plan, w.segment, margin, judgement)
 
     def answer(self, cache: Any) -> Events:
         """Roll back to the segments read, then decode the answer from them and the kept margins."""
@@ -328,7 +318,13 @@ class Run:
                 yield AnswerToken(text=tail)
         self.timings.answer_seconds = t.seconds
         self.tokens.answer_generated = len(deltas.ids)
-        self.result = self.outcome((deltas.text if cut is None else "".join(streamed)).strip())
+        answer = (deltas.text if cut is None else "".join(streamed)).strip()
+        counts = self.tokens
+        counts.cache_read += self.prompt_cached
+        counts.input_total = counts.context + counts.prompt + self.prompt_cached + counts.answer_prompt
+        self.result = records.result(
+            plan, answer, self.margins, self.read_seconds, self.timings, counts, self.backend.name
+        )
         yield Finished(result=self.result)
 
     def add_margin_time(self, seconds: float) -> None:
@@ -339,91 +335,3 @@ class Run:
         """Tell runs waiting for this run's prefill of the document that it is still going."""
         if self.document is not None:
             self.document.progress()
-
-    # -- records --------------------------------------------------------------------------------------------------
-    def outcome(self, answer: str) -> WiMResult:
-        plan, tokens = self.plan, self.tokens
-        tokens.cache_read += self.prompt_cached
-        tokens.input_total = tokens.context + tokens.prompt + self.prompt_cached + tokens.answer_prompt
-        fields = dict(
-            answer=answer,
-            margins=self.margins,
-            n_segments=plan.n_segments,
-            segments_read=self.n_read,
-            stopped_early=self.n_read < plan.n_segments,
-            timings=self.timings,
-            tokens=tokens,
-            model=self.backend.name,
-            segments=_segment_records(plan.context.segments, self.read_seconds),
-            documents=_document_records(plan.context),
-            context_text=plan.context.text,
-        )
-        if plan.analysis is not None:
-            task = plan.analysis
-            return WiMSummary(question="", instruction=task.instruction, schema_name=task.schema_name, **fields)
-        return WiMResult(question=plan.question, **fields)
-
-    def segment_read(self, seg: Segment, seconds: float) -> SegmentRead:
-        return SegmentRead(
-            segment_index=seg.index,
-            n_segments=self.plan.n_segments,
-            char_span=(seg.start_char, seg.end_char),
-            token_span=(seg.start_token, seg.end_token),
-            n_tokens=seg.n_tokens,
-            documents=list(seg.documents),
-            seconds=seconds,
-        )
-
-    def draft(self, w: _Written) -> MarginDraft:
-        seg = w.segment
-        start = self.plan.segment_ends[seg.index - 1] if seg.index else len(self.plan.head_ids)
-        return MarginDraft(w.deltas.text.strip(), list(w.deltas.ids), w.logprobs, seg.text, start)
-
-    def margin(self, w: _Written, judged: Judgement, seconds: float) -> Margin:
-        seg = w.segment
-        return Margin(
-            segment_index=seg.index,
-            text=judged.text,
-            relevant=judged.verdict in ("yes", "unclassified")
-            or (judged.verdict == "unknown" and self.cfg.keep_unknown_verdicts),
-            verdict=judged.verdict,
-            classifier_output=judged.reply,
-            score=judged.score,
-            char_span=(seg.start_char, seg.end_char),
-            token_span=(seg.start_token, seg.end_token),
-            documents=list(seg.documents),
-            n_tokens=len(w.deltas.ids),
-            seconds=seconds,
-            data=judged.data,
-            parse_error=judged.parse_error,
-        )
-
-    def margin_written(self, seg: Segment, margin: Margin, judged: Judgement) -> MarginWritten:
-        head = len(self.plan.head_ids) if seg.index == 0 else 0
-        return MarginWritten(
-            segment_index=seg.index,
-            n_segments=self.plan.n_segments,
-            margin=margin,
-            prompt_tokens=head + seg.n_tokens + len(self.plan.margin_prompt_ids),
-            judge_call=judged.call,
-        )
-
-
-def _segment_records(segments: Sequence[Segment], read_seconds: dict[int, float]) -> list[SegmentInfo]:
-    return [
-        SegmentInfo(
-            index=seg.index,
-            char_span=(seg.start_char, seg.end_char),
-            token_span=(seg.start_token, seg.end_token),
-            read=seg.index in read_seconds,
-            seconds=read_seconds.get(seg.index, 0.0),
-        )
-        for seg in segments
-    ]
-
-
-def _document_records(ctx: Context) -> list[ContextDocument]:
-    return [
-        ContextDocument(index=i, id=doc.id, metadata=dict(doc.metadata), char_span=(start, start + len(doc.text)))
-        for i, (doc, start) in enumerate(zip(ctx.documents, ctx.doc_starts, strict=True))
-    ]
