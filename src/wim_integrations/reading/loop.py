@@ -12,6 +12,7 @@ document is already in the cache: segments are only "read" for their margins."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class Run:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def events(self) -> Events:
+        started = time.perf_counter()
         try:
             cache, prefilled = self.open_document()
             for group in self.groups(prefilled):
@@ -81,7 +83,7 @@ class Run:
                     break
             if self.document is not None:
                 self.document.release()  # stored by now if it could be: nobody waits for this run's answer
-            yield from self.answer(cache)
+            yield from self.answer(cache, started)
         finally:
             if self.document is not None:
                 self.document.release()
@@ -277,7 +279,7 @@ class Run:
             self.margins.append(margin)
             yield records.margin_written(self.plan, w.segment, margin, judgement)
 
-    def answer(self, cache: Any) -> Events:
+    def answer(self, cache: Any, started: float) -> Events:
         """Roll back to the segments read, then decode the answer from them and the kept margins."""
         plan, cfg, b = self.plan, self.cfg, self.backend
         n, read = plan.n_segments, self.n_read
@@ -319,6 +321,7 @@ class Run:
         self.timings.answer_seconds = t.seconds
         self.tokens.answer_generated = len(deltas.ids)
         answer = (deltas.text if cut is None else "".join(streamed)).strip()
+        self.timings.total_seconds = time.perf_counter() - started
         counts = self.tokens
         counts.cache_read += self.prompt_cached
         counts.input_total = counts.context + counts.prompt + self.prompt_cached + counts.answer_prompt
