@@ -13,8 +13,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 from test_langchain import DOCS, QUESTION
 
-from wim_integrations import WiM, WiMInputError, reading
+from wim_integrations import WiM, WiMInputError
 from wim_integrations.langchain import MARGIN_RUN, RecordingClient, WiMDocumentCompressor, langsmith_tracer, parse_event
+from wim_integrations.reading import judging
 
 
 class Margins(BaseCallbackHandler):
@@ -32,7 +33,7 @@ class Margins(BaseCallbackHandler):
 def alternating_verdicts(monkeypatch):
     """Inline verdicts yes, no, yes, ... by segment (the tiny model's own would be noise)."""
     verdicts = itertools.cycle(["yes", "no"])
-    monkeypatch.setattr(reading, "split_inline", lambda text: (next(verdicts), text))
+    monkeypatch.setattr(judging, "split_inline", lambda text: (next(verdicts), text))
 
 
 def _expected(margins, docs):
