@@ -7,6 +7,7 @@ checked against fake HTTP engines built from those APIs (tests/server/fake_engin
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,9 @@ class VLLMProfile(Profile):
 
     name = "vllm"
     health_path = "/health"
-    capabilities = Capabilities(packed_rows=True, scoring="plain", generation_logprobs=True, concurrent_requests=True)
+    # "rows": a scoring request is any token prompt, so a row that sees only the text before its segment is the
+    # cache cut there plus the row (what `segment_pmi` needs).
+    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
 
     def generate(
         self,
@@ -147,7 +150,7 @@ class VLLMProfile(Profile):
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
             "logprobs": 0 if logprobs else None,
-            "cache_salt": self.cache_salt,
+            "cache_salt": self._salt(),
             **_openai_sampling(sampling),
             "top_k": sampling.top_k if sampling.do_sample and sampling.top_k else -1,
             "min_p": 0.0,
@@ -156,7 +159,7 @@ class VLLMProfile(Profile):
         return "/v1/completions", self._with_model(body)
 
     def warm(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
-        body = {"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "cache_salt": self.cache_salt}
+        body = {"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "cache_salt": self._salt()}
         return "/v1/completions", self._with_model(body)
 
     def score(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
@@ -165,7 +168,7 @@ class VLLMProfile(Profile):
             "max_tokens": 1,
             "temperature": 0,
             "prompt_logprobs": 0,
-            "cache_salt": self.cache_salt,
+            "cache_salt": self._salt(),
         }
         return "/v1/completions", self._with_model(body)
 
@@ -182,13 +185,18 @@ class VLLMProfile(Profile):
     def tokenize(self, text: str) -> tuple[str, Body] | None:
         return "/tokenize", self._with_model({"prompt": text, "add_special_tokens": False})
 
+    def _salt(self) -> str | None:
+        """The request's `cache_salt`: the tenant's, or with reuse_prefix=False a new one per request, so no request
+        finds anything in the prefix cache (vLLM can be asked for that only this way)."""
+        return self.cache_salt if self.reuse_prefix else secrets.token_hex(8)
+
 
 class SGLangProfile(Profile):
     """SGLang's native `/generate` with `input_ids`: token ids, log-probabilities and `cached_tokens` in `meta_info`."""
 
     name = "sglang"
     health_path = "/health"
-    capabilities = Capabilities(packed_rows=True, scoring="plain", generation_logprobs=True, concurrent_requests=True)
+    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
 
     def generate(
         self,
