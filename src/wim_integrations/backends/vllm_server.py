@@ -162,8 +162,19 @@ class VLLMServer:
 
     def prefix_cache_counters(self) -> tuple[float, float]:
         """(prompt tokens looked up in the prefix cache, of which hits) since start, from the server's /metrics."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10.0).text
+        text = self._metrics()
         return _counter(text, "vllm:prefix_cache_queries"), _counter(text, "vllm:prefix_cache_hits")
+
+    def block_size(self) -> int:
+        """Tokens per KV-cache block: the prefix cache holds whole blocks only, so a prefix's last partial block is
+        computed again by every request that shares it."""
+        found = re.search(r'^vllm:cache_config_info{[^}]*block_size="(\d+)"', self._metrics(), re.MULTILINE)
+        if found is None:
+            raise ServerUnavailableError(f"the vLLM server at {self.url} names no block size in /metrics")
+        return int(found.group(1))
+
+    def _metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10.0).text
 
     def __enter__(self) -> VLLMServer:
         return self.start()
