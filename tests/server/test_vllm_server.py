@@ -46,15 +46,16 @@ def test_answers_with_events_in_reading_order_and_scores_relevance_on_the_server
         assert m.score is not None
     assert "".join(e.text for e in events if isinstance(e, AnswerToken)).strip() == result.answer
     assert "Marlowe" in result.answer
-    # One scoring request per written margin, each on the text before its own segment.
+    # A scoring request per written margin, each on the text before its own segment (one sent again where the plugin
+    # served a needed position from the cache: same prefix).
     scored = [r for r in vllm_wim.backend.requests if r.kind == "score"]
-    assert len(scored) == sum(bool(m.text) for m in result.margins)
-    assert len({r.prefix_tokens for r in scored}) == len(scored)
+    assert len({r.prefix_tokens for r in scored}) == sum(bool(m.text) for m in result.margins)
 
 
 def test_margin_requests_find_their_prefix_in_the_servers_cache(vllm_wim, vllm_server):
     vllm_server.reset_prefix_cache()
-    result = vllm_wim.run(HARBOR, QUESTION, classification="lexical")  # margin and answer requests only
+    # Margin and answer requests only, each run to its end: vLLM reports cache counts at the end of a stream only.
+    result = vllm_wim.run(HARBOR, QUESTION, classification="lexical", margin_stop="eos")
     backend = vllm_wim.backend
     margins = _margin_requests(backend)
     assert len(margins) == result.n_segments + 1  # every margin, and the answer
