@@ -54,9 +54,14 @@ def test_answers_with_events_in_reading_order_and_scores_relevance_on_the_server
 
 def test_margin_requests_find_their_prefix_in_the_servers_cache(vllm_wim, vllm_server):
     vllm_server.reset_prefix_cache()
+    queried, hits = vllm_server.prefix_cache_counters()
     # Margin and answer requests only, each run to its end: vLLM reports cache counts at the end of a stream only.
     result = vllm_wim.run(HARBOR, QUESTION, classification="lexical", margin_stop="eos")
     backend = vllm_wim.backend
+    queried, hits = (a - b for a, b in zip(vllm_server.prefix_cache_counters(), (queried, hits), strict=True))
+    # The server's own counters (/metrics) agree with what the replies said, warm-ups included.
+    assert hits == sum(r.cached_tokens or 0 for r in backend.requests) > 0
+    assert queried == sum(r.prompt_tokens for r in backend.requests)
     margins = _margin_requests(backend)
     assert len(margins) == result.n_segments + 1  # every margin, and the answer
     block = vllm_server.block_size()
