@@ -21,6 +21,7 @@ from .backends.base import (
     GenerationRequest,
     LocalKVBackend,
     PackedBackend,
+    PackedRequest,
     PackedRow,
     PromptAside,
     local_kv_view,
@@ -368,7 +369,9 @@ class WiMStream:
             rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for seg, a in zip(group, asides, strict=True)]
             deltas = [TextDeltas.for_backend(b) for _ in rows]
             logprobs: list[list[float]] = [[] for _ in rows]
-            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
+            steps = b.generate_packed(
+                cache, PackedRequest(rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
+            )
             try:  # every margin streams live: its tokens are interleaved with the group's others, step by step
                 for step in steps:
                     self._check_cancel()
