@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,3 +59,41 @@ def test_without_a_vllm_venv_the_launcher_names_the_setup_script(tmp_path, monke
     assert find_vllm_python() is None
     with pytest.raises(FileNotFoundError, match=r"scripts/setup_vllm\.sh"):
         VLLMServer(tmp_path)
+
+
+def test_a_server_whose_starter_is_killed_goes_with_it(tmp_path):
+    """A test run killed at its time limit (SIGKILL: no teardown) must not leave vLLM running in its own session."""
+    pid_file = tmp_path / "server.pid"
+    python = _fake_python(tmp_path, f"echo $$ > {pid_file}; exec sleep 300")
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from wim_integrations.backends.vllm_server import VLLMServer; "
+            f"VLLMServer({str(tmp_path)!r}, python={str(python)!r}, startup_timeout=120).start()",
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    server = int(pid_file.read_text())
+    assert _alive(server)
+    starter.kill()
+    starter.wait(timeout=30)
+    for _ in range(100):
+        if not _alive(server):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(server, 9)
+        pytest.fail("the server outlived the process that started it")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

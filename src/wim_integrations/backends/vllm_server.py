@@ -10,10 +10,12 @@ Why it is started the way it is (the device variable, the module entry point): s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -36,6 +38,18 @@ def find_vllm_python(python: str | os.PathLike[str] | None = None) -> Path | Non
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None
+
+
+# Linux's prctl(PR_SET_PDEATHSIG): a server started here gets SIGTERM when the thread that started it dies, even by
+# SIGKILL (a test run killed at its time limit), instead of running on in its own session. Loaded before any fork:
+# between fork and exec the child only calls it.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _remove(log: IO[bytes], log_path: Path) -> None:
@@ -112,9 +126,16 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         t0 = time.monotonic()
-        # A session of its own: vLLM runs its engine in a child process, and stop() ends the whole group.
+        # A session of its own: vLLM runs its engine in a child process, and stop() ends the whole group. Should this
+        # process die without stop(), the server is sent SIGTERM (and ends its engine): start from a thread that
+        # lives as long as the server (the main thread, in tests and benchmarks).
         self.process = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # only a libc call between fork and exec
         )
         deadline = t0 + self.startup_timeout
         while time.monotonic() < deadline:
