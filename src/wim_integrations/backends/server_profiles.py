@@ -1,9 +1,9 @@
 """What differs between serving engines: request bodies, where token ids / log-probabilities / prefix-cache counts sit
 in a reply, and what each can do. `ServerBackend` holds one profile; everything else is shared.
 
-Verified against a real server in the tests: llama.cpp's `llama-server`. vLLM and SGLang follow their documented APIs,
-checked against fake HTTP engines built from those APIs (tests/server/fake_engines.py) but not against the real ones
-(no GPU was lent to this project; tests/server/test_vllm_gpu.py runs where one is; see docs/serving.md)."""
+Verified against a real server in the tests: llama.cpp's `llama-server`; vLLM's CPU build has tests of its own
+(tests/server/test_vllm_server.py, see docs/serving.md for what has run). SGLang follows its documented API, checked
+against a fake HTTP engine built from it (tests/server/fake_engines.py), not against the real one."""
 
 from __future__ import annotations
 
