@@ -1,8 +1,13 @@
-"""`python -m benchmarks run --preset quick [--model PATH] [--systems ...] [--ids ...]`, `... report`."""
+"""`python -m benchmarks run --preset quick [--model PATH] [--systems ...] [--ids ...]`, `... report`.
+
+Through a serving engine instead of in process: `--server URL --engine vllm --tokenizer DIR [--served-model NAME]`,
+or `--start-vllm` (starts vLLM's CPU build from .venv-vllm on the embedded model, scripts/setup_vllm.sh, and stops it
+at the end)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -53,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         "--classifier-model", help="judge model (local dir or HF cache name) for variants with classification=auxiliary"
     )
     run.add_argument("--out", type=Path, help="results JSONL (default benchmarks/results/<preset>-<model>.jsonl)")
+    run.add_argument("--server", help="read through this serving engine's URL instead of in process")
+    run.add_argument("--engine", default="vllm", help="with --server: llama.cpp, vllm, sglang or openai")
+    run.add_argument(
+        "--tokenizer", help="with --server: the served model's tokenizer dir (default: the embedded model's)"
+    )
+    run.add_argument("--served-model", help="with --server: the model name the server expects")
+    run.add_argument("--start-vllm", action="store_true", help="start vLLM (CPU, .venv-vllm) on the embedded model")
     run.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="markdown table + PNG plots from a results file")
     rep.add_argument("results", nargs="?", type=Path, help="results JSONL (default: every file in benchmarks/results)")
@@ -86,30 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
         except ValueError as e:
             parser.error(str(e))
-        backend = _load_backend(args.model)
-        classifier = _load_backend(args.classifier_model) if args.classifier_model else None
-        tasks = build_tasks(backend, preset, kinds)
-        if args.ids:
-            try:
-                tasks = select_tasks(tasks, args.ids)
-            except ValueError as e:
-                parser.error(str(e))
-        out = args.out or RESULTS_DIR / f"{args.preset}-{slug(backend.name)}.jsonl"
-        try:
-            run_benchmark(
-                backend,
-                tasks,
-                out,
-                preset_name=args.preset,
-                preset=preset,
-                systems=systems,
-                progress=not args.no_progress,
-                classifier=classifier,
-            )
-        except WiMInputError as e:  # WiM's input checks: their message (with the fix), not a traceback
-            parser.error(str(e))
-        print(f"results: {out}", file=sys.stderr)
-        return 0
+        with contextlib.ExitStack() as stack:
+            backend = _server_backend(args, stack) if args.server or args.start_vllm else _load_backend(args.model)
+            return _run(args, parser, preset, kinds, systems, backend)
 
     from .report import write_report
 
@@ -119,6 +110,50 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         md = write_report(path, args.img_dir, args.md)
         print(md)
+    return 0
+
+
+def _server_backend(args: argparse.Namespace, stack: contextlib.ExitStack):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from wim_integrations.backends.server import ServerBackend
+    from wim_integrations.models import ensure_default_converted
+
+    tokenizer = args.tokenizer or str(ensure_default_converted())
+    url, model = args.server, args.served_model
+    if args.start_vllm:
+        from wim_integrations.backends.vllm_server import VLLMServer
+
+        server = stack.enter_context(VLLMServer(tokenizer))
+        print(f"vLLM started in {server.started_in:.0f} s at {server.url}", file=sys.stderr)
+        url, model, args.engine = server.url, server.served_name, "vllm"
+    backend = ServerBackend(url, tokenizer=tokenizer, engine=args.engine, model=model)
+    stack.callback(backend.close)
+    return backend
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, preset, kinds, systems, backend) -> int:
+    classifier = _load_backend(args.classifier_model) if args.classifier_model else None
+    tasks = build_tasks(backend, preset, kinds)
+    if args.ids:
+        try:
+            tasks = select_tasks(tasks, args.ids)
+        except ValueError as e:
+            parser.error(str(e))
+    out = args.out or RESULTS_DIR / f"{args.preset}-{slug(backend.name)}.jsonl"
+    try:
+        run_benchmark(
+            backend,
+            tasks,
+            out,
+            preset_name=args.preset,
+            preset=preset,
+            systems=systems,
+            progress=not args.no_progress,
+            classifier=classifier,
+        )
+    except WiMInputError as e:  # WiM's input checks: their message (with the fix), not a traceback
+        parser.error(str(e))
+    print(f"results: {out}", file=sys.stderr)
     return 0
 
 

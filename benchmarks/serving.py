@@ -4,6 +4,8 @@
     flock /tmp/wim-heavy.lock python benchmarks/serving.py --repeat 3 --cold-client --margins-last-first  # docs' run
     python -m benchmarks.serving --segments 8 --segment-tokens 512 --repeat 3
     python benchmarks/serving.py --url http://127.0.0.1:8080 --engine llama.cpp --tokenizer /path/to/tokenizer
+    flock /tmp/wim-heavy.lock python benchmarks/serving.py --engine vllm [--block-size 32] [--classification lexical]
+                                            # starts vLLM's CPU build (.venv-vllm, scripts/setup_vllm.sh) instead
 
 Without `--url` the script starts one `llama-server` (`.wim-tools/llama-server`, built by
 scripts/build_llama_server.sh) serving the embedded SmolLM2-135M GGUF with one slot and `--cache-ram 0`, so the only
@@ -249,6 +251,7 @@ def measure(
     cfg: WiMConfig,
     erase: Callable[[], None] | None,
     last_first: bool = False,
+    vllm: Any = None,
 ) -> dict[str, dict[str, Any]]:
     q1, q2 = doc.questions
     out: dict[str, dict[str, Any]] = {}
@@ -257,12 +260,22 @@ def measure(
         if erase is not None:
             erase()
 
+    def counted(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """`run()`, plus what vLLM's own counters saw of it: prompt tokens looked up in its prefix cache and hits
+        (every request: warm-ups, which compute the document, and scoring requests, which skip the cache, too)."""
+        if vllm is None:
+            return run()
+        q0, h0 = vllm.prefix_cache_counters()
+        e = run()
+        q1_, h1 = vllm.prefix_cache_counters()
+        return {**e, "server_prefix_queries": q1_ - q0, "server_prefix_hits": h1 - h0}
+
     cold()
-    out["plain"] = plain_request(wim, doc, q1, cfg)
-    out["plain_2nd"] = plain_request(wim, doc, q2, cfg)
+    out["plain"] = counted(lambda: plain_request(wim, doc, q1, cfg))
+    out["plain_2nd"] = counted(lambda: plain_request(wim, doc, q2, cfg))
     cold()
-    out["wim"] = wim_run(wim, doc, q1, cfg)
-    out["wim_2nd"] = wim_run(wim, doc, q2, cfg)
+    out["wim"] = counted(lambda: wim_run(wim, doc, q1, cfg))
+    out["wim_2nd"] = counted(lambda: wim_run(wim, doc, q2, cfg))
     if last_first:
         out["wim_2nd_margins_last_first"] = margins_last_first(wim, doc, q2, cfg)
     if cold_wim is not None:
@@ -297,6 +310,7 @@ def report(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['engine']} ({summary['server_version']}"
         + (f", --cache-ram {c}" if (c := summary["llama_server_cache_ram_mib"]) is not None else "")
+        + (f", block size {b}" if (b := summary.get("vllm_block_size")) else "")
         + f"); {summary['machine']}",
         f"# model {summary['model']}; {summary['segments']} segments of {summary['segment_tokens']} tokens "
         f"({summary['context_tokens']} context tokens); classification {summary['classification']}; margins "
@@ -333,6 +347,14 @@ def report(summary: dict[str, Any]) -> str:
             f"{e.get('margin_tokens', 0)} + {e['answer_tokens']} | "
             f"{e['answer'][:60]!r} ({ {True: 'yes', False: 'no', None: '–'}[e['correct']] }) |"
         )
+    server = [(names[k], e) for k, e in m.items() if k in names and e.get("server_prefix_queries")]
+    if server:  # vLLM's /metrics: all prompt tokens of the run, warm-ups (the document's first computation) included
+        lines += ["", "| run | server: prompt tokens looked up | of which prefix-cache hits |", "|---|---|---|"]
+        lines += [
+            f"| {label} | {e['server_prefix_queries']:.0f} | {e['server_prefix_hits']:.0f} "
+            f"({e['server_prefix_hits'] / e['server_prefix_queries']:.0%}) |"
+            for label, e in server
+        ]
     lines += [
         "",
         "| target | measured | met |",
@@ -362,8 +384,15 @@ def main() -> None:
     ap.add_argument("--margin-batch-size", type=int, help="WiMConfig.margin_batch_size (no effect on llama.cpp)")
     ap.add_argument("--repeat", type=int, default=1, help="repeats; times are medians")
     ap.add_argument("--seed", type=int, default=0, help="document seed")
-    ap.add_argument("--url", help="a running server instead of starting llama-server")
-    ap.add_argument("--engine", default="llama.cpp", choices=["llama.cpp", "vllm", "sglang", "openai"])
+    ap.add_argument("--url", help="a running server instead of starting llama-server (or vLLM: --engine vllm)")
+    ap.add_argument(
+        "--engine",
+        default="llama.cpp",
+        choices=["llama.cpp", "vllm", "sglang", "openai"],
+        help="without --url: llama.cpp starts llama-server, vllm starts vLLM's CPU build (.venv-vllm)",
+    )
+    ap.add_argument("--block-size", type=int, help="vLLM started here: --block-size (default: vLLM's, 128 on CPU)")
+    ap.add_argument("--classification", help="WiMConfig.classification (default: the backend's best scored mode)")
     ap.add_argument("--served-model", help="with --url: the model name the server expects")
     ap.add_argument("--tokenizer", help="the served model's tokenizer directory (default: the embedded model's)")
     ap.add_argument("--threads", type=int, help="llama-server -t (default: llama.cpp's own choice)")
@@ -394,6 +423,7 @@ def main() -> None:
         ("margin_tokens", "margin_max_new_tokens"),
         ("answer_tokens", "answer_max_new_tokens"),
         ("margin_batch_size", "margin_batch_size"),
+        ("classification", "classification"),
     ):
         if getattr(args, flag) is not None:
             settings[field] = getattr(args, flag)
@@ -401,8 +431,23 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack:
         binary: Path | None = None
+        vllm: Any = None
         if args.url:
             url, engine, model = args.url.rstrip("/"), args.engine, args.served_model or args.url
+        elif args.engine == "vllm":
+            from wim_integrations.backends.vllm_server import VLLMServer
+
+            extra = ("--block-size", str(args.block_size)) if args.block_size else ()
+            vllm = VLLMServer(
+                tokenizer,
+                dev_mode=True,
+                max_model_len=max(8192, 2 * args.segments * args.segment_tokens),
+                extra_args=extra,
+            )
+            stack.enter_context(vllm)
+            print(f"# vLLM started in {vllm.started_in:.0f} s", file=sys.stderr, flush=True)
+            url, engine, model = vllm.url, "vllm", DEFAULT_MODEL_NAME
+            args.served_model = vllm.served_name
         else:
             from wim_integrations.backends.llama_server import LlamaServer
 
@@ -442,10 +487,11 @@ def main() -> None:
         plan = wim.plan(doc.text, doc.questions[0], cfg)
         runs = []
         for i in range(args.repeat):
-            runs.append(measure(wim, cold_wim, doc, cfg, erase, args.margins_last_first))
+            runs.append(measure(wim, cold_wim, doc, cfg, erase, args.margins_last_first, vllm))
             print(f"# repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
         modes = summarize(runs)
         version = server_version(url, engine, binary)
+        block = vllm.block_size() if vllm is not None else None
 
     first, second = modes["wim"], modes["wim_2nd"]
     ratios = {
@@ -475,7 +521,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()} {platform.release()}",
         "cpu_count": os.cpu_count(),
         "llama_server_threads": args.threads,
-        "llama_server_cache_ram_mib": None if args.url else args.cache_ram,
+        "llama_server_cache_ram_mib": None if args.url or engine != "llama.cpp" else args.cache_ram,
+        "vllm_block_size": block,
         "segments": plan.n_segments,
         "segment_tokens": args.segment_tokens,
         "context_tokens": plan.context.n_tokens,

@@ -210,7 +210,11 @@ class FakeBackend:
             yield step
 
     def score_rows(
-        self, cache: list[int], rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: list[int],
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,
     ) -> list[RowScores]:
         out = []
         for r in rows:

@@ -25,6 +25,8 @@ from wim_integrations.backends.base import Capabilities, GenerationRequest, Pack
 from wim_integrations.backends.tokenizer import HFTokenizer, TokenizerMethods
 from wim_integrations.config import SamplingConfig
 
+FLAG = "wim_read_prefix_cache"  # vllm_xargs key of scripts/vllm_plugin
+
 # Real models give every token a finite log P; the toy model gives the ids it never writes -inf, which JSON cannot
 # carry. vLLM clamps -inf prompt log-probabilities to this value; the fakes do so for both engines.
 LOGPROB_FLOOR = -9999.0
@@ -143,7 +145,11 @@ class ReferenceBackend(TokenizerMethods):
             yield [(i, m.from_model(t)) for i, t in step]
 
     def score_rows(
-        self, cache: list[int], rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: list[int],
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,
     ) -> list[RowScores]:
         m = self.model
         inner_rows = [
@@ -403,9 +409,11 @@ class FakeVLLM(FakeEngine):
         logprobs: bool = True,
         prompt_tokens_details: bool = True,
         tokens_per_chunk: int = 1,
+        wim_plugin: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(tokenizer, **{"block_size": 16, **options})
+        self.wim_plugin = wim_plugin  # scripts/vllm_plugin installed: a scoring request may read the prefix cache
         self.tokens_per_chunk = tokens_per_chunk
         self.token_ids = token_ids
         self.logprobs = logprobs
@@ -462,7 +470,8 @@ class FakeVLLM(FakeEngine):
         sampling = _sampling(body.get("temperature"), body.get("top_p"), body.get("top_k"), body.get("seed"))
         stop_ids = {int(t) for t in body.get("stop_token_ids") or []}
         ends = stop_ids | (set() if body.get("ignore_eos") else {self.model.stop_id})
-        cached = self.cached_tokens(prompt, salt=body.get("cache_salt"), limit=0 if want_prompt_lps else None)
+        reads_cache = not want_prompt_lps or (self.wim_plugin and (body.get("vllm_xargs") or {}).get(FLAG))
+        cached = self.cached_tokens(prompt, salt=body.get("cache_salt"), limit=None if reads_cache else 0)
         out = self.model.complete(prompt, max_tokens, sampling, ends)
         last = out[-1][0]
         finish = "stop" if last in ends else "length"
@@ -519,6 +528,8 @@ class FakeVLLM(FakeEngine):
                     None if e is None else {str(t): {"logprob": e[0], "rank": e[1], "decoded_token": self._text(t)}}
                     for t, e in zip(prompt, self.model.prompt_logprobs(prompt), strict=True)
                 ]
+                for k in range(1, cached + 1):  # the plugin: positions served from the cache are zeros (token 0)
+                    c["prompt_logprobs"][k] = {"0": {"logprob": 0.0, "rank": 0, "decoded_token": self._text(0)}}
             return 200, {**head, "choices": [c], "usage": usage}
 
         def events() -> Iterator[dict[str, Any]]:

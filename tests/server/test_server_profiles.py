@@ -70,7 +70,7 @@ def _texts(result: WiMResult) -> list[str]:
 def test_the_engines_are_reached(engine: FakeEngine, connect) -> None:
     """vLLM and SGLang answer GET /health with 200 and an empty body (not JSON)."""
     backend = connect(engine)
-    assert backend.capabilities.scoring == "plain" and backend.capabilities.packed_rows
+    assert backend.capabilities.scoring == "rows" and backend.capabilities.packed_rows
 
 
 @pytest.mark.parametrize(
@@ -132,14 +132,18 @@ def _whole_blocks(engine: FakeEngine, n_tokens: int) -> int:
     return n_tokens // engine.block_size * engine.block_size
 
 
-def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(
-    engine: FakeEngine, tokenizer, connect
+@pytest.mark.parametrize("mode", ["segment_pmi", "pmi"])
+def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
+    engine: FakeEngine, tokenizer, connect, mode: str
 ) -> None:
+    """segment_pmi (the default: each margin scored on the cache cut before its segment, one request per margin) and
+    pmi give the scores an in-process backend with the same capabilities gives."""
     backend = connect(engine)
-    wim = WiM(backend, config=WiMConfig(**BUDGETS))  # classification left at its default
-    assert wim.plan(HARBOR, QUESTION).config.classification == "pmi"
+    config = WiMConfig(**BUDGETS) if mode == "segment_pmi" else WiMConfig(**BUDGETS, classification=mode)
+    wim = WiM(backend, config=config)  # segment_pmi: classification left at its default
+    assert wim.plan(HARBOR, QUESTION).config.classification == mode
     result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
-    expected = _reference(tokenizer, engine.kind, WiMConfig(**BUDGETS, classification="pmi"), margin_batch_size=3)
+    expected = _reference(tokenizer, engine.kind, WiMConfig(**BUDGETS, classification=mode), margin_batch_size=3)
     assert _texts(result) == _texts(expected)
     scores = [m.score for m in result.margins]
     assert all(s is not None for s in scores) and any(s != 0 for s in scores)
@@ -148,9 +152,35 @@ def test_the_default_relevance_falls_back_to_pmi_scored_from_prompt_logprobs(
     assert result.answer == expected.answer
     scored = [r for r in backend.requests if r.kind == "score"]
     assert len(scored) == sum(bool(m.text) for m in result.margins)
+    if mode == "segment_pmi":  # each margin's baseline sees the text up to its segment's start, not all of it
+        starts = sorted(r.prefix_tokens for r in scored)
+        assert len(set(starts)) == len(starts) and starts[0] < starts[-1]
     asks = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("prompt_logprobs") == 0]
     asks += [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("logprob_start_len") == 0]
     assert len(asks) == len(scored)
+
+
+@pytest.mark.parametrize("plugin", [False, True])
+def test_vllm_scoring_requests_read_the_prefix_cache_with_wims_plugin(tokenizer, connect, plugin: bool) -> None:
+    """vLLM never reads its prefix cache for prompt log-probabilities; with scripts/vllm_plugin a scoring request that
+    asks for it does (its cached positions then carry zeros). A row whose needed positions (the margin's) came from
+    the cache is sent again without it. The scores are the in-process ones either way."""
+    with FakeVLLM(tokenizer, wim_plugin=plugin) as engine:
+        backend = connect(engine)
+        result = WiM(backend, config=WiMConfig(**BUDGETS)).run(HARBOR, QUESTION, margin_batch_size=3)
+        asks = [b for b in engine.bodies("/v1/completions") if "prompt_logprobs" in b]
+    expected = _reference(tokenizer, "vllm", WiMConfig(**BUDGETS, classification="segment_pmi"), margin_batch_size=3)
+    assert [m.score for m in result.margins] == pytest.approx([m.score for m in expected.margins], abs=1e-9, rel=0)
+    rows = sum(bool(m.text) for m in result.margins)
+    flagged = [b for b in asks if b.get("vllm_xargs") == {"wim_read_prefix_cache": 1}]
+    assert len(flagged) == rows  # each row asks first
+    resent = len(asks) - rows  # without the flag
+    read = [r for r in backend.requests if r.kind == "score" and r.cached_tokens]
+    if plugin:  # every first try read all of its prefix but the last partial block from the cache
+        assert len(read) == rows and resent < rows
+        assert all(r.cached_tokens >= r.prefix_tokens // engine.block_size * engine.block_size for r in read)
+    else:
+        assert not read and resent == 0
 
 
 @pytest.mark.parametrize("kind", sorted(ENGINES))

@@ -1,4 +1,4 @@
-"""WiM against a real `vllm serve` (needs a GPU; none is lent to this project's CI, so this is run by hand):
+"""WiM against a real `vllm serve` on a GPU (run by hand; CI runs vLLM's CPU build: tests/server/test_vllm_server.py):
 
     vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-prefix-caching --enable-prompt-tokens-details &
     WIM_VLLM_URL=http://127.0.0.1:8000 WIM_VLLM_TOKENIZER=/path/to/SmolLM2-135M-Instruct WIM_VLLM_MODEL=... \\
@@ -38,7 +38,7 @@ def vllm_wim():
 def test_wim_on_vllm_answers_and_reuses_prefixes(vllm_wim, batch):
     result = vllm_wim.run(HARBOR, QUESTION, margin_batch_size=batch)
     assert result.answer and len(result.margins) == result.n_segments
-    assert vllm_wim.plan(HARBOR, QUESTION).config.classification == "pmi"
+    assert vllm_wim.plan(HARBOR, QUESTION).config.classification == "segment_pmi"
     assert all(m.score is not None for m in result.margins)
     rows = [r for r in vllm_wim.backend.requests if r.kind in ("generate", "row") and r.prefix_tokens >= 256]
     assert rows and all(r.cached_tokens is not None and r.cached_tokens >= 0.9 * r.prefix_tokens for r in rows)

@@ -147,13 +147,20 @@ class Backend(Protocol):
         """Drop everything after the first `length` tokens of `cache`."""
 
     def score_rows(
-        self, cache: Any, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: Any,
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,
     ) -> list[RowScores]:
         """Read each row on its own (rows never see each other): a token list on top of the whole cache, a `PackedRow`
         on top of its cache prefix (its aside, if any, not computed again). Returns the log P of every row token after
         the first one computed, and of each of `next_ids` after the row's last token. The cache is left as it was.
         Relevance scoring uses it (a margin without the text, or without its segment; a classifier's first reply
-        token). Rows that see less than the whole cache need a packed backend."""
+        token). Rows that see less than the whole cache need a packed backend.
+
+        With `tails` (one per row) only the log P of each row's last `tails[i]` tokens is needed: a server backend
+        may then read the rest from its prefix cache and leave their values NaN."""
 
 
 @runtime_checkable

@@ -267,7 +267,11 @@ class HFBackend(TokenizerMethods):
             self.rollback(cache, base)
 
     def score_rows(
-        self, cache: DynamicCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: DynamicCache,
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,  # every value is computed here anyway
     ) -> list[RowScores]:
         """Teacher-forced log-probabilities of rows read on top of the cache: one packed forward (each row sees its
         cache prefix and itself) where the cache keeps every layer whole, else one forward per row."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 import queue
 import threading
@@ -284,13 +285,21 @@ class ServerBackend(TokenizerMethods):
                 c.set()
 
     def score_rows(
-        self, cache: ServerCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: ServerCache,
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,
     ) -> list[RowScores]:
         """Teacher-forced log-probabilities from the server's prompt log-probabilities: one request per row, and one
-        per (row, next id) since a server reports the log P of the tokens it is given, not of any token asked for."""
+        per (row, next id) since a server reports the log P of the tokens it is given, not of any token asked for.
+        A request may read its prefix from the server's cache (vLLM: with scripts/vllm_plugin); should that cover a
+        position whose log P is needed (a row's last `tails[i]`, default all), it is sent again without the cache."""
         if self.capabilities.scoring == "none":
             raise NotImplementedError(f"the {self.engine} server offers no prompt log-probabilities")
         base = len(cache.tokens)
+        if tails is not None and len(tails) != len(rows):
+            raise ValueError(f"{len(tails)} tails for {len(rows)} rows")
         prepared = []
         for r in rows:
             prefix, ids = (r.prefix_length, list(r.prompt_ids)) if isinstance(r, PackedRow) else (base, list(r))
@@ -299,29 +308,34 @@ class ServerBackend(TokenizerMethods):
             if not ids:
                 raise ValueError("a row needs at least one prompt token")
             prepared.append((cache.tokens[:prefix], ids))
-        # No warm-up: vLLM and SGLang compute prompt log-probabilities without their prefix cache anyway.
+        # Each row's prefix is in the server's cache already (a margin request's prefix, or the warm-up before it):
+        # no warm-up here. vLLM reads it only with WiM's plugin (scripts/vllm_plugin); without, it computes it again.
         slot = self._slot(cache)
 
-        def lp(prompt: list[int], prefix: int) -> list[float]:
-            path, body = self.profile.score(prompt, slot)
-            reply = self.client.post_json(path, body)
-            self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
-            return self._parsed(path, self.profile.prompt_logprobs, reply, prompt)
+        def lp(prompt: list[int], prefix: int, tail: int, needed: int) -> list[float]:
+            for read_cache in (True, False):
+                path, body = self.profile.score(prompt, slot, read_cache)
+                reply = self.client.post_json(path, body)
+                self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
+                values = self._parsed(path, self.profile.prompt_logprobs, reply, prompt, tail)
+                if not any(math.isnan(v) for v in values[len(values) - needed :]):
+                    return values
+            raise ServerResponseError(
+                f"the {self.engine} server at {self.client.base_url}{path} sent no log-probability for some prompt "
+                "tokens of a scoring request, even when asked not to read its prefix cache"
+            )
 
-        jobs = [
-            self._pool.submit(lp, [*head, *ids, *([t] if t is not None else [])], len(head))
-            for head, ids in prepared
-            for t in [None, *next_ids]
-        ]
+        jobs = []  # per row: log P of its tokens after the first; then per next id, its log P after the row
+        for i, (head, ids) in enumerate(prepared):
+            needed = len(ids) - 1 if tails is None else min(tails[i], len(ids) - 1)
+            jobs.append(self._pool.submit(lp, [*head, *ids], len(head), len(ids) - 1, needed))
+            jobs += [self._pool.submit(lp, [*head, *ids, int(t)], len(head), 1, 1) for t in next_ids]
         results = [j.result() for j in jobs]
-        out, k = [], 0
-        for _, ids in prepared:
-            whole = results[k]
-            scores = whole[-(len(ids) - 1) :] if len(ids) > 1 else []
-            nexts = {int(t): results[k + 1 + n][-1] for n, t in enumerate(next_ids)}
-            out.append(RowScores(scores, nexts))
-            k += 1 + len(next_ids)
-        return out
+        per_row = 1 + len(next_ids)
+        return [
+            RowScores(results[k], {int(t): results[k + 1 + n][-1] for n, t in enumerate(next_ids)})
+            for k in range(0, len(results), per_row)
+        ]
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _warm(self, cache: ServerCache, upto: int) -> None:

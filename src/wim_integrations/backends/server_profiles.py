@@ -1,12 +1,14 @@
 """What differs between serving engines: request bodies, where token ids / log-probabilities / prefix-cache counts sit
 in a reply, and what each can do. `ServerBackend` holds one profile; everything else is shared.
 
-Verified against a real server in the tests: llama.cpp's `llama-server`. vLLM and SGLang follow their documented APIs,
-checked against fake HTTP engines built from those APIs (tests/server/fake_engines.py) but not against the real ones
-(no GPU was lent to this project; tests/server/test_vllm_gpu.py runs where one is; see docs/serving.md)."""
+Verified against a real server in the tests: llama.cpp's `llama-server`; vLLM's CPU build has tests of its own
+(tests/server/test_vllm_server.py, see docs/serving.md for what has run). SGLang follows its documented API, checked
+against a fake HTTP engine built from it (tests/server/fake_engines.py), not against the real one."""
 
 from __future__ import annotations
 
+import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +65,8 @@ class Profile:
         """A request that only puts `prompt` into the server's prefix cache."""
         return "/v1/completions", self._with_model({"prompt": list(prompt), "max_tokens": 1, "temperature": 0})
 
-    def score(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
+    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
+        """A request for the prompt's log-probabilities; `read_cache=False`: computed whole, none read from a cache."""
         raise NotImplementedError(f"the {self.name} profile offers no prompt log-probabilities")
 
     def tokenize(self, text: str) -> tuple[str, Body] | None:
@@ -99,7 +102,9 @@ class Profile:
         prompt = u.get("prompt_tokens")
         return Usage(cached, prompt - cached if prompt is not None and cached is not None else None)
 
-    def prompt_logprobs(self, reply: Any, prompt: Sequence[int]) -> list[float]:
+    def prompt_logprobs(self, reply: Any, prompt: Sequence[int], tail: int) -> list[float]:
+        """log P of each of the last `tail` prompt tokens given the tokens before it (tail < len(prompt)); NaN where
+        the server served that position from its prefix cache and computed nothing."""
         raise NotImplementedError
 
     def tokens_of(self, reply: Any) -> list[int]:
@@ -125,7 +130,9 @@ class VLLMProfile(Profile):
 
     name = "vllm"
     health_path = "/health"
-    capabilities = Capabilities(packed_rows=True, scoring="plain", generation_logprobs=True, concurrent_requests=True)
+    # "rows": a scoring request is any token prompt, so a row that sees only the text before its segment is the
+    # cache cut there plus the row (what `segment_pmi` needs).
+    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
 
     def generate(
         self,
@@ -147,7 +154,7 @@ class VLLMProfile(Profile):
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
             "logprobs": 0 if logprobs else None,
-            "cache_salt": self.cache_salt,
+            "cache_salt": self._salt(),
             **_openai_sampling(sampling),
             "top_k": sampling.top_k if sampling.do_sample and sampling.top_k else -1,
             "min_p": 0.0,
@@ -156,31 +163,39 @@ class VLLMProfile(Profile):
         return "/v1/completions", self._with_model(body)
 
     def warm(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
-        body = {"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "cache_salt": self.cache_salt}
+        body = {"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "cache_salt": self._salt()}
         return "/v1/completions", self._with_model(body)
 
-    def score(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
+    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
         body = {
             "prompt": list(prompt),
             "max_tokens": 1,
             "temperature": 0,
             "prompt_logprobs": 0,
-            "cache_salt": self.cache_salt,
+            "cache_salt": self._salt(),
+            # vLLM does not read its prefix cache for prompt log-probabilities; with WiM's plugin
+            # (scripts/vllm_plugin) this request may, since only its last tokens are read. Ignored without it.
+            "vllm_xargs": {"wim_read_prefix_cache": 1} if self.reuse_prefix and read_cache else None,
         }
         return "/v1/completions", self._with_model(body)
 
-    def prompt_logprobs(self, reply: Any, prompt: Sequence[int]) -> list[float]:
+    def prompt_logprobs(self, reply: Any, prompt: Sequence[int], tail: int) -> list[float]:
         entries = (_first_choice(reply) or {}).get("prompt_logprobs")
         if not entries or len(entries) != len(prompt):
             raise ServerResponseError("vLLM sent no prompt_logprobs for a scoring request (is the server too old?)")
-        out = []
-        for tok, entry in zip(prompt[1:], entries[1:], strict=True):
+        out = []  # positions served from the prefix cache (plugin) name another token (zeros): NaN
+        for tok, entry in zip(prompt[len(prompt) - tail :], entries[len(prompt) - tail :], strict=True):
             item = entry.get(str(tok)) or entry.get(tok)
-            out.append(float(item["logprob"] if isinstance(item, dict) else item))
+            out.append(math.nan if item is None else float(item["logprob"] if isinstance(item, dict) else item))
         return out
 
     def tokenize(self, text: str) -> tuple[str, Body] | None:
         return "/tokenize", self._with_model({"prompt": text, "add_special_tokens": False})
+
+    def _salt(self) -> str | None:
+        """The request's `cache_salt`: the tenant's, or with reuse_prefix=False a new one per request, so no request
+        finds anything in the prefix cache (vLLM can be asked for that only this way)."""
+        return self.cache_salt if self.reuse_prefix else secrets.token_hex(8)
 
 
 class SGLangProfile(Profile):
@@ -188,7 +203,7 @@ class SGLangProfile(Profile):
 
     name = "sglang"
     health_path = "/health"
-    capabilities = Capabilities(packed_rows=True, scoring="plain", generation_logprobs=True, concurrent_requests=True)
+    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
 
     def generate(
         self,
@@ -222,7 +237,7 @@ class SGLangProfile(Profile):
     def warm(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
         return "/generate", {"input_ids": list(prompt), "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
 
-    def score(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
+    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
         params = {"max_new_tokens": 1, "temperature": 0}
         return "/generate", {
             "input_ids": list(prompt),
@@ -251,11 +266,11 @@ class SGLangProfile(Profile):
         cached, prompt = meta.get("cached_tokens"), meta.get("prompt_tokens")
         return Usage(cached, prompt - cached if prompt is not None and cached is not None else None)
 
-    def prompt_logprobs(self, reply: Any, prompt: Sequence[int]) -> list[float]:
+    def prompt_logprobs(self, reply: Any, prompt: Sequence[int], tail: int) -> list[float]:
         entries = (reply.get("meta_info") or {}).get("input_token_logprobs")
         if not entries or len(entries) != len(prompt):
             raise ServerResponseError("SGLang sent no input_token_logprobs for a scoring request")
-        return [float(e[0]) if e[0] is not None else float("-inf") for e in entries[1:]]  # null: -inf (orjson)
+        return [float(e[0]) if e[0] is not None else float("-inf") for e in entries[len(prompt) - tail :]]  # null: -inf
 
     def window(self, client: Any) -> int | None:
         info = client.get_json("/get_server_info")

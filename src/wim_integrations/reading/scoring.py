@@ -68,7 +68,8 @@ class PMIScorer:
             self._cache = self.backend.new_cache()
             self.backend.prefill(self._cache, self._prefix)
         rows = [[self._bridge, *d.token_ids] for d in scored]
-        return _lift(drafts, (s.token_logprobs for s in self.backend.score_rows(self._cache, rows)))
+        tails = [len(d.token_ids) for d in scored]
+        return _lift(drafts, (s.token_logprobs for s in self.backend.score_rows(self._cache, rows, tails=tails)))
 
 
 class SegmentPMIScorer:
@@ -90,7 +91,7 @@ class SegmentPMIScorer:
                 assert kv is not None
                 aside = kv.aside_head(aside, len(self.prompt) - 1)
             rows.append(PackedRow(d.segment_start, [*self.prompt, *d.token_ids], aside))
-        before = self.backend.score_rows(cache, rows)
+        before = self.backend.score_rows(cache, rows, tails=[len(d.token_ids) for d in scored])
         return _lift(drafts, (s.token_logprobs[-len(d.token_ids) :] for s, d in zip(before, scored, strict=True)))
 
 
