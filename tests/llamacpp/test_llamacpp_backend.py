@@ -52,10 +52,9 @@ def packed(b, cache, rows, budget, done=None, logprobs=None, sampling=None):
     return out
 
 
-def test_declares_packed_rows_scoring_and_logprobs_but_no_local_document_cache(b):
+def test_declares_packed_rows_scoring_and_logprobs(b):
     caps = b.capabilities
-    assert caps.packed_rows and caps.scoring == "rows" and caps.generation_logprobs
-    assert not caps.kv_asides and not caps.local_document_cache and not caps.concurrent_requests
+    assert caps.packed_rows and caps.scoring == "rows" and caps.generation_logprobs and not caps.concurrent_requests
     assert packed_view(b) is b
 
 

@@ -28,7 +28,9 @@ Q = "Who keeps the lighthouse?"
 
 @pytest.fixture(scope="module")
 def wim(llamacpp_backend):
-    return WiM(llamacpp_backend, config=CFG)
+    return WiM(
+        llamacpp_backend, config=CFG, document_cache=None
+    )  # each run reads (cache hits: test_llamacpp_doc_cache)
 
 
 def plain(backend, ids, budget) -> str:
@@ -80,8 +82,7 @@ def test_probability_relevance_runs_here_with_finite_scores(llamacpp_backend, mo
     assert all(m.verdict in ("yes", "no") for m in result.margins)
 
 
-def test_same_model_classification_and_a_document_cache_off(llamacpp_backend):
+def test_same_model_classification(llamacpp_backend):
     wim = WiM(llamacpp_backend, config=CFG.model_copy(update={"classification": "same_model"}))
-    assert wim.document_cache is None  # no local document cache on this backend
     result = wim.run(SAMPLE, Q)
     assert all(m.verdict != "unclassified" for m in result.margins)

@@ -4,14 +4,21 @@ One llama context with a unified KV cache holds every sequence WiM uses. A WiM c
 tokens it holds; rollback is `llama_memory_seq_rm`. A packed row is a sequence of its own that shares the document's
 KV cells up to its segment's end (`llama_memory_seq_cp` copies cell membership, not keys/values), so all rows decode
 together in one `llama_decode` batch per step and each attends to its prefix and itself only; the rows' sequences are
-removed when the iterator ends, which leaves the document's sequence as it was (docs/architecture.md)."""
+removed when the iterator ends, which leaves the document's sequence as it was (docs/architecture.md).
+
+Keys/values kept beyond a run (a document cache entry, a margin head) are saved sequence states in host memory
+(`llama_state_seq_get_data`), so they take no KV cells and their bytes are what the `DocumentCache` charges; a fork of
+one restores it into a fresh sequence. Prompt asides within a run stay in KV cells, on a sequence of their own."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,8 +26,9 @@ import numpy as np
 from ..config import SamplingConfig
 from ..errors import LlamaCppError, WiMInputError
 from ..prompts import ChatFrame
-from .base import Capabilities, GenerationRequest, PackedRow, RowScores
+from .base import Capabilities, GenerationRequest, PackedRow, PromptAside, RowScores
 from .gguf_tokenizer import GGUFTokenizer
+from .np_sampling import Sampler, cumsum, logprob, row_scores
 
 
 class LlamaCppCache:
@@ -34,6 +42,34 @@ class LlamaCppCache:
         self.tokens: list[int] = []
 
 
+@dataclass(frozen=True)
+class SavedCache:
+    """A cache saved to host memory (a document cache entry): its tokens and its sequence state."""
+
+    tokens: tuple[int, ...]
+    state: Any  # a ctypes uint8 array
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.state)
+
+
+class _SeqKV:
+    """An aside's keys/values kept in KV cells, on a sequence of its own (freed with this object)."""
+
+    __slots__ = ("__weakref__", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+
+
+@dataclass(frozen=True)
+class _SavedKV:
+    """An aside's keys/values saved to host memory."""
+
+    state: Any
+
+
 def default_threads() -> int:
     """Half the cores, as llama-cpp-python's `Llama` picks (ggml's threads spin: more than the cores is slower)."""
     return max(1, (os.cpu_count() or 2) // 2)
@@ -44,7 +80,8 @@ class LlamaCppBackend:
 
     `model` is a `llama_model` pointer; `owner` keeps whatever owns it alive (a `llama_cpp.Llama`, or the loader that
     frees it). `n_ctx` is the longest sequence (the context window WiM plans with); the context gets `n_ctx * 3 // 2`
-    KV cells, the extra half for the margins' rows and the scoring sequences that share the document's cells."""
+    KV cells, the extra half for the margins' rows and the scoring sequences that share the document's cells.
+    `keep_documents=False` declares no prompt asides and no document cache (every question reads its document)."""
 
     def __init__(
         self,
@@ -53,14 +90,14 @@ class LlamaCppBackend:
         name: str,
         n_ctx: int,
         n_threads: int | None = None,
-        n_seq_max: int = 64,
+        n_seq_max: int = 128,
         n_batch: int = 2048,
+        keep_documents: bool = True,
         owner: Any = None,
     ) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
-        self._owner = owner
         self.model = model
         self.name = name
         self.lock = threading.RLock()
@@ -76,6 +113,8 @@ class LlamaCppBackend:
         self.stop_ids = frozenset(ids)
         self.max_context_tokens: int | None = n_ctx
         self.rollback_limit: int | None = None  # swa_full below keeps every cell, so any rollback works
+        self.cache_namespace = f"{name}:{uuid.uuid4().hex}"  # document-cache keys: this loaded model only
+        self.keep_documents = keep_documents
         self.n_threads = n_threads or default_threads()
         self.n_seq_max = n_seq_max
         self.n_batch = n_batch
@@ -94,10 +133,11 @@ class LlamaCppBackend:
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.n_vocab = self.tokens.n_vocab
-        self.n_cells = int(params.n_ctx)
+        self.n_cells = int(llama_cpp.llama_n_ctx(ctx))
         self._free_seqs = list(range(n_seq_max - 1, -1, -1))
         self._released: list[int] = []  # sequences of collected caches, freed at the next call (no lock in a finalizer)
-        self._close = weakref.finalize(self, _free_context, llama_cpp, ctx, self._batch)
+        # The finalizer holds the owner: the model outlives the context made on it.
+        self._close = weakref.finalize(self, _free_context, llama_cpp, ctx, self._batch, owner)
 
     def close(self) -> None:
         """Free the llama.cpp context now (the model belongs to its owner)."""
@@ -106,7 +146,10 @@ class LlamaCppBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True)
+        keep = self.keep_documents
+        return Capabilities(
+            packed_rows=True, scoring="rows", generation_logprobs=True, kv_asides=keep, local_document_cache=keep
+        )
 
     # -- tokens ------------------------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
@@ -144,6 +187,9 @@ class LlamaCppBackend:
                 )
             return self._free_seqs.pop()
 
+    def _owned_seq(self, holder: LlamaCppCache | _SeqKV) -> None:
+        weakref.finalize(holder, self._released.append, holder.seq_id)
+
     def _release(self, seq_id: int) -> None:
         with self.lock:
             if not self._close.alive:  # the context is gone, and its cells with it
@@ -155,12 +201,16 @@ class LlamaCppBackend:
         while self._released:
             self._release(self._released.pop())
 
+    def _check_open(self) -> None:
+        if not self._close.alive:
+            raise LlamaCppError(f"the llama.cpp context of {self.name!r} is closed.")
+
     def new_cache(self) -> LlamaCppCache:
         cache = LlamaCppCache(self._acquire())
-        weakref.finalize(cache, self._released.append, cache.seq_id)
+        self._owned_seq(cache)
         return cache
 
-    def cache_length(self, cache: LlamaCppCache) -> int:
+    def cache_length(self, cache: LlamaCppCache | SavedCache) -> int:
         return len(cache.tokens)
 
     def rollback(self, cache: LlamaCppCache, length: int) -> None:
@@ -170,6 +220,58 @@ class LlamaCppBackend:
             if self._close.alive:
                 self._lib.llama_memory_seq_rm(self._mem, cache.seq_id, length, -1)
             del cache.tokens[length:]
+
+    # -- saved states (document cache) -------------------------------------------------------------------
+    def _save(self, seq_id: int) -> Any:
+        lib = self._lib
+        with self.lock:
+            self._check_open()
+            size = lib.llama_state_seq_get_size(self._ctx, seq_id)
+            state = (ctypes.c_uint8 * size)()
+            if size == 0 or lib.llama_state_seq_get_data(self._ctx, state, size, seq_id) != size:
+                raise LlamaCppError(f"llama.cpp could not save a sequence state of {self.name!r}.")
+        return state
+
+    def _restore(self, state: Any, seq_id: int) -> bool:
+        """Load a saved state into an empty sequence; False where the KV cache has no room for it."""
+        with self.lock:
+            self._check_open()
+            return bool(self._lib.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
+
+    def fork_cache(self, cache: LlamaCppCache | SavedCache) -> LlamaCppCache:
+        """A new sequence with the same cells (no keys/values copied), or a saved cache loaded into one. A saved
+        state that finds no room is computed again from its tokens: correct, only slower."""
+        fork = self.new_cache()
+        with self.lock:
+            if isinstance(cache, LlamaCppCache):
+                if cache.tokens:
+                    self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, fork.seq_id, 0, len(cache.tokens))
+                fork.tokens = list(cache.tokens)
+            elif self._restore(cache.state, fork.seq_id):
+                fork.tokens = list(cache.tokens)
+            else:
+                self.prefill(fork, cache.tokens)
+        return fork
+
+    def compact_cache(self, cache: LlamaCppCache | SavedCache) -> SavedCache:
+        if isinstance(cache, SavedCache):
+            return cache
+        return SavedCache(tuple(cache.tokens), self._save(cache.seq_id))
+
+    def filled_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
+        """Bytes a saved copy of the cache takes (what a document cache entry holds)."""
+        if isinstance(cache, SavedCache):
+            return cache.nbytes
+        with self.lock:
+            self._check_open()
+            return int(self._lib.llama_state_seq_get_size(self._ctx, cache.seq_id))
+
+    def cache_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
+        # Live cells sit in the context's preallocated KV buffer: only a saved copy takes memory of its own.
+        return self.filled_nbytes(cache)
+
+    def reserve(self, cache: LlamaCppCache, n_tokens: int) -> None:
+        """Nothing to do: the KV cells are allocated with the context."""
 
     # -- compute -----------------------------------------------------------------------------------------
     def _decode(
@@ -181,8 +283,7 @@ class LlamaCppBackend:
         want = set(outputs)
         rows: list[np.ndarray] = []
         with self.lock:
-            if not self._close.alive:
-                raise LlamaCppError(f"the llama.cpp context of {self.name!r} is closed.")
+            self._check_open()
             self._reclaim()
             for start in range(0, n, self.n_batch):
                 end = min(n, start + self.n_batch)
@@ -226,9 +327,8 @@ class LlamaCppBackend:
             raise LlamaCppError(
                 f"{base + len(ids)} tokens do not fit this backend's window of {self.max_context_tokens} (n_ctx)."
             )
-        out = self._decode(
-            ids, range(base, base + len(ids)), [cache.seq_id] * len(ids), [len(ids) - 1] if logits else []
-        )
+        n = len(ids)
+        out = self._decode(ids, range(base, base + n), [cache.seq_id] * n, [n - 1] if logits else [])
         cache.tokens.extend(ids)
         return out
 
@@ -239,7 +339,7 @@ class LlamaCppBackend:
     def generate(self, cache: LlamaCppCache, request: GenerationRequest) -> Generator[int, None, None]:
         if not request.prompt_ids:
             raise ValueError("generation needs at least one prompt token")
-        sampler = _Sampler(request.sampling)
+        sampler = Sampler(request.sampling)
         history = list(request.prompt_ids)
         logits = self._append(cache, request.prompt_ids, logits=True)[0]
         for step in range(request.max_new_tokens):
@@ -248,24 +348,99 @@ class LlamaCppBackend:
                 return
             history.append(token)
             if request.logprobs is not None:
-                request.logprobs.append(_logprob(logits, token))
+                request.logprobs.append(logprob(logits, token))
             yield token
             if step + 1 < request.max_new_tokens:  # no decode after the last token
                 logits = self._append(cache, [token], logits=True)[0]
 
-    def _row_seqs(self, cache: LlamaCppCache, rows: Sequence[PackedRow]) -> list[int]:
-        """A sequence per row sharing the cache's cells of its prefix (cell membership copied, no keys/values)."""
+    # -- prompt asides -------------------------------------------------------------------------------------
+    def prefill_aside(self, cache: LlamaCppCache, prompt_ids: Sequence[int]) -> PromptAside:
+        """The prompt decoded on top of the cache, its cells moved to a sequence of their own, the cache rolled back."""
+        if not prompt_ids:
+            raise ValueError("a prompt needs at least one token")
+        base = len(cache.tokens)
+        with self.lock:
+            try:
+                logits = self._append(cache, prompt_ids, logits=True)[0]
+                kv = _SeqKV(self._acquire())
+                self._owned_seq(kv)
+                self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, kv.seq_id, base, base + len(prompt_ids))
+            finally:
+                self.rollback(cache, base)
+        return PromptAside(base, list(prompt_ids), kv, logits)
+
+    def take_aside(self, cache: LlamaCppCache, start: int, prompt_ids: Sequence[int]) -> PromptAside:
+        """A saved copy of the cells `prompt_ids` hold in the cache at `start` (kept beyond the run: host memory)."""
+        end = start + len(prompt_ids)
+        if end > len(cache.tokens) or list(cache.tokens[start:end]) != list(prompt_ids):
+            raise ValueError(f"the cache does not hold these {len(prompt_ids)} prompt tokens at {start}")
+        return PromptAside(start, list(prompt_ids), self._saved_range(cache.seq_id, start, end), None)
+
+    def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
+        """The first `n_tokens` of an aside, saved on their own (no logits)."""
+        start = aside.prefix_length
+        with self.lock:
+            if isinstance(aside.kv, _SeqKV):
+                kv = self._saved_range(aside.kv.seq_id, start, start + n_tokens)
+            else:
+                tmp = self._acquire()
+                try:
+                    if not self._restore(aside.kv.state, tmp):
+                        raise LlamaCppError(self._decode_problem(1))
+                    self._lib.llama_memory_seq_rm(self._mem, tmp, start + n_tokens, -1)
+                    kv = _SavedKV(self._save(tmp))
+                finally:
+                    self._release(tmp)
+        return PromptAside(start, list(aside.prompt_ids[:n_tokens]), kv, None)
+
+    def _saved_range(self, seq_id: int, start: int, end: int) -> _SavedKV:
+        with self.lock:
+            tmp = self._acquire()
+            try:
+                self._lib.llama_memory_seq_cp(self._mem, seq_id, tmp, start, end)
+                return _SavedKV(self._save(tmp))
+            finally:
+                self._release(tmp)
+
+    def aside_nbytes(self, aside: PromptAside) -> int:
+        logits = aside.last_logits.nbytes if aside.last_logits is not None else 0
+        if isinstance(aside.kv, _SavedKV):
+            return len(aside.kv.state) + logits
+        with self.lock:
+            return int(self._lib.llama_state_seq_get_size(self._ctx, aside.kv.seq_id)) + logits
+
+    # -- rows ----------------------------------------------------------------------------------------------
+    def _row_seqs(self, cache: LlamaCppCache, rows: Sequence[PackedRow]) -> tuple[list[int], list[int]]:
+        """A sequence per row: its aside's cells (if any), then the cache's cells of its prefix (cell membership
+        copied, no keys/values). Returns the sequences and how many prompt tokens each already holds."""
         seqs: list[int] = []
-        try:
-            for r in rows:
-                seqs.append(self._acquire())
-                if r.prefix_length:
-                    self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, seqs[-1], 0, r.prefix_length)
-        except BaseException:
-            for s in seqs:
-                self._release(s)
-            raise
-        return seqs
+        held: list[int] = []
+        with self.lock:
+            try:
+                for r in rows:
+                    seqs.append(self._acquire())
+                    held.append(self._install(r, seqs[-1]))
+                    if r.prefix_length:
+                        self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, seqs[-1], 0, r.prefix_length)
+            except BaseException:
+                for s in seqs:
+                    self._release(s)
+                raise
+        return seqs, held
+
+    def _install(self, row: PackedRow, seq: int) -> int:
+        """Put the row's aside into `seq` (empty); the prompt tokens it holds (0 where a saved one finds no room)."""
+        a = row.aside
+        if a is None:
+            return 0
+        n = len(a.prompt_ids)
+        if isinstance(a.kv, _SeqKV):
+            self._lib.llama_memory_seq_cp(self._mem, a.kv.seq_id, seq, a.prefix_length, a.prefix_length + n)
+            return n
+        if self._restore(a.kv.state, seq):
+            return n
+        self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        return 0
 
     def generate_packed(
         self,
@@ -276,24 +451,31 @@ class LlamaCppBackend:
         done: Callable[[int, list[int]], bool] | None = None,
         logprobs: Sequence[list[float]] | None = None,
     ) -> Generator[list[tuple[int, int]], None, None]:
-        """Every row a sequence of its own over the cache's cells up to its prefix: the rows' prompts in one batch,
-        then one token per running row per `llama_decode`. A row leaves at a stop token, its budget or `done`."""
+        """Every row a sequence of its own over the cache's cells up to its prefix: the rows' prompts (but for parts
+        computed aside) in one batch, then one token per running row per `llama_decode`. A row leaves at a stop
+        token, its budget or `done`."""
         if not rows:
             return
         _check_rows(rows, len(cache.tokens))
-        samplers = [_Sampler(sampling) for _ in rows]
+        for r in rows:
+            a = r.aside
+            if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
+                raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
+        samplers = [Sampler(sampling) for _ in rows]
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
-        with self.lock:
-            seqs = self._row_seqs(cache, rows)
+        seqs, held = self._row_seqs(cache, rows)
         try:
-            ends = list(_cumsum(len(r.prompt_ids) for r in rows))
-            logits = self._decode(
-                [t for r in rows for t in r.prompt_ids],
-                [r.prefix_length + k for r in rows for k in range(len(r.prompt_ids))],
-                [s for r, s in zip(rows, seqs, strict=True) for _ in r.prompt_ids],
+            rest = [i for i, r in enumerate(rows) if held[i] < len(r.prompt_ids)]
+            ends = list(cumsum(len(rows[i].prompt_ids) - held[i] for i in rest))
+            computed = self._decode(
+                [t for i in rest for t in rows[i].prompt_ids[held[i] :]],
+                [rows[i].prefix_length + k for i in rest for k in range(held[i], len(rows[i].prompt_ids))],
+                [seqs[i] for i in rest for _ in rows[i].prompt_ids[held[i] :]],
                 [e - 1 for e in ends],
             )
+            by_row = {i: computed[j] for j, i in enumerate(rest)}
+            logits = [by_row[i] if i in by_row else _aside_logits(rows[i]) for i in range(len(rows))]
             active = list(range(len(rows)))
             produced = [0] * len(rows)
             while active:
@@ -305,7 +487,7 @@ class LlamaCppBackend:
                         continue
                     histories[i].append(token)
                     if logprobs is not None:
-                        logprobs[i].append(_logprob(logits[j], token))
+                        logprobs[i].append(logprob(logits[j], token))
                     produced[i] += 1
                     step.append((i, token))
                     finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
@@ -315,11 +497,13 @@ class LlamaCppBackend:
                     yield step
                 active = feed
                 if active:
-                    logits = self._decode(
-                        [histories[i][-1] for i in active],
-                        [next_pos[i] + produced[i] - 1 for i in active],
-                        [seqs[i] for i in active],
-                        range(len(active)),
+                    logits = list(
+                        self._decode(
+                            [histories[i][-1] for i in active],
+                            [next_pos[i] + produced[i] - 1 for i in active],
+                            [seqs[i] for i in active],
+                            range(len(active)),
+                        )
                     )
         finally:
             for s in seqs:
@@ -328,35 +512,45 @@ class LlamaCppBackend:
     def score_rows(
         self, cache: LlamaCppCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
     ) -> list[RowScores]:
-        """Every row read on its own sequence over its cache prefix, all in one batch with every token's logits."""
+        """Every row read on its own sequence over its cache prefix, all in one batch with every token's logits.
+        Scores start after the first token computed (after the aside, where a row has one)."""
         base = len(cache.tokens)
         packed = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
         _check_rows(packed, base)
         if not packed:
             return []
-        with self.lock:
-            seqs = self._row_seqs(cache, packed)
+        aside_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in packed]
+        if any(n == len(r.prompt_ids) for n, r in zip(aside_len, packed, strict=True)):
+            raise ValueError("a scored row must compute at least one token after its aside")
+        seqs, held = self._row_seqs(cache, packed)
         try:
-            n = sum(len(r.prompt_ids) for r in packed)
             logits = self._decode(
-                [t for r in packed for t in r.prompt_ids],
-                [r.prefix_length + k for r in packed for k in range(len(r.prompt_ids))],
-                [s for r, s in zip(packed, seqs, strict=True) for _ in r.prompt_ids],
-                range(n),
+                [t for r, h in zip(packed, held, strict=True) for t in r.prompt_ids[h:]],
+                [r.prefix_length + k for r, h in zip(packed, held, strict=True) for k in range(h, len(r.prompt_ids))],
+                [s for r, s, h in zip(packed, seqs, held, strict=True) for _ in r.prompt_ids[h:]],
+                range(sum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))),
             )
         finally:
             for s in seqs:
                 self._release(s)
-        starts = [0, *_cumsum(len(r.prompt_ids) for r in packed)]
+        starts = [0, *cumsum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))]
+        # A saved aside that found no room was computed here: its extra rows are dropped, so every row is scored
+        # from the same token on whatever happened.
         return [
-            _row_scores(logits[a:b], r.prompt_ids, next_ids)
-            for a, b, r in zip(starts, starts[1:], packed, strict=False)
+            row_scores(logits[a + n - h : b], r.prompt_ids[n:], next_ids)
+            for a, b, r, n, h in zip(starts, starts[1:], packed, aside_len, held, strict=False)
         ]
 
 
-def _free_context(lib: Any, ctx: Any, batch: Any) -> None:
+def _free_context(lib: Any, ctx: Any, batch: Any, owner: Any) -> None:
     lib.llama_batch_free(batch)
     lib.llama_free(ctx)
+    del owner  # now the model may go
+
+
+def _aside_logits(row: PackedRow) -> np.ndarray:
+    assert row.aside is not None and row.aside.last_logits is not None  # checked before any decode
+    return np.asarray(row.aside.last_logits)
 
 
 def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
@@ -365,63 +559,8 @@ def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
             raise ValueError("a row needs at least one prompt token")
         if not 0 <= r.prefix_length <= base:
             raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
-        if r.aside is not None:
-            raise ValueError("the llama.cpp backend computes no prompt asides (capabilities.kv_asides is False)")
-
-
-def _cumsum(values: Any) -> Generator[int, None, None]:
-    total = 0
-    for v in values:
-        total += v
-        yield total
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def _logprob(logits: np.ndarray, token: int) -> float:
-    """log P(token) under the model's own distribution, before any sampling processor."""
-    return float(_log_softmax(logits)[token])
-
-
-def _row_scores(logits: np.ndarray, row: Sequence[int], next_ids: Sequence[int]) -> RowScores:
-    """`logits[j]` predicts the token after `row[j]`."""
-    logp = _log_softmax(logits)
-    token_lp = [float(logp[j, row[j + 1]]) for j in range(len(row) - 1)]
-    return RowScores(token_lp, {int(t): float(logp[-1, t]) for t in next_ids})
-
-
-class _Sampler:
-    """Greedy argmax, or the transformers processors' arithmetic (repetition penalty, temperature, top-k, top-p)
-    and a draw, in numpy."""
-
-    def __init__(self, cfg: SamplingConfig) -> None:
-        self.cfg = cfg
-        self.rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
-
-    def next_token(self, history: list[int], logits: np.ndarray) -> int:
-        cfg = self.cfg
-        scores = logits.astype(np.float64)
-        if cfg.repetition_penalty != 1.0 and history:
-            seen = np.unique(np.asarray(history))
-            s = scores[seen]
-            scores[seen] = np.where(s < 0, s * cfg.repetition_penalty, s / cfg.repetition_penalty)
-        if self.rng is None:
-            return int(np.argmax(scores))
-        if cfg.temperature != 1.0:
-            scores = scores / cfg.temperature
-        if cfg.top_k and cfg.top_k < scores.size:
-            kth = np.partition(scores, -cfg.top_k)[-cfg.top_k]
-            scores = np.where(scores < kth, -np.inf, scores)
-        if cfg.top_p < 1.0:
-            order = np.argsort(scores)  # ascending, as transformers' TopPLogitsWarper
-            probs = np.exp(scores[order] - scores[order][-1])
-            cum = np.cumsum(probs / probs.sum())
-            drop = cum <= 1 - cfg.top_p
-            drop[-1] = False  # the most likely token always stays
-            scores[order[drop]] = -np.inf
-        p = np.exp(scores - scores.max())
-        return int(self.rng.choice(scores.size, p=p / p.sum()))
+        a = r.aside
+        if a is not None and (
+            a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
+        ):
+            raise ValueError("a row's prompt aside was computed for another prefix or prompt")
