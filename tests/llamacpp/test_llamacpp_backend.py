@@ -20,7 +20,10 @@ from wim_integrations.config import SamplingConfig
 pytestmark = pytest.mark.slow
 
 PROMPT_TEXT = "\n\nQuestion: who keeps the lighthouse? Write a short note."
-LOGIT_ATOL = 0.05  # llama.cpp's float sums over other cells / batch shapes (Q4_1 weights, f16 keys/values)
+# llama.cpp's float sums over other cells and batch shapes (Q4_1 weights, activations quantized per batch for the
+# dot products, f16 keys/values) move log-probabilities by up to ~0.07 nats here; a real difference is far larger.
+LOGIT_ATOL = 0.1
+TAIL_RTOL = 0.02  # tokens of log P around -20 move by a few tenths: relative there
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,9 @@ def test_chunked_prefill_and_rollback_give_the_logits_of_a_fresh_prefill(b, ids)
     [x] = b.score_rows(chunked, [probe], next_ids=range(50))
     [y] = b.score_rows(fresh, [probe], next_ids=range(50))
     np.testing.assert_allclose(x.token_logprobs, y.token_logprobs, atol=LOGIT_ATOL)
-    np.testing.assert_allclose(list(x.next_logprobs.values()), list(y.next_logprobs.values()), atol=LOGIT_ATOL)
+    np.testing.assert_allclose(
+        list(x.next_logprobs.values()), list(y.next_logprobs.values()), atol=LOGIT_ATOL, rtol=TAIL_RTOL
+    )
 
 
 def test_generate_stops_before_feeding_its_last_token_and_reports_logprobs(b, ids):
@@ -92,7 +97,7 @@ def test_generate_stops_before_feeding_its_last_token_and_reports_logprobs(b, id
 
 def test_packed_rows_equal_generate_on_a_cache_cut_at_their_prefix(b, ids):
     p = prompt(b)
-    cuts = [150, 300, 450, len(ids)]
+    cuts = [len(ids) // 4, len(ids) // 2, 3 * len(ids) // 4, len(ids)]
     cache = b.new_cache()
     b.prefill(cache, ids)
     rows = [PackedRow(c, p[k % 3 :]) for k, c in enumerate(cuts)]  # prompts of different lengths too
@@ -146,7 +151,9 @@ def test_score_rows_on_prefixes_equal_scores_on_caches_cut_there(b, ids):
         [want] = b.score_rows(cut, [row], next_ids=[1, 2, 3])
         assert len(scores.token_logprobs) == len(row) - 1
         np.testing.assert_allclose(scores.token_logprobs, want.token_logprobs, atol=LOGIT_ATOL)
-        np.testing.assert_allclose(list(scores.next_logprobs.values()), list(want.next_logprobs.values()), atol=0.05)
+        np.testing.assert_allclose(
+            list(scores.next_logprobs.values()), list(want.next_logprobs.values()), atol=LOGIT_ATOL, rtol=TAIL_RTOL
+        )
     # the rows see different prefixes: their scores differ
     assert got[0].token_logprobs != got[1].token_logprobs
     assert b.cache_length(cache) == len(ids)
@@ -170,25 +177,51 @@ def test_bad_rows_fail_before_any_decode(b, ids):
         b.rollback(cache, 60)
 
 
-def test_collected_caches_give_their_sequences_back(b):
-    free_before = len(b._free_seqs)
-    for _ in range(3 * b.n_seq_max):  # more caches than sequences: each one collected is reused
-        cache = b.new_cache()
-        b.prefill(cache, [1, 2, 3])
+@pytest.fixture
+def small(b):
+    """A second context on the same weights with 4 sequences and a window of 256 tokens."""
+    from wim_integrations.backends.llamacpp import LlamaCppBackend
+
+    small = LlamaCppBackend(b.model, name="small", n_ctx=256, n_threads=2, n_seq_max=4, owner=b)
+    yield small
+    small.close()
+
+
+def test_collected_caches_give_their_sequences_back(small):
+    for _ in range(3 * small.n_seq_max):  # more caches than sequences: each one collected is reused
+        cache = small.new_cache()
+        small.prefill(cache, [1, 2, 3])
         del cache
         gc.collect()
-    b._reclaim()
-    assert len(b._free_seqs) == free_before
+    small._reclaim()
+    assert len(small._free_seqs) == small.n_seq_max
 
 
-def test_too_many_caches_and_a_full_kv_raise_the_librarys_error(b):
+def test_too_many_caches_and_a_full_kv_raise_the_librarys_error(small):
     from wim_integrations.errors import LlamaCppError
 
     held = []
-    with pytest.raises(LlamaCppError, match=r"sequences of this backend are in use.*n_seq_max"):
-        for _ in range(b.n_seq_max + 1):
-            held.append(b.new_cache())
+    with pytest.raises(LlamaCppError, match=r"all 4 llama.cpp sequences of this backend are in use.*n_seq_max"):
+        for _ in range(small.n_seq_max + 1):
+            held.append(small.new_cache())
     held.clear()
     gc.collect()
-    with pytest.raises(LlamaCppError, match="window of 8192"):
-        b.prefill(b.new_cache(), [5] * 8193)
+    with pytest.raises(LlamaCppError, match=r"257 tokens do not fit this backend's window of 256 \(n_ctx\)"):
+        small.prefill(small.new_cache(), [5] * 257)
+    # the cells are shared by all sequences: three windows of 200 do not fit its cells (512: llama.cpp pads them)
+    caches = [small.new_cache() for _ in range(3)]
+    with pytest.raises(LlamaCppError, match=f"no free KV cells.*{small.n_cells} cells"):
+        for c in caches:
+            small.prefill(c, [5] * 200)
+    assert [small.cache_length(c) for c in caches] == [200, 200, 0]  # the failed step left nothing behind
+    small.prefill(caches[2], [5] * 100)  # and the context still works
+
+
+def test_a_closed_backend_says_so(small):
+    from wim_integrations.errors import LlamaCppError
+
+    cache = small.new_cache()
+    small.close()
+    with pytest.raises(LlamaCppError, match="is closed"):
+        small.prefill(cache, [1])
+    small.rollback(cache, 0)  # nothing to free any more, and no crash

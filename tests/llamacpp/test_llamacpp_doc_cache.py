@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 CFG = WiMConfig(segment_tokens=200, margin_max_new_tokens=12, answer_max_new_tokens=12)
 Q1, Q2 = "Who keeps the lighthouse?", "What is the code of the gate?"
-ATOL = 0.05
+ATOL = 0.1  # llama.cpp's float noise across cell placements (tests/llamacpp/test_llamacpp_backend.py)
 
 
 def _packed(b, cache, rows, budget):
@@ -37,7 +37,7 @@ def test_declares_a_local_document_cache(llamacpp_backend):
 
 def test_saved_cache_restores_to_the_same_logits_and_is_charged_its_bytes(llamacpp_backend):
     b = llamacpp_backend
-    ids = b.encode_text(SAMPLE)[:500]
+    ids = b.encode_text(SAMPLE * 2)[:500]
     cache = b.new_cache()
     b.prefill(cache, ids)
     saved = b.compact_cache(cache)
@@ -63,7 +63,7 @@ def test_rows_with_asides_equal_rows_computed_in_the_batch(llamacpp_backend):
     """The engine's path: each margin prompt computed right after its segment, packed in later; heads saved to host
     memory and continued."""
     b = llamacpp_backend
-    ids = b.encode_text(SAMPLE)[:450]
+    ids = b.encode_text(SAMPLE * 2)[:450]
     prompt = b.encode_text("\n\nWho keeps the lighthouse? Note:") + b.encode_template(b.chat_frame().suffix)
     cuts = [150, 300, 450]
     cache = b.new_cache()
