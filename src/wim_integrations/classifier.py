@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, PackedRow, packed_view
-from .config import SamplingConfig
+from .backends.base import Backend, GenerationRequest, PackedRequest, PackedRow, packed_view
 from .events import Verdict
 from .prompts import ChatFrame, render, split_at_placeholder
 from .relevance import CONTENT_FREE_MARGIN, logsumexp
@@ -64,7 +63,7 @@ class MarginClassifier:
             def settled(row: int, tokens: list[int]) -> bool:
                 return verdict_is_settled(b.decode(tokens))
 
-            steps = packed.generate_packed(cache, rows, self.max_new_tokens, SamplingConfig(), done=settled)
+            steps = packed.generate_packed(cache, PackedRequest(rows, self.max_new_tokens, done=settled))
             try:
                 for step in steps:
                     check()

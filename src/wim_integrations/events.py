@@ -160,11 +160,30 @@ class MarginToken(_Event):
     text: str
 
 
+class ModelCall(BaseModel):
+    """One model call a step made besides the margin itself (a classifier's judgement), as tracers show it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    prompt: str = Field(description="the prompt as the model read it (decoded), chat template included")
+    prompt_tokens: int
+    output_tokens: int
+
+
 class MarginWritten(_Event):
     type: Literal["margin_written"] = "margin_written"
     segment_index: int
     n_segments: int
     margin: Margin
+    prompt_tokens: int = Field(
+        0,
+        description="tokens the model read for this margin: its segment (the first one with the context's opening) "
+        "and the margin instruction, whether computed or taken from the document cache",
+    )
+    judge_call: ModelCall | None = Field(
+        None, description="the classifier's call that judged this margin (same_model / auxiliary modes), else None"
+    )
 
     @property
     def text(self) -> str:
@@ -180,6 +199,8 @@ class AnswerStarted(_Event):
     n_relevant_margins: int
     segments_read: int
     n_segments: int
+    prompt: str = Field("", description="the answer prompt read after the context (kept margins, question), decoded")
+    prompt_tokens: int = Field(0, description="tokens of that prompt")
 
 
 class AnswerToken(_Event):

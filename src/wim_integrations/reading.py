@@ -21,6 +21,7 @@ from .backends.base import (
     GenerationRequest,
     LocalKVBackend,
     PackedBackend,
+    PackedRequest,
     PackedRow,
     PromptAside,
     local_kv_view,
@@ -38,6 +39,7 @@ from .events import (
     Margin,
     MarginToken,
     MarginWritten,
+    ModelCall,
     SegmentInfo,
     SegmentRead,
     Timings,
@@ -210,10 +212,16 @@ class WiMStream:
 
         self._check_cancel()
         relevant = [m for m in margins if m.relevant]
-        yield AnswerStarted(n_relevant_margins=len(relevant), segments_read=read, n_segments=n)
-        t0 = time.perf_counter()
         final_ids = wim.final_prompt_ids(plan.analysis or plan.question, relevant, n)
         tokens.answer_prompt = len(final_ids)
+        yield AnswerStarted(
+            n_relevant_margins=len(relevant),
+            segments_read=read,
+            n_segments=n,
+            prompt=b.decode(final_ids),
+            prompt_tokens=len(final_ids),
+        )
+        t0 = time.perf_counter()
         deltas = TextDeltas.for_backend(b)
         for tok in b.generate(cache, GenerationRequest(final_ids, cfg.answer_max_new_tokens, cfg.sampling)):
             self._check_cancel()
@@ -303,7 +311,7 @@ class WiMStream:
             timings.classify_seconds += t_classify
             margin = self._margin(seg, judged, len(deltas.ids), t_margin + t_classify)
             margins.append(margin)
-            yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+            yield self._written(seg, margin, judged)
         if store is not None and run.read == n:  # the whole context read; the cache is back at its end
             store()
 
@@ -361,7 +369,9 @@ class WiMStream:
             rows = [PackedRow(ends[seg.index], plan.margin_prompt_ids, a) for seg, a in zip(group, asides, strict=True)]
             deltas = [TextDeltas.for_backend(b) for _ in rows]
             logprobs: list[list[float]] = [[] for _ in rows]
-            steps = b.generate_packed(cache, rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
+            steps = b.generate_packed(
+                cache, PackedRequest(rows, cfg.margin_max_new_tokens, cfg.sampling, done, logprobs)
+            )
             try:  # every margin streams live: its tokens are interleaved with the group's others, step by step
                 for step in steps:
                     self._check_cancel()
@@ -394,7 +404,7 @@ class WiMStream:
             for seg, d, judgement in zip(group, deltas, judged, strict=True):
                 margin = self._margin(seg, judgement, len(d.ids), share)
                 run.margins.append(margin)
-                yield MarginWritten(segment_index=seg.index, n_segments=n, margin=margin)
+                yield self._written(seg, margin, judgement)
             if self._answer_now.is_set():
                 return
 
@@ -442,6 +452,16 @@ class WiMStream:
             n_tokens=seg.n_tokens,
             documents=list(seg.documents),
             seconds=seconds,
+        )
+
+    def _written(self, seg: Segment, margin: Margin, judged: _Judgement) -> MarginWritten:
+        head = len(self.plan.head_ids) if seg.index == 0 else 0
+        return MarginWritten(
+            segment_index=seg.index,
+            n_segments=self.plan.n_segments,
+            margin=margin,
+            prompt_tokens=head + seg.n_tokens + len(self.plan.margin_prompt_ids),
+            judge_call=judged.call,
         )
 
     def _draft(self, seg: Segment, deltas: TextDeltas, logprobs: list[float]) -> MarginDraft:
@@ -501,7 +521,10 @@ class WiMStream:
         before = judge.generated_tokens
         replies = judge.classify([d.text for d in drafts], self._check_cancel)
         run.tokens.classifier_generated += judge.generated_tokens - before
-        return [_Judgement(d.text, verdict, reply) for d, (verdict, reply) in zip(drafts, replies, strict=True)]
+        return [
+            _Judgement(d.text, verdict, reply, call=_judge_call(judge, d.text, reply))
+            for d, (verdict, reply) in zip(drafts, replies, strict=True)
+        ]
 
     def _scores(self, drafts: list[MarginDraft], run: _RunState, cache: Any) -> list[float]:
         mode, plan = self.plan.config.classification, self.plan
@@ -530,6 +553,18 @@ class _Judgement:
     score: float | None = None  # score-based modes
     data: dict[str, Any] | None = None  # an analysis note validated against its schema
     parse_error: str | None = None  # why it did not validate
+    call: ModelCall | None = None  # the classifier's call (same_model / auxiliary)
+
+
+def _judge_call(judge: MarginClassifier, margin: str, reply: str) -> ModelCall:
+    ids = judge.prompt_ids(margin)
+    backend = judge.backend
+    return ModelCall(
+        model=backend.name,
+        prompt=backend.decode(ids),
+        prompt_tokens=len(ids),
+        output_tokens=len(backend.encode_text(reply)),
+    )
 
 
 def _segment_records(segments: Sequence[Segment], read_seconds: dict[int, float]) -> list[SegmentInfo]:

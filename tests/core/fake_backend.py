@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 
-from wim_integrations.backends.base import Capabilities, GenerationRequest, PackedRow, RowScores
+from wim_integrations.backends.base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores
 from wim_integrations.config import SamplingConfig
 from wim_integrations.prompts import PLAIN_PREFIX, PLAIN_SUFFIX, ChatFrame
 
@@ -173,16 +173,15 @@ class FakeBackend:
             fed = tok
             yield tok
 
-    def generate_packed(
-        self,
-        cache: list[int],
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
-    ) -> Generator[list[tuple[int, int]], None, None]:
+    def generate_packed(self, cache: list[int], request: PackedRequest) -> Generator[list[tuple[int, int]], None, None]:
         """Each row on its own history (cache prefix + prompt), one token per row per step; the cache is not touched."""
+        rows, max_new_tokens, sampling, done, logprobs = (
+            request.rows,
+            request.max_new_tokens,
+            request.sampling,
+            request.done,
+            request.logprobs,
+        )
         self.packed_calls += 1
         for r in rows:
             if not 0 <= r.prefix_length <= len(cache):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wim_integrations.backends.base import GenerationRequest, PackedRow
+from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow
 from wim_integrations.config import SamplingConfig
 
 TEXT = (
@@ -32,7 +32,7 @@ def _prefilled(backend):
 
 def _packed(backend, cache, rows, budget, sampling=None):
     out: list[list[int]] = [[] for _ in rows]
-    for step in backend.generate_packed(cache, rows, budget, sampling or SamplingConfig()):
+    for step in backend.generate_packed(cache, PackedRequest(rows, budget, sampling or SamplingConfig())):
         for i, tok in step:
             out[i].append(tok)
     return out
@@ -80,14 +80,14 @@ def test_rows_with_prompts_computed_aside_equal_rows_computed_packed(tiny_backen
     assert got == [_reference(b, ids, c, prompt, 10) for c in cuts]
     assert b.cache_length(cache) == len(ids)
     with pytest.raises(ValueError, match="another prefix"):
-        list(b.generate_packed(cache, [PackedRow(cuts[1], prompt, asides[0])], 2, SamplingConfig()))
+        list(b.generate_packed(cache, PackedRequest([PackedRow(cuts[1], prompt, asides[0])], 2)))
     # Mixed rows: a whole prompt aside, only its head aside (the rest computed in the packed pass), none at all.
     head = b.aside_head(asides[1], 4)
     assert head.last_logits is None and list(head.prompt_ids) == prompt[:4]
     mixed = [PackedRow(cuts[0], prompt, asides[0]), PackedRow(cuts[1], prompt, head), PackedRow(cuts[2], prompt)]
     assert _packed(b, cache, mixed, 10) == got
     with pytest.raises(ValueError, match="last logits"):
-        list(b.generate_packed(cache, [PackedRow(cuts[1], prompt[:4], head)], 2, SamplingConfig()))
+        list(b.generate_packed(cache, PackedRequest([PackedRow(cuts[1], prompt[:4], head)], 2)))
     assert b.cache_length(cache) == len(ids)
 
 
@@ -98,7 +98,7 @@ def test_packed_rows_end_when_done_says_so(tiny_backends):
     full = _packed(b, cache, rows, 8)
     assert all(len(f) >= 4 for f in full)
     out: list[list[int]] = [[], []]
-    steps = b.generate_packed(cache, rows, 8, SamplingConfig(), done=lambda i, toks: i == 0 and len(toks) == 2)
+    steps = b.generate_packed(cache, PackedRequest(rows, 8, done=lambda i, toks: i == 0 and len(toks) == 2))
     for step in steps:
         for i, tok in step:
             out[i].append(tok)
@@ -143,7 +143,7 @@ def test_packed_closing_early_restores_cache(tiny_backends):
     ids = b.encode_text(TEXT)
     cache = b.new_cache()
     b.prefill(cache, ids)
-    it = b.generate_packed(cache, [PackedRow(5, ids[:4]), PackedRow(9, ids[:6])], 8, SamplingConfig())
+    it = b.generate_packed(cache, PackedRequest([PackedRow(5, ids[:4]), PackedRow(9, ids[:6])], 8))
     next(it)
     assert b.cache_length(cache) > len(ids)
     it.close()
@@ -155,9 +155,9 @@ def test_packed_rejects_bad_rows(tiny_backends):
     cache = b.new_cache()
     b.prefill(cache, [5, 6, 7])
     with pytest.raises(ValueError, match="outside the cache"):
-        list(b.generate_packed(cache, [PackedRow(4, [1])], 2, SamplingConfig()))
+        list(b.generate_packed(cache, PackedRequest([PackedRow(4, [1])], 2)))
     with pytest.raises(ValueError, match="at least one prompt token"):
-        list(b.generate_packed(cache, [PackedRow(1, [])], 2, SamplingConfig()))
+        list(b.generate_packed(cache, PackedRequest([PackedRow(1, [])], 2)))
 
 
 def test_fork_shares_tensors_and_stays_intact(tiny_backends):

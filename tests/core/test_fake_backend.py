@@ -13,8 +13,14 @@ import pytest
 from fake_backend import FakeBackend, plain_generate, teacher_forced
 
 from wim_integrations import WiM, WiMConfig, WiMInputError
-from wim_integrations.backends.base import Backend, Capabilities, GenerationRequest, PackedBackend, PackedRow
-from wim_integrations.config import SamplingConfig
+from wim_integrations.backends.base import (
+    Backend,
+    Capabilities,
+    GenerationRequest,
+    PackedBackend,
+    PackedRequest,
+    PackedRow,
+)
 from wim_integrations.relevance import lexical_score
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +68,7 @@ def test_generate_packed_and_score_rows_match_generate_and_teacher_forcing() -> 
     rows = [PackedRow(c, prompt) for c in cuts]
     packed_lp: list[list[float]] = [[] for _ in rows]
     written: list[list[int]] = [[] for _ in rows]
-    for step in b.generate_packed(cache, rows, 9, SamplingConfig(), logprobs=packed_lp):
+    for step in b.generate_packed(cache, PackedRequest(rows, 9, logprobs=packed_lp)):
         for i, tok in step:
             written[i].append(tok)
     assert cache == doc  # left as it was

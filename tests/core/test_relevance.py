@@ -10,9 +10,8 @@ import torch
 from helpers import SAMPLE
 
 from wim_integrations import WiM, WiMConfig
-from wim_integrations.backends.base import GenerationRequest, PackedRow
+from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow
 from wim_integrations.classifier import MarginClassifier
-from wim_integrations.config import SamplingConfig
 from wim_integrations.errors import WiMInputError
 from wim_integrations.relevance import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
 
@@ -53,7 +52,7 @@ def test_packed_generation_reports_each_rows_logprobs_as_generate_does(tiny_back
     packed_lp: list[list[float]] = [[] for _ in ends]
     outs: list[list[int]] = [[] for _ in ends]
     rows = [PackedRow(e, prompt) for e in ends]
-    for step in b.generate_packed(cache, rows, 7, SamplingConfig(), logprobs=packed_lp):
+    for step in b.generate_packed(cache, PackedRequest(rows, 7, logprobs=packed_lp)):
         for i, tok in step:
             outs[i].append(tok)
     for e, out, lp in zip(ends, outs, packed_lp, strict=True):

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.core.fake_backend import STOP_ID, VOCAB, FakeBackend, _pick, fold, history_state, logprobs_at
-from wim_integrations.backends.base import Capabilities, GenerationRequest, PackedRow, RowScores
+from wim_integrations.backends.base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores
 from wim_integrations.backends.tokenizer import HFTokenizer, TokenizerMethods
 from wim_integrations.config import SamplingConfig
 
@@ -134,19 +134,11 @@ class ReferenceBackend(TokenizerMethods):
         for tok in self.inner.generate(cache, inner):
             yield self.model.from_model(tok)
 
-    def generate_packed(
-        self,
-        cache: list[int],
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
-    ) -> Generator[list[tuple[int, int]], None, None]:
-        m = self.model
-        inner_rows = [PackedRow(r.prefix_length, m.to_model(r.prompt_ids)) for r in rows]
+    def generate_packed(self, cache: list[int], request: PackedRequest) -> Generator[list[tuple[int, int]], None, None]:
+        m, done = self.model, request.done
+        inner_rows = [PackedRow(r.prefix_length, m.to_model(r.prompt_ids)) for r in request.rows]
         inner_done = None if done is None else (lambda i, toks: done(i, [m.from_model(t) for t in toks]))
-        steps = self.inner.generate_packed(cache, inner_rows, max_new_tokens, sampling, inner_done, logprobs)
+        steps = self.inner.generate_packed(cache, replace(request, rows=inner_rows, done=inner_done))
         for step in steps:
             yield [(i, m.from_model(t)) for i, t in step]
 

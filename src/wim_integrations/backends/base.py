@@ -77,6 +77,21 @@ class PackedRow:
     aside: PromptAside | None = None
 
 
+@dataclass(frozen=True)
+class PackedRequest:
+    """Rows decoded together over prefixes of one cache (`PackedBackend.generate_packed`).
+
+    A row ends at its first stop id (not yielded), at `max_new_tokens`, or once `done(row index, its tokens so far)`
+    is true (a margin's stop rule). With `logprobs` (one list per row) the log P of each yielded token is appended to
+    its row's list, as `GenerationRequest.logprobs`."""
+
+    rows: Sequence[PackedRow]
+    max_new_tokens: int
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    done: Callable[[int, list[int]], bool] | None = None
+    logprobs: Sequence[list[float]] | None = None
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
@@ -145,22 +160,12 @@ class Backend(Protocol):
 class PackedBackend(Backend, Protocol):
     """A backend that decodes several rows at once over prefixes of one cache (batched margins)."""
 
-    def generate_packed(
-        self,
-        cache: Any,
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
-    ) -> Generator[list[tuple[int, int]], None, None]:
+    def generate_packed(self, cache: Any, request: PackedRequest) -> Generator[list[tuple[int, int]], None, None]:
         """Yield, per decoding step, the (row index, token) pairs of the rows still running.
 
-        Row i attends to the first `rows[i].prefix_length` cache tokens and to its own tokens only, so its output is
-        what `generate` would give on a cache cut at that length. A row stops at its first stop id (not yielded), at
-        its budget, or once `done(i, tokens of row i so far)` is true. With `logprobs` (one list per row) the log P of
-        each yielded token is appended to its row's list, as `GenerationRequest.logprobs`. The cache is back at its
-        starting length once the iterator ends or is closed."""
+        Row i attends to the first `request.rows[i].prefix_length` cache tokens and to its own tokens only, so its
+        output is what `generate` would give on a cache cut at that length; rows end as `PackedRequest` says. The
+        cache is back at its starting length once the iterator ends or is closed."""
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import threading
 import uuid
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
 from .attention import wim_sdpa
-from .base import Capabilities, GenerationRequest, PackedRow, PromptAside, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores
 from .kv_buffer import BufferedLayer
 from .tokenizer import HFTokenizer, TokenizerMethods
 
@@ -187,13 +187,7 @@ class HFBackend(TokenizerMethods):
         return PromptAside(start, list(prompt_ids), kv, None)
 
     def generate_packed(
-        self,
-        cache: DynamicCache,
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
+        self, cache: DynamicCache, request: PackedRequest
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Decode all rows in one sequence appended to `cache` (batch size 1, nothing copied).
 
@@ -201,6 +195,13 @@ class HFBackend(TokenizerMethods):
         `prefix_length` plus the earlier tokens of its own row, and position ids continue from `prefix_length`, so
         every row computes what a cache cut at its prefix would give. A row ends at a stop token, after
         `max_new_tokens`, or once `done(row, its tokens so far)` is true."""
+        rows, max_new_tokens, sampling, done, logprobs = (
+            request.rows,
+            request.max_new_tokens,
+            request.sampling,
+            request.done,
+            request.logprobs,
+        )
         if not rows:
             return
         base = self.cache_length(cache)

@@ -31,7 +31,7 @@ from ..errors import (
     ServerUnavailableError,
     WiMInputError,
 )
-from .base import Capabilities, GenerationRequest, PackedRow, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores
 from .http import HTTPClient, check_base_url
 from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
 from .tokenizer import HFTokenizer, TokenizerMethods
@@ -207,16 +207,17 @@ class ServerBackend(TokenizerMethods):
         cache.warm = len(cache.tokens)
 
     def generate_packed(
-        self,
-        cache: ServerCache,
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
+        self, cache: ServerCache, request: PackedRequest
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Each row is its own streamed request (at most `max_concurrency` at once; the server batches them), sent
         after one warm-up request for the longest prefix, so every row's prefix is a prefix-cache hit."""
+        rows, max_new_tokens, sampling, done, logprobs = (
+            request.rows,
+            request.max_new_tokens,
+            request.sampling,
+            request.done,
+            request.logprobs,
+        )
         if not rows:
             return
         for r in rows:
