@@ -14,7 +14,7 @@ import pytest
 from helpers import SAMPLE
 from llama_cpp_agreement import assert_same_greedy_tokens
 
-from wim_integrations.backends.base import GenerationRequest, PackedRow, packed_view
+from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow, packed_view
 from wim_integrations.config import SamplingConfig
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def reference(b, context, prefix, prompt_ids, budget, sampling=None, logprobs=No
 
 def packed(b, cache, rows, budget, done=None, logprobs=None, sampling=None):
     out: list[list[int]] = [[] for _ in rows]
-    for step in b.generate_packed(cache, rows, budget, sampling or SamplingConfig(), done, logprobs):
+    for step in b.generate_packed(cache, PackedRequest(rows, budget, sampling or SamplingConfig(), done, logprobs)):
         for i, tok in step:
             out[i].append(tok)
     return out
@@ -122,7 +122,7 @@ def test_each_row_leaves_at_its_done_rule_and_budget(b, ids):
     cache = b.new_cache()
     b.prefill(cache, ids[:300])
     rows = [PackedRow(100, prompt(b)), PackedRow(300, prompt(b))]
-    steps = list(b.generate_packed(cache, rows, 10, SamplingConfig(), done=lambda i, toks: i == 0 and len(toks) == 2))
+    steps = list(b.generate_packed(cache, PackedRequest(rows, 10, done=lambda i, toks: i == 0 and len(toks) == 2)))
     per_row = [[t for s in steps for i, t in s if i == r] for r in range(2)]
     assert len(per_row[0]) == 2  # stopped by its rule, the other row went on
     assert 2 < len(per_row[1]) <= 10
@@ -133,7 +133,7 @@ def test_closing_the_packed_iterator_frees_its_rows(b, ids):
     cache = b.new_cache()
     b.prefill(cache, ids[:200])
     free_before = len(b._free_seqs)
-    it = b.generate_packed(cache, [PackedRow(200, prompt(b))] * 4, 10, SamplingConfig())
+    it = b.generate_packed(cache, PackedRequest([PackedRow(200, prompt(b))] * 4, 10))
     next(it)
     assert len(b._free_seqs) == free_before - 4
     it.close()
@@ -170,7 +170,7 @@ def test_bad_rows_fail_before_any_decode(b, ids):
     cache = b.new_cache()
     b.prefill(cache, ids[:50])
     with pytest.raises(ValueError, match="outside the cache"):
-        list(b.generate_packed(cache, [PackedRow(51, [1])], 4, SamplingConfig()))
+        list(b.generate_packed(cache, PackedRequest([PackedRow(51, [1])], 4)))
     with pytest.raises(ValueError, match="at least one prompt token"):
         b.score_rows(cache, [PackedRow(10, [])])
     with pytest.raises(ValueError, match="roll a cache of 50"):

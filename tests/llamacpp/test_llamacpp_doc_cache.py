@@ -11,9 +11,8 @@ from helpers import SAMPLE
 from llama_cpp_agreement import assert_same_greedy_tokens, assert_same_run_inproc
 
 from wim_integrations import DocumentCache, WiM, WiMConfig
-from wim_integrations.backends.base import PackedRow, local_kv_view
+from wim_integrations.backends.base import PackedRequest, PackedRow, local_kv_view
 from wim_integrations.backends.llamacpp import SavedCache
-from wim_integrations.config import SamplingConfig
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +23,7 @@ ATOL = 0.1  # llama.cpp's float noise across cell placements (tests/llamacpp/tes
 
 def _packed(b, cache, rows, budget):
     out: list[list[int]] = [[] for _ in rows]
-    for step in b.generate_packed(cache, rows, budget, SamplingConfig()):
+    for step in b.generate_packed(cache, PackedRequest(rows, budget)):
         for i, tok in step:
             out[i].append(tok)
     return out

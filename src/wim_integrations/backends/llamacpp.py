@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SamplingConfig
 from ..errors import LlamaCppError, WiMInputError
 from ..prompts import ChatFrame
-from .base import Capabilities, GenerationRequest, PackedRow, PromptAside, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores
 from .gguf_tokenizer import GGUFTokenizer
 from .np_sampling import Sampler, cumsum, logprob, row_scores
 
@@ -443,17 +442,12 @@ class LlamaCppBackend:
         return 0
 
     def generate_packed(
-        self,
-        cache: LlamaCppCache,
-        rows: Sequence[PackedRow],
-        max_new_tokens: int,
-        sampling: SamplingConfig,
-        done: Callable[[int, list[int]], bool] | None = None,
-        logprobs: Sequence[list[float]] | None = None,
+        self, cache: LlamaCppCache, request: PackedRequest
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Every row a sequence of its own over the cache's cells up to its prefix: the rows' prompts (but for parts
         computed aside) in one batch, then one token per running row per `llama_decode`. A row leaves at a stop
         token, its budget or `done`."""
+        rows, max_new_tokens, done, logprobs = request.rows, request.max_new_tokens, request.done, request.logprobs
         if not rows:
             return
         _check_rows(rows, len(cache.tokens))
@@ -461,7 +455,7 @@ class LlamaCppBackend:
             a = r.aside
             if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
                 raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
-        samplers = [Sampler(sampling) for _ in rows]
+        samplers = [Sampler(request.sampling) for _ in rows]
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
         seqs, held = self._row_seqs(cache, rows)
