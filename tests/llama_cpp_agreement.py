@@ -72,7 +72,11 @@ def assert_same_run(url: str, wim: Any, plan: Any, a: Any, b: Any) -> None:
 
 # -- the same comparison on llama.cpp in process (the llama.cpp backend): the same kernels, the same promise. Its
 # packed rows decode in batches of other shapes than a lone sequence, and a sequence's cells land wherever the
-# shared KV cache has room, so the float sums differ in the last bits there too.
+# shared KV cache has room, so the float sums differ there too. Measured on the embedded Q4_1 model (with and without
+# flash attention): log-probabilities drift by up to 0.2 nats between a packed row and the same tokens decoded alone,
+# and even a prompt prefilled with its prefix vs after it parts at gaps of 0.06-0.3; so a near-tie here is a gap
+# below INPROC_NEAR_TIE (twice that drift, both tokens moving). A row reading a wrong prefix parts at gaps of nats.
+INPROC_NEAR_TIE = 0.5
 def greedy_gaps(backend: Any, prompt: Sequence[int], max_tokens: int) -> tuple[list[int], list[float]]:
     """Greedy tokens for `prompt` on a fresh cache of the in-process llama.cpp backend, with each step's gap in
     log-probability between the best and the second-best token."""
@@ -99,7 +103,7 @@ def assert_same_greedy_tokens(backend: Any, prompt: Sequence[int], a: Sequence[i
     parted = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     _, gaps = greedy_gaps(backend, prompt, parted + 1)
     smallest = min(gaps[: parted + 1], default=math.inf)
-    assert smallest < NEAR_TIE, (
+    assert smallest < INPROC_NEAR_TIE, (
         f"greedy tokens differ at step {parted} with no near-tie before it (smallest gap {smallest:.3f}):\n{a}\n{b}"
     )
 
@@ -115,7 +119,7 @@ def assert_same_greedy_text_inproc(backend: Any, prompt: Sequence[int], a: str, 
         text += backend.decode([token])
         if len(text.lstrip()) > parted:
             break
-    assert smallest < NEAR_TIE, (
+    assert smallest < INPROC_NEAR_TIE, (
         f"greedy texts differ at character {parted} with no near-tie before it (smallest gap {smallest:.3f}):\n"
         f"{a!r}\n{b!r}"
     )

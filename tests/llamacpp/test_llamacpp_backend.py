@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 
 PROMPT_TEXT = "\n\nQuestion: who keeps the lighthouse? Write a short note."
 # llama.cpp's float sums over other cells and batch shapes (Q4_1 weights, activations quantized per batch for the
-# dot products, f16 keys/values) move log-probabilities by up to ~0.07 nats here; a real difference is far larger.
-LOGIT_ATOL = 0.1
+# dot products, f16 keys/values) moved log-probabilities by up to 0.19 nats here, growing along a generation; rows
+# that see another prefix differ by several nats (asserted below), so this still tells a wrong prefix apart.
+LOGIT_ATOL = 0.3
 TAIL_RTOL = 0.02  # tokens of log P around -20 move by a few tenths: relative there
 
 
@@ -154,8 +155,8 @@ def test_score_rows_on_prefixes_equal_scores_on_caches_cut_there(b, ids):
         np.testing.assert_allclose(
             list(scores.next_logprobs.values()), list(want.next_logprobs.values()), atol=LOGIT_ATOL, rtol=TAIL_RTOL
         )
-    # the rows see different prefixes: their scores differ
-    assert got[0].token_logprobs != got[1].token_logprobs
+    # the rows see different prefixes: their scores differ by far more than the tolerance
+    assert max(abs(x - y) for x, y in zip(got[0].token_logprobs, got[1].token_logprobs, strict=True)) > 3 * LOGIT_ATOL
     assert b.cache_length(cache) == len(ids)
 
 

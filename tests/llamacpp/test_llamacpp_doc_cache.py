@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 CFG = WiMConfig(segment_tokens=200, margin_max_new_tokens=12, answer_max_new_tokens=12)
 Q1, Q2 = "Who keeps the lighthouse?", "What is the code of the gate?"
-ATOL = 0.1  # llama.cpp's float noise across cell placements (tests/llamacpp/test_llamacpp_backend.py)
+ATOL = 0.3  # llama.cpp's float noise across cell placements (tests/llamacpp/test_llamacpp_backend.py)
 
 
 def _packed(b, cache, rows, budget):
