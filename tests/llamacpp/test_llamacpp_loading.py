@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 CFG = WiMConfig(segment_tokens=200, margin_max_new_tokens=8, answer_max_new_tokens=8)
 Q = "Who keeps the lighthouse?"
-SHORT = SAMPLE[: len(SAMPLE) // 3]
+SHORT = SAMPLE[: len(SAMPLE) // 2]  # two segments of at most 200 tokens
 
 
 @pytest.fixture(scope="module")
