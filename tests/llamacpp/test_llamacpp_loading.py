@@ -164,3 +164,13 @@ def test_cli_reads_with_a_gguf_and_with_an_ollama_model(tmp_path, gguf, monkeypa
     err = io.StringIO()
     assert main(["ask", "--gguf", str(gguf), "--model", "x", *common], stdout=io.StringIO(), stderr=err) == 2
     assert "--model and --gguf each name the model; use one" in err.getvalue()
+
+
+def test_langchain_chain_from_gguf(gguf):
+    pytest.importorskip("langchain_core")
+    from wim_integrations.langchain import WiMChain
+
+    chain = WiMChain.from_gguf(gguf, n_ctx=2048, n_threads=2, return_margins=True)
+    assert chain.return_margins and chain.wim.backend.max_context_tokens == 2048
+    out = chain.invoke({"context": SHORT, "question": Q})
+    assert out["answer"] and out["margins"]
