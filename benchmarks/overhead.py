@@ -2,6 +2,11 @@
 
     flock /tmp/wim-heavy.lock python benchmarks/overhead.py                  # both layouts, both stoppings (~15 min)
     python benchmarks/overhead.py --layouts 8x512 --stopping natural --no-memory   # quick look
+    python benchmarks/overhead.py --backend llama.cpp --threads 2     # the same on llama.cpp in process (the GGUF)
+
+`--backend` picks the engine the embedded model runs on: `transformers` (`WiM.default()`, the GGUF converted to
+float32) or `llama.cpp` (`WiM.from_gguf` on the GGUF itself, the [llamacpp] extra); plain and WiM always run on the
+same one, so each ratio compares like with like.
 
 One generated task document (benchmarks/tasks.py: village prose with one planted code, ~3,900 tokens) is read in two
 layouts: the model's default segment size (`segment_tokens=None`: 1024 tokens here, 4 segments) and 8 segments of 512
@@ -43,8 +48,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from benchmarks.tasks import Task, needle_task
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.base import GenerationRequest
@@ -68,6 +71,7 @@ class Setup:
 
 
 OVERRIDES: dict[str, str] = {}  # --set: settings tried instead of the defaults
+ENGINE = {"backend": "transformers", "threads": 1}  # --backend, --threads
 
 
 def config(layout: str, stopping: str, **changes: Any) -> WiMConfig:
@@ -78,7 +82,12 @@ def config(layout: str, stopping: str, **changes: Any) -> WiMConfig:
 
 
 def setup() -> Setup:
-    wim = WiM.default()
+    if ENGINE["backend"] == "llama.cpp":
+        from wim_integrations.models import default_gguf_path
+
+        wim = WiM.from_gguf(default_gguf_path(), n_threads=int(ENGINE["threads"]))
+    else:
+        wim = WiM.default()
     task = needle_task(lambda s: len(wim.backend.encode_text(s)), DOC_TOKENS, 0.4, seed=0)
     return Setup(wim, task, frozenset(wim.backend.stop_ids))  # type: ignore[attr-defined]
 
@@ -180,6 +189,7 @@ def measure_memory(layout: str, threads: int) -> dict[str, dict[str, float]]:
     out = {}
     for mode in ("plain", "wim"):
         cmd = [sys.executable, __file__, "--child", mode, "--layouts", layout, "--threads", str(threads)]
+        cmd += ["--backend", str(ENGINE["backend"])]
         cmd += ["--set", *(f"{k}={v}" for k, v in OVERRIDES.items())] if OVERRIDES else []
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -208,12 +218,17 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: on a shared small CPU, more threads are slower)"
+        "--threads", type=int, default=1, help="torch or llama.cpp threads (1: on a shared small CPU, more are slower)"
     )
+    ap.add_argument("--backend", choices=["transformers", "llama.cpp"], default="transformers", help="the engine")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="WiMConfig settings to try")
     ap.add_argument("--child", choices=["plain", "wim"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    ENGINE.update(backend=args.backend, threads=args.threads)
+    if args.backend == "transformers":
+        import torch
+
+        torch.set_num_threads(args.threads)
     OVERRIDES.update(item.split("=", 1) for item in args.set)
     if args.child:
         child(args.child, args.layouts[0])
@@ -222,8 +237,9 @@ def main() -> None:
     s = setup()
     defaults = WiMConfig.model_validate(OVERRIDES)
     cache_kind = type(s.wim.with_options(document_cache="auto").document_cache).__name__
+    engine = f"{args.backend} ({type(s.wim.backend).__name__})"
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, model {s.wim.model_name}; task "
+        f"# {engine}, {args.threads} threads, model {s.wim.model_name}; task "
         f"{s.task.id} ({s.task.n_tokens} tokens); WiM defaults: {defaults.model_dump(exclude={'sampling'})}, "
         f"document cache {cache_kind}"
     )

@@ -204,6 +204,26 @@ def vllm_server(served_model):
         yield server
 
 
+@pytest.fixture(scope="session")
+def llamacpp_backend():
+    """The llama.cpp backend in process (llama-cpp-python, scripts/build_llama_cpp_python.sh) on the embedded GGUF,
+    two threads. Without the binding its tests skip, unless WIM_REQUIRE_LLAMA_CPP=1 (CI) makes that a failure."""
+    from wim_integrations.extras import missing_modules
+
+    if missing_modules("llamacpp"):
+        if os.environ.get("WIM_REQUIRE_LLAMA_CPP") == "1":
+            pytest.fail(
+                "llama-cpp-python is required here (WIM_REQUIRE_LLAMA_CPP=1): scripts/build_llama_cpp_python.sh"
+            )
+        pytest.skip("llama-cpp-python not installed (scripts/build_llama_cpp_python.sh)")
+    from wim_integrations.llamacpp_models import load_gguf_backend
+    from wim_integrations.models import default_gguf_path
+
+    backend = load_gguf_backend(default_gguf_path(), n_ctx=8192, n_threads=2)
+    yield backend
+    backend.close()
+
+
 def _llama_cpp_backend(request: pytest.FixtureRequest):
     from wim_integrations.backends.server import ServerBackend
 
@@ -220,8 +240,9 @@ FAULT_BACKENDS = {
     "hf-llama": lambda request: request.getfixturevalue("tiny_backends")["llama"],
     "hf-qwen2": lambda request: request.getfixturevalue("tiny_backends")["qwen2"],
     "llama.cpp-server": _llama_cpp_backend,
+    "llama.cpp-inproc": lambda request: request.getfixturevalue("llamacpp_backend"),
 }
-_SLOW_BACKENDS = {"llama.cpp-server": (pytest.mark.slow,)}
+_SLOW_BACKENDS = {"llama.cpp-server": (pytest.mark.slow,), "llama.cpp-inproc": (pytest.mark.slow,)}
 
 
 @pytest.fixture(params=[pytest.param(n, marks=_SLOW_BACKENDS.get(n, ())) for n in sorted(FAULT_BACKENDS)])
@@ -241,6 +262,11 @@ def assert_same_runs(fault_backend):
             from llama_cpp_agreement import assert_same_run
 
             assert_same_run(fault_backend.client.base_url, wim, wim.plan(context, question), a, b)
+            return
+        if type(fault_backend).__name__ == "LlamaCppBackend":  # in process: the same promise as the server's
+            from llama_cpp_agreement import assert_same_run_inproc
+
+            assert_same_run_inproc(fault_backend, wim, wim.plan(context, question), a, b)
             return
         summary = [(r.answer, [(m.text, m.verdict) for m in r.margins], r.segments_read) for r in (a, b)]
         assert summary[0] == summary[1]

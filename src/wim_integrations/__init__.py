@@ -9,7 +9,7 @@ from typing import Any
 from .analysis import Analysis, WiMSummary
 from .config import SamplingConfig, WiMConfig
 from .engine import WiM, WiMStream
-from .errors import ContextTooLongError, ModelLoadError, WiMCancelled, WiMError, WiMInputError
+from .errors import ContextTooLongError, LlamaCppError, ModelLoadError, WiMCancelled, WiMError, WiMInputError
 from .events import (
     AnswerStarted,
     AnswerToken,
@@ -69,6 +69,7 @@ __all__ = [
     "MarginToken",
     "MissingExtraError",
     "MarginWritten",
+    "LlamaCppError",
     "ModelLoadError",
     "PromptSet",
     "SamplingConfig",

@@ -132,6 +132,61 @@ class WiM:
         return cls(backend, config=config, prompts=prompts)
 
     @classmethod
+    def from_gguf(
+        cls,
+        path: str | Any,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+    ) -> WiM:
+        """WiM on a GGUF file run by llama.cpp in this process (the `llamacpp` extra; no torch). `n_ctx`: the window
+        (default the model's, at most 8192), `n_threads`: llama.cpp's threads, `n_gpu_layers`: layers on a GPU."""
+        from .llamacpp_models import load_gguf_backend
+
+        backend = load_gguf_backend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        return cls(backend, config=config, prompts=prompts)
+
+    @classmethod
+    def from_llama(
+        cls,
+        llm: Any,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+    ) -> WiM:
+        """WiM on an already loaded `llama_cpp.Llama` (or LangChain's `LlamaCpp`, LlamaIndex's `LlamaCPP`): its
+        weights are shared, WiM reads in a llama.cpp context of its own."""
+        from .llamacpp_models import backend_from_llama
+
+        return cls(backend_from_llama(llm, n_ctx=n_ctx, n_threads=n_threads), config=config, prompts=prompts)
+
+    @classmethod
+    def from_ollama(
+        cls,
+        name: str,
+        *,
+        models_dir: str | None = None,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        config: WiMConfig | None = None,
+        prompts: PromptSet | None = None,
+    ) -> WiM:
+        """WiM on a model pulled by Ollama ("name:tag"), its GGUF found in the local store ($OLLAMA_MODELS or
+        ~/.ollama/models; no Ollama server needed) and run by llama.cpp here."""
+        from .llamacpp_models import load_ollama_backend
+
+        backend = load_ollama_backend(
+            name, models_dir=models_dir, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers
+        )
+        return cls(backend, config=config, prompts=prompts)
+
+    @classmethod
     def from_model_id(
         cls,
         model_id: str,

@@ -27,6 +27,10 @@ class ModelLoadError(WiMError, OSError):
     """A model could not be found or loaded."""
 
 
+class LlamaCppError(WiMError, RuntimeError):
+    """llama.cpp in process refused a step: its context has no free KV cells or sequences left, or a decode failed."""
+
+
 class WiMCancelled(WiMError):
     """The run was cancelled by its consumer."""
 

@@ -11,6 +11,8 @@ from .errors import WiMError
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "hf": (("torch", "transformers", "accelerate", "gguf", "tokenizers", "jinja2"), "in-process Hugging Face models"),
     "server": (("transformers", "tokenizers", "jinja2"), "the served model's tokenizer and chat template"),
+    # llama.cpp in process (llama-cpp-python brings numpy); jinja2 renders the GGUF's chat template.
+    "llamacpp": (("llama_cpp", "numpy", "jinja2"), "GGUF models on llama.cpp (WiM.from_gguf, from_llama, from_ollama)"),
     "langchain": (("langchain_core", "langsmith"), "the LangChain adapters"),
     "langgraph": (("langgraph",), "the LangGraph node"),
     "llamaindex": (("llama_index.core",), "the LlamaIndex adapters"),

@@ -114,6 +114,8 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "--engine", choices=["llama.cpp", "vllm", "sglang", "openai"], default="llama.cpp", help="with --server"
     )
     parser.add_argument("--served-model", metavar="NAME", help="with --server: the model name the server expects")
+    parser.add_argument("--gguf", metavar="PATH", help="read with a GGUF file on llama.cpp in process ([llamacpp])")
+    parser.add_argument("--ollama", metavar="NAME", help="read with a model pulled by Ollama, e.g. qwen2.5:0.5b")
 
 
 def _read_document(path: str | None) -> str:
@@ -137,8 +139,10 @@ def _config(args: argparse.Namespace) -> WiMConfig:
     config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n, None)) is not None})
     if getattr(args, "server", None) and not args.tokenizer:
         raise WiMError("--server needs --tokenizer PATH: the served model's tokenizer directory, checked at start.")
-    if getattr(args, "server", None) and args.model:
-        raise WiMError("--server and --model both name the model; use one (--model loads it here).")
+    sources = {"--model": args.model, "--server": args.server, "--gguf": args.gguf, "--ollama": args.ollama}
+    named = [flag for flag, value in sources.items() if value]
+    if len(named) > 1:
+        raise WiMError(f"{' and '.join(named)} each name the model; use one.")
     if args.command != "ask":
         return config
     if config.classification == "auxiliary" and not args.classifier_model:
@@ -220,6 +224,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         elif args.model:
             err.write(f"Loading {args.model}...\n")
             backend = load_backend(args.model)
+        elif args.gguf or args.ollama:
+            from ..llamacpp_models import load_gguf_backend, load_ollama_backend
+
+            err.write(f"Loading {args.gguf or args.ollama} on llama.cpp...\n")
+            backend = load_gguf_backend(args.gguf) if args.gguf else load_ollama_backend(args.ollama)
         else:
             err.write("Loading the embedded SmolLM2-135M-Instruct...\n")
             backend = load_default_backend(progress=lambda msg: print(msg, file=err))

@@ -91,6 +91,25 @@ class WiMChain(WiMSettings, RunnableSerializable[Input, Any]):
         return cls(wim=WiM.from_server(base_url, **kwargs), **fields)
 
     @classmethod
+    def from_gguf(cls, path: Any, **kwargs: Any) -> WiMChain:
+        """On a GGUF file run by llama.cpp here: chain fields go to the chain, the rest (`n_ctx`, `n_threads`,
+        `n_gpu_layers`) to `WiM.from_gguf`."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields and k != "wim"}
+        return cls(wim=WiM.from_gguf(path, **kwargs), **fields)
+
+    @classmethod
+    def from_llama(cls, llm: Any, **kwargs: Any) -> WiMChain:
+        """On a loaded `llama_cpp.Llama` or LangChain's `LlamaCpp` (its weights shared): see `WiM.from_llama`."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields and k != "wim"}
+        return cls(wim=WiM.from_llama(llm, **kwargs), **fields)
+
+    @classmethod
+    def from_ollama(cls, name: str, **kwargs: Any) -> WiMChain:
+        """On a model pulled by Ollama, read from its local store: see `WiM.from_ollama`."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.model_fields and k != "wim"}
+        return cls(wim=WiM.from_ollama(name, **kwargs), **fields)
+
+    @classmethod
     def from_pretrained(cls, model: str, **kwargs: Any) -> WiMChain:
         """Same as `from_model_id` (kept for the name used by transformers)."""
         return cls.from_model_id(model, **kwargs)

@@ -1,0 +1,560 @@
+"""The WiM backend on llama.cpp in this process, through llama-cpp-python's low-level API (no torch).
+
+One llama context with a unified KV cache holds every sequence WiM uses. A WiM cache is one sequence id and the
+tokens it holds; rollback is `llama_memory_seq_rm`. A packed row is a sequence of its own that shares the document's
+KV cells up to its segment's end (`llama_memory_seq_cp` copies cell membership, not keys/values), so all rows decode
+together in one `llama_decode` batch per step and each attends to its prefix and itself only; the rows' sequences are
+removed when the iterator ends, which leaves the document's sequence as it was (docs/architecture.md).
+
+Keys/values kept beyond a run (a document cache entry, a margin head) are saved sequence states in host memory
+(`llama_state_seq_get_data`), so they take no KV cells and their bytes are what the `DocumentCache` charges; a fork of
+one restores it into a fresh sequence. Prompt asides within a run stay in KV cells, on a sequence of their own."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import LlamaCppError, WiMInputError
+from ..prompts import ChatFrame
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores
+from .gguf_tokenizer import GGUFTokenizer
+from .np_sampling import Sampler, cumsum, logprob, row_scores
+
+
+class LlamaCppCache:
+    """A WiM cache on llama.cpp: one sequence of the backend's context and the tokens it holds (positions 0..n-1).
+    Its sequence is freed when the cache is garbage-collected."""
+
+    __slots__ = ("__weakref__", "seq_id", "tokens")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.tokens: list[int] = []
+
+
+@dataclass(frozen=True)
+class SavedCache:
+    """A cache saved to host memory (a document cache entry): its tokens and its sequence state."""
+
+    tokens: tuple[int, ...]
+    state: Any  # a ctypes uint8 array
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.state)
+
+
+class _SeqKV:
+    """An aside's keys/values kept in KV cells, on a sequence of its own (freed with this object)."""
+
+    __slots__ = ("__weakref__", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+
+
+@dataclass(frozen=True)
+class _SavedKV:
+    """An aside's keys/values saved to host memory."""
+
+    state: Any
+
+
+def default_threads() -> int:
+    """Half the cores, as llama-cpp-python's `Llama` picks (ggml's threads spin: more than the cores is slower)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class LlamaCppBackend:
+    """Runs a GGUF model loaded by llama.cpp. Thread-safe: every call into the context holds `lock`.
+
+    `model` is a `llama_model` pointer; `owner` keeps whatever owns it alive (a `llama_cpp.Llama`, or the loader that
+    frees it). `n_ctx` is the longest sequence (the context window WiM plans with); the context gets `n_ctx * 3 // 2`
+    KV cells, the extra half for the margins' rows and the scoring sequences that share the document's cells.
+    `keep_documents=False` declares no prompt asides and no document cache (every question reads its document)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_seq_max: int = 128,
+        n_batch: int = 2048,
+        keep_documents: bool = True,
+        owner: Any = None,
+    ) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.model = model
+        self.name = name
+        self.lock = threading.RLock()
+        if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
+            raise WiMInputError(
+                f"{name!r} is a recurrent/hybrid model: its state cannot be shared between sequences or rolled back "
+                "to any length, which WiM's margins need; use an attention model."
+            )
+        self.tokens = GGUFTokenizer(model, name)
+        ids = self.tokens.eos_ids
+        if not ids:
+            raise WiMInputError(f"{name!r} has no end-of-generation token in its vocabulary; cannot stop.")
+        self.stop_ids = frozenset(ids)
+        self.max_context_tokens: int | None = n_ctx
+        self.rollback_limit: int | None = None  # swa_full below keeps every cell, so any rollback works
+        self.cache_namespace = f"{name}:{uuid.uuid4().hex}"  # document-cache keys: this loaded model only
+        self.keep_documents = keep_documents
+        self.n_threads = n_threads or default_threads()
+        self.n_seq_max = n_seq_max
+        self.n_batch = n_batch
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx + n_ctx // 2
+        params.n_batch = n_batch
+        params.n_ubatch = min(512, n_batch)
+        params.n_seq_max = n_seq_max
+        params.kv_unified = True  # one pool of cells: sequences share the document's cells, each up to n_ctx long
+        params.swa_full = True
+        params.n_threads = params.n_threads_batch = self.n_threads
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
+            raise LlamaCppError(f"llama.cpp could not create a context of {params.n_ctx} cells for {name!r}.")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.n_vocab = self.tokens.n_vocab
+        self.n_cells = int(llama_cpp.llama_n_ctx(ctx))
+        self._free_seqs = list(range(n_seq_max - 1, -1, -1))
+        self._released: list[int] = []  # sequences of collected caches, freed at the next call (no lock in a finalizer)
+        # The finalizer holds the owner: the model outlives the context made on it.
+        self._close = weakref.finalize(self, _free_context, llama_cpp, ctx, self._batch, owner)
+
+    def close(self) -> None:
+        """Free the llama.cpp context now (the model belongs to its owner)."""
+        with self.lock:
+            self._close()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        keep = self.keep_documents
+        return Capabilities(
+            packed_rows=True, scoring="rows", generation_logprobs=True, kv_asides=keep, local_document_cache=keep
+        )
+
+    # -- tokens ------------------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokens.encode_text(text)
+
+    def encode_template(self, text: str) -> list[int]:
+        return self.tokens.encode_template(text)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        return self.tokens.encode_with_offsets(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokens.decode(ids)
+
+    def chat_frame(self) -> ChatFrame:
+        return self.tokens.chat_frame()
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return self.tokens.render_chat(messages)
+
+    def min_tokens(self, n_bytes: int) -> int | None:
+        return self.tokens.min_tokens(n_bytes)
+
+    def stream_decoder(self) -> Callable[[int], str | None] | None:
+        return self.tokens.stream_decoder()
+
+    # -- sequences ---------------------------------------------------------------------------------------
+    def _acquire(self) -> int:
+        with self.lock:
+            self._reclaim()
+            if not self._free_seqs:
+                raise LlamaCppError(
+                    f"all {self.n_seq_max} llama.cpp sequences of this backend are in use (caches, packed rows); "
+                    "finish or close other runs, or build the backend with a larger n_seq_max."
+                )
+            return self._free_seqs.pop()
+
+    def _owned_seq(self, holder: LlamaCppCache | _SeqKV) -> None:
+        weakref.finalize(holder, self._released.append, holder.seq_id)
+
+    def _release(self, seq_id: int) -> None:
+        with self.lock:
+            if not self._close.alive:  # the context is gone, and its cells with it
+                return
+            self._lib.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            self._free_seqs.append(seq_id)
+
+    def _reclaim(self) -> None:
+        while self._released:
+            self._release(self._released.pop())
+
+    def _check_open(self) -> None:
+        if not self._close.alive:
+            raise LlamaCppError(f"the llama.cpp context of {self.name!r} is closed.")
+
+    def new_cache(self) -> LlamaCppCache:
+        cache = LlamaCppCache(self._acquire())
+        self._owned_seq(cache)
+        return cache
+
+    def cache_length(self, cache: LlamaCppCache | SavedCache) -> int:
+        return len(cache.tokens)
+
+    def rollback(self, cache: LlamaCppCache, length: int) -> None:
+        if length > len(cache.tokens) or length < 0:
+            raise ValueError(f"cannot roll a cache of {len(cache.tokens)} tokens to {length}")
+        with self.lock:
+            if self._close.alive:
+                self._lib.llama_memory_seq_rm(self._mem, cache.seq_id, length, -1)
+            del cache.tokens[length:]
+
+    # -- saved states (document cache) -------------------------------------------------------------------
+    def _save(self, seq_id: int) -> Any:
+        lib = self._lib
+        with self.lock:
+            self._check_open()
+            size = lib.llama_state_seq_get_size(self._ctx, seq_id)
+            state = (ctypes.c_uint8 * size)()
+            if size == 0 or lib.llama_state_seq_get_data(self._ctx, state, size, seq_id) != size:
+                raise LlamaCppError(f"llama.cpp could not save a sequence state of {self.name!r}.")
+        return state
+
+    def _restore(self, state: Any, seq_id: int) -> bool:
+        """Load a saved state into an empty sequence; False where the KV cache has no room for it."""
+        with self.lock:
+            self._check_open()
+            return bool(self._lib.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
+
+    def fork_cache(self, cache: LlamaCppCache | SavedCache) -> LlamaCppCache:
+        """A new sequence with the same cells (no keys/values copied), or a saved cache loaded into one. A saved
+        state that finds no room is computed again from its tokens: correct, only slower."""
+        fork = self.new_cache()
+        with self.lock:
+            if isinstance(cache, LlamaCppCache):
+                if cache.tokens:
+                    self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, fork.seq_id, 0, len(cache.tokens))
+                fork.tokens = list(cache.tokens)
+            elif self._restore(cache.state, fork.seq_id):
+                fork.tokens = list(cache.tokens)
+            else:
+                self.prefill(fork, cache.tokens)
+        return fork
+
+    def compact_cache(self, cache: LlamaCppCache | SavedCache) -> SavedCache:
+        if isinstance(cache, SavedCache):
+            return cache
+        return SavedCache(tuple(cache.tokens), self._save(cache.seq_id))
+
+    def filled_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
+        """Bytes a saved copy of the cache takes (what a document cache entry holds)."""
+        if isinstance(cache, SavedCache):
+            return cache.nbytes
+        with self.lock:
+            self._check_open()
+            return int(self._lib.llama_state_seq_get_size(self._ctx, cache.seq_id))
+
+    def cache_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
+        # Live cells sit in the context's preallocated KV buffer: only a saved copy takes memory of its own.
+        return self.filled_nbytes(cache)
+
+    def reserve(self, cache: LlamaCppCache, n_tokens: int) -> None:
+        """Nothing to do: the KV cells are allocated with the context."""
+
+    # -- compute -----------------------------------------------------------------------------------------
+    def _decode(
+        self, ids: Sequence[int], pos: Sequence[int], seqs: Sequence[int], outputs: Sequence[int]
+    ) -> np.ndarray:
+        """Decode tokens (each at its position in its sequence) in batches of `n_batch`; return the logits of the
+        tokens at indices `outputs` (ascending), one row each. On a failure the tokens' cells are removed again."""
+        lib, batch, n = self._lib, self._batch, len(ids)
+        want = set(outputs)
+        rows: list[np.ndarray] = []
+        with self.lock:
+            self._check_open()
+            self._reclaim()
+            for start in range(0, n, self.n_batch):
+                end = min(n, start + self.n_batch)
+                for j, i in enumerate(range(start, end)):
+                    batch.token[j] = ids[i]
+                    batch.pos[j] = pos[i]
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = seqs[i]
+                    batch.logits[j] = i in want
+                batch.n_tokens = end - start
+                rc = lib.llama_decode(self._ctx, batch)
+                if rc != 0:
+                    self._undo(pos[:end], seqs[:end])
+                    raise LlamaCppError(self._decode_problem(rc))
+                for j, i in enumerate(range(start, end)):
+                    if i in want:
+                        ptr = lib.llama_get_logits_ith(self._ctx, j)
+                        rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+        return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
+
+    def _undo(self, pos: Sequence[int], seqs: Sequence[int]) -> None:
+        first: dict[int, int] = {}
+        for p, s in zip(pos, seqs, strict=True):
+            first[s] = min(p, first.get(s, p))
+        for s, p in first.items():
+            self._lib.llama_memory_seq_rm(self._mem, s, p, -1)
+
+    def _decode_problem(self, rc: int) -> str:
+        if rc == 1:
+            return (
+                f"llama.cpp found no free KV cells for this step: the context's {self.n_cells} cells are shared by "
+                "every cache and margin row of this backend; load the model with a larger n_ctx or run fewer "
+                "documents at once."
+            )
+        return f"llama_decode failed with status {rc} on {self.name!r}."
+
+    def _append(self, cache: LlamaCppCache, ids: Sequence[int], *, logits: bool) -> np.ndarray:
+        """Append `ids` to the cache's sequence; the last token's logits (shape (1, vocab)) when asked."""
+        base = len(cache.tokens)
+        if base + len(ids) > (self.max_context_tokens or 0):
+            raise LlamaCppError(
+                f"{base + len(ids)} tokens do not fit this backend's window of {self.max_context_tokens} (n_ctx)."
+            )
+        n = len(ids)
+        out = self._decode(ids, range(base, base + n), [cache.seq_id] * n, [n - 1] if logits else [])
+        cache.tokens.extend(ids)
+        return out
+
+    def prefill(self, cache: LlamaCppCache, ids: Sequence[int]) -> None:
+        if ids:
+            self._append(cache, ids, logits=False)
+
+    def generate(self, cache: LlamaCppCache, request: GenerationRequest) -> Generator[int, None, None]:
+        if not request.prompt_ids:
+            raise ValueError("generation needs at least one prompt token")
+        sampler = Sampler(request.sampling)
+        history = list(request.prompt_ids)
+        logits = self._append(cache, request.prompt_ids, logits=True)[0]
+        for step in range(request.max_new_tokens):
+            token = sampler.next_token(history, logits)
+            if token in self.stop_ids:
+                return
+            history.append(token)
+            if request.logprobs is not None:
+                request.logprobs.append(logprob(logits, token))
+            yield token
+            if step + 1 < request.max_new_tokens:  # no decode after the last token
+                logits = self._append(cache, [token], logits=True)[0]
+
+    # -- prompt asides -------------------------------------------------------------------------------------
+    def prefill_aside(self, cache: LlamaCppCache, prompt_ids: Sequence[int]) -> PromptAside:
+        """The prompt decoded on top of the cache, its cells moved to a sequence of their own, the cache rolled back."""
+        if not prompt_ids:
+            raise ValueError("a prompt needs at least one token")
+        base = len(cache.tokens)
+        with self.lock:
+            try:
+                logits = self._append(cache, prompt_ids, logits=True)[0]
+                kv = _SeqKV(self._acquire())
+                self._owned_seq(kv)
+                self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, kv.seq_id, base, base + len(prompt_ids))
+            finally:
+                self.rollback(cache, base)
+        return PromptAside(base, list(prompt_ids), kv, logits)
+
+    def take_aside(self, cache: LlamaCppCache, start: int, prompt_ids: Sequence[int]) -> PromptAside:
+        """A saved copy of the cells `prompt_ids` hold in the cache at `start` (kept beyond the run: host memory)."""
+        end = start + len(prompt_ids)
+        if end > len(cache.tokens) or list(cache.tokens[start:end]) != list(prompt_ids):
+            raise ValueError(f"the cache does not hold these {len(prompt_ids)} prompt tokens at {start}")
+        return PromptAside(start, list(prompt_ids), self._saved_range(cache.seq_id, start, end), None)
+
+    def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
+        """The first `n_tokens` of an aside, saved on their own (no logits)."""
+        start = aside.prefix_length
+        with self.lock:
+            if isinstance(aside.kv, _SeqKV):
+                kv = self._saved_range(aside.kv.seq_id, start, start + n_tokens)
+            else:
+                tmp = self._acquire()
+                try:
+                    if not self._restore(aside.kv.state, tmp):
+                        raise LlamaCppError(self._decode_problem(1))
+                    self._lib.llama_memory_seq_rm(self._mem, tmp, start + n_tokens, -1)
+                    kv = _SavedKV(self._save(tmp))
+                finally:
+                    self._release(tmp)
+        return PromptAside(start, list(aside.prompt_ids[:n_tokens]), kv, None)
+
+    def _saved_range(self, seq_id: int, start: int, end: int) -> _SavedKV:
+        with self.lock:
+            tmp = self._acquire()
+            try:
+                self._lib.llama_memory_seq_cp(self._mem, seq_id, tmp, start, end)
+                return _SavedKV(self._save(tmp))
+            finally:
+                self._release(tmp)
+
+    def aside_nbytes(self, aside: PromptAside) -> int:
+        logits = aside.last_logits.nbytes if aside.last_logits is not None else 0
+        if isinstance(aside.kv, _SavedKV):
+            return len(aside.kv.state) + logits
+        with self.lock:
+            return int(self._lib.llama_state_seq_get_size(self._ctx, aside.kv.seq_id)) + logits
+
+    # -- rows ----------------------------------------------------------------------------------------------
+    def _row_seqs(self, cache: LlamaCppCache, rows: Sequence[PackedRow]) -> tuple[list[int], list[int]]:
+        """A sequence per row: its aside's cells (if any), then the cache's cells of its prefix (cell membership
+        copied, no keys/values). Returns the sequences and how many prompt tokens each already holds."""
+        seqs: list[int] = []
+        held: list[int] = []
+        with self.lock:
+            try:
+                for r in rows:
+                    seqs.append(self._acquire())
+                    held.append(self._install(r, seqs[-1]))
+                    if r.prefix_length:
+                        self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, seqs[-1], 0, r.prefix_length)
+            except BaseException:
+                for s in seqs:
+                    self._release(s)
+                raise
+        return seqs, held
+
+    def _install(self, row: PackedRow, seq: int) -> int:
+        """Put the row's aside into `seq` (empty); the prompt tokens it holds (0 where a saved one finds no room)."""
+        a = row.aside
+        if a is None:
+            return 0
+        n = len(a.prompt_ids)
+        if isinstance(a.kv, _SeqKV):
+            self._lib.llama_memory_seq_cp(self._mem, a.kv.seq_id, seq, a.prefix_length, a.prefix_length + n)
+            return n
+        if self._restore(a.kv.state, seq):
+            return n
+        self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        return 0
+
+    def generate_packed(
+        self, cache: LlamaCppCache, request: PackedRequest
+    ) -> Generator[list[tuple[int, int]], None, None]:
+        """Every row a sequence of its own over the cache's cells up to its prefix: the rows' prompts (but for parts
+        computed aside) in one batch, then one token per running row per `llama_decode`. A row leaves at a stop
+        token, its budget or `done`."""
+        rows, max_new_tokens, done, logprobs = request.rows, request.max_new_tokens, request.done, request.logprobs
+        if not rows:
+            return
+        _check_rows(rows, len(cache.tokens))
+        for r in rows:
+            a = r.aside
+            if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
+                raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
+        samplers = [Sampler(request.sampling) for _ in rows]
+        histories = [list(r.prompt_ids) for r in rows]
+        next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
+        seqs, held = self._row_seqs(cache, rows)
+        try:
+            rest = [i for i, r in enumerate(rows) if held[i] < len(r.prompt_ids)]
+            ends = list(cumsum(len(rows[i].prompt_ids) - held[i] for i in rest))
+            computed = self._decode(
+                [t for i in rest for t in rows[i].prompt_ids[held[i] :]],
+                [rows[i].prefix_length + k for i in rest for k in range(held[i], len(rows[i].prompt_ids))],
+                [seqs[i] for i in rest for _ in rows[i].prompt_ids[held[i] :]],
+                [e - 1 for e in ends],
+            )
+            by_row = {i: computed[j] for j, i in enumerate(rest)}
+            logits = [by_row[i] if i in by_row else _aside_logits(rows[i]) for i in range(len(rows))]
+            active = list(range(len(rows)))
+            produced = [0] * len(rows)
+            while active:
+                step: list[tuple[int, int]] = []
+                feed: list[int] = []
+                for j, i in enumerate(active):
+                    token = samplers[i].next_token(histories[i], logits[j])
+                    if token in self.stop_ids:
+                        continue
+                    histories[i].append(token)
+                    if logprobs is not None:
+                        logprobs[i].append(logprob(logits[j], token))
+                    produced[i] += 1
+                    step.append((i, token))
+                    finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
+                    if produced[i] < max_new_tokens and not finished:  # no decode after a row's last token
+                        feed.append(i)
+                if step:
+                    yield step
+                active = feed
+                if active:
+                    logits = list(
+                        self._decode(
+                            [histories[i][-1] for i in active],
+                            [next_pos[i] + produced[i] - 1 for i in active],
+                            [seqs[i] for i in active],
+                            range(len(active)),
+                        )
+                    )
+        finally:
+            for s in seqs:
+                self._release(s)
+
+    def score_rows(
+        self, cache: LlamaCppCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+    ) -> list[RowScores]:
+        """Every row read on its own sequence over its cache prefix, all in one batch with every token's logits.
+        Scores start after the first token computed (after the aside, where a row has one)."""
+        base = len(cache.tokens)
+        packed = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
+        _check_rows(packed, base)
+        if not packed:
+            return []
+        aside_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in packed]
+        if any(n == len(r.prompt_ids) for n, r in zip(aside_len, packed, strict=True)):
+            raise ValueError("a scored row must compute at least one token after its aside")
+        seqs, held = self._row_seqs(cache, packed)
+        try:
+            logits = self._decode(
+                [t for r, h in zip(packed, held, strict=True) for t in r.prompt_ids[h:]],
+                [r.prefix_length + k for r, h in zip(packed, held, strict=True) for k in range(h, len(r.prompt_ids))],
+                [s for r, s, h in zip(packed, seqs, held, strict=True) for _ in r.prompt_ids[h:]],
+                range(sum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))),
+            )
+        finally:
+            for s in seqs:
+                self._release(s)
+        starts = [0, *cumsum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))]
+        # A saved aside that found no room was computed here: its extra rows are dropped, so every row is scored
+        # from the same token on whatever happened.
+        return [
+            row_scores(logits[a + n - h : b], r.prompt_ids[n:], next_ids)
+            for a, b, r, n, h in zip(starts, starts[1:], packed, aside_len, held, strict=False)
+        ]
+
+
+def _free_context(lib: Any, ctx: Any, batch: Any, owner: Any) -> None:
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    del owner  # now the model may go
+
+
+def _aside_logits(row: PackedRow) -> np.ndarray:
+    assert row.aside is not None and row.aside.last_logits is not None  # checked before any decode
+    return np.asarray(row.aside.last_logits)
+
+
+def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
+    for r in rows:
+        if not r.prompt_ids:
+            raise ValueError("a row needs at least one prompt token")
+        if not 0 <= r.prefix_length <= base:
+            raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
+        a = r.aside
+        if a is not None and (
+            a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
+        ):
+            raise ValueError("a row's prompt aside was computed for another prefix or prompt")
