@@ -2,7 +2,7 @@
 # The test command from the README: the whole suite, the embedded-model `slow` tests included. It first builds
 # llama.cpp's `llama-server` (once, then reused), which the serving backend's tests run WiM against. The vLLM tests
 # (marker `vllm`, slow: a vLLM server starts in about 1.5 min) run where scripts/setup_vllm.sh has made .venv-vllm
-# (CI does), and skip elsewhere unless WIM_REQUIRE_VLLM=1.
+# (not yet CI: they have not run on a real server), and skip elsewhere unless WIM_REQUIRE_VLLM=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
