@@ -175,19 +175,15 @@ class FakeBackend:
 
     def generate_packed(self, cache: list[int], request: PackedRequest) -> Generator[list[tuple[int, int]], None, None]:
         """Each row on its own history (cache prefix + prompt), one token per row per step; the cache is not touched."""
-        rows, max_new_tokens, sampling, done, logprobs = (
-            request.rows,
-            request.max_new_tokens,
-            request.sampling,
-            request.done,
-            request.logprobs,
-        )
+        rows = request.rows
         self.packed_calls += 1
         for r in rows:
             if not 0 <= r.prefix_length <= len(cache):
                 raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {len(cache)})")
-        running = [_Row(fold(history_state(cache[: r.prefix_length]), r.prompt_ids), [], _rng(sampling)) for r in rows]
-        for _ in range(max_new_tokens):
+        running = [
+            _Row(fold(history_state(cache[: r.prefix_length]), r.prompt_ids), [], _rng(request.sampling)) for r in rows
+        ]
+        for _ in range(request.max_new_tokens):
             step: list[tuple[int, int]] = []
             for i, row in enumerate(running):
                 if not row.running:
@@ -195,15 +191,15 @@ class FakeBackend:
                 if row.tokens:
                     row.state = fold(row.state, row.tokens[-1:])
                 dist = logprobs_at(row.state)
-                tok = _pick(dist, sampling, row.rng)
+                tok = _pick(dist, request.sampling, row.rng)
                 if tok in self.stop_ids:
                     row.running = False
                     continue
                 row.tokens.append(tok)
-                if logprobs is not None:
-                    logprobs[i].append(dist[tok])
+                if request.logprobs is not None:
+                    request.logprobs[i].append(dist[tok])
                 step.append((i, tok))
-                if done is not None and done(i, list(row.tokens)):
+                if request.done is not None and request.done(i, list(row.tokens)):
                     row.running = False
             if not step:
                 return

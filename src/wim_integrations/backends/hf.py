@@ -195,13 +195,7 @@ class HFBackend(TokenizerMethods):
         `prefix_length` plus the earlier tokens of its own row, and position ids continue from `prefix_length`, so
         every row computes what a cache cut at its prefix would give. A row ends at a stop token, after
         `max_new_tokens`, or once `done(row, its tokens so far)` is true."""
-        rows, max_new_tokens, sampling, done, logprobs = (
-            request.rows,
-            request.max_new_tokens,
-            request.sampling,
-            request.done,
-            request.logprobs,
-        )
+        rows = request.rows
         if not rows:
             return
         base = self.cache_length(cache)
@@ -212,7 +206,7 @@ class HFBackend(TokenizerMethods):
                 raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
         dev = self.device
         prefix = torch.tensor([r.prefix_length for r in rows], dtype=torch.long, device=dev)
-        samplers = [_Sampler(sampling, dev) for _ in rows]
+        samplers = [_Sampler(request.sampling, dev) for _ in rows]
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
         produced = [0] * len(rows)
@@ -246,12 +240,14 @@ class HFBackend(TokenizerMethods):
                     if token in self.stop_ids:
                         continue
                     histories[i].append(token)
-                    if logprobs is not None:
-                        logprobs[i].append(_logprob(logits[j : j + 1], token))
+                    if request.logprobs is not None:
+                        request.logprobs[i].append(_logprob(logits[j : j + 1], token))
                     produced[i] += 1
                     step.append((i, token))
-                    finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
-                    if produced[i] < max_new_tokens and not finished:  # no forward pass after a row's last token
+                    finished = request.done is not None and request.done(i, histories[i][len(rows[i].prompt_ids) :])
+                    if (
+                        produced[i] < request.max_new_tokens and not finished
+                    ):  # no forward pass after a row's last token
                         feed.append(i)
                 if step:
                     yield step

@@ -212,13 +212,7 @@ class ServerBackend(TokenizerMethods):
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Each row is its own streamed request (at most `max_concurrency` at once; the server batches them), sent
         after one warm-up request for the longest prefix, so every row's prefix is a prefix-cache hit."""
-        rows, max_new_tokens, sampling, done, logprobs = (
-            request.rows,
-            request.max_new_tokens,
-            request.sampling,
-            request.done,
-            request.logprobs,
-        )
+        rows = request.rows
         if not rows:
             return
         for r in rows:
@@ -229,14 +223,21 @@ class ServerBackend(TokenizerMethods):
         cancels = [threading.Event() for _ in rows]
         slot = self._slot(cache)
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
-        want_logprobs = logprobs is not None and self.capabilities.generation_logprobs
+        want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
 
         def run(i: int) -> None:
             r, prompt = rows[i], prompts[i]
             try:
-                self._check_fits(len(prompt) + max_new_tokens)
+                self._check_fits(len(prompt) + request.max_new_tokens)
                 for token, lp in self._stream(
-                    "row", prompt, r.prefix_length, max_new_tokens, sampling, want_logprobs, slot, cancels[i]
+                    "row",
+                    prompt,
+                    r.prefix_length,
+                    request.max_new_tokens,
+                    request.sampling,
+                    want_logprobs,
+                    slot,
+                    cancels[i],
                 ):
                     events.put((i, token, lp, None))
             except BaseException as e:  # handed to the consumer, raised there
@@ -272,10 +273,10 @@ class ServerBackend(TokenizerMethods):
                             continue
                         token, lp = item
                         outputs[j].append(token)
-                        if want_logprobs and logprobs is not None:
-                            logprobs[j].append(_required(lp, self.engine))
+                        if want_logprobs and request.logprobs is not None:
+                            request.logprobs[j].append(_required(lp, self.engine))
                         step.append((j, token))
-                        if done is not None and done(j, outputs[j]):
+                        if request.done is not None and request.done(j, outputs[j]):
                             cancels[j].set()
                             running.discard(j)
                     if step:
