@@ -504,7 +504,11 @@ class LlamaCppBackend:
                 self._release(s)
 
     def score_rows(
-        self, cache: LlamaCppCache, rows: Sequence[Sequence[int] | PackedRow], next_ids: Sequence[int] = ()
+        self,
+        cache: LlamaCppCache,
+        rows: Sequence[Sequence[int] | PackedRow],
+        next_ids: Sequence[int] = (),
+        tails: Sequence[int] | None = None,  # every value is computed here anyway
     ) -> list[RowScores]:
         """Every row read on its own sequence over its cache prefix, all in one batch with every token's logits.
         Scores start after the first token computed (after the aside, where a row has one)."""
