@@ -209,6 +209,21 @@ class LocalKVBackend(PackedBackend, Protocol):
         """Hint: `cache` will hold up to about `n_tokens`; room may be allocated for them at once."""
 
 
+def check_rows(rows: Sequence[PackedRow], base: int) -> None:
+    """Refuse packed rows a cache of `base` tokens cannot serve: an empty prompt, a prefix outside the cache, or an
+    aside computed for another prefix or prompt."""
+    for r in rows:
+        if not r.prompt_ids:
+            raise ValueError("a row needs at least one prompt token")
+        if not 0 <= r.prefix_length <= base:
+            raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
+        a = r.aside
+        if a is not None and (
+            a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
+        ):
+            raise ValueError("a row's prompt aside was computed for another prefix or prompt")
+
+
 def packed_view(backend: Backend) -> PackedBackend | None:
     """`backend` as a `PackedBackend` where it declares packed rows, else None."""
     if backend.capabilities.packed_rows and isinstance(backend, PackedBackend):

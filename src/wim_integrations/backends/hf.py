@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..config import SamplingConfig
 from .attention import wim_sdpa
-from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores, check_rows
 from .kv_buffer import BufferedLayer
 from .tokenizer import HFTokenizer, TokenizerMethods
 
@@ -199,7 +199,7 @@ class HFBackend(TokenizerMethods):
         if not rows:
             return
         base = self.cache_length(cache)
-        self._check_rows(rows, base)
+        check_rows(rows, base)
         for r in rows:
             a = r.aside
             if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
@@ -273,7 +273,7 @@ class HFBackend(TokenizerMethods):
         cache prefix and itself) where the cache keeps every layer whole, else one forward per row."""
         base = self.cache_length(cache)
         packed_rows = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
-        self._check_rows(packed_rows, base)
+        check_rows(packed_rows, base)
         if not rows:
             return []
         for r in packed_rows:
@@ -312,19 +312,6 @@ class HFBackend(TokenizerMethods):
         finally:
             self.rollback(cache, base)
         return _row_scores(logits, row, next_ids)
-
-    @staticmethod
-    def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
-        for r in rows:
-            if not r.prompt_ids:
-                raise ValueError("a row needs at least one prompt token")
-            if not 0 <= r.prefix_length <= base:
-                raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
-            a = r.aside
-            if a is not None and (
-                a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
-            ):
-                raise ValueError("a row's prompt aside was computed for another prefix or prompt")
 
     def aside_head(self, aside: PromptAside, n_tokens: int) -> PromptAside:
         """The first `n_tokens` of a prompt aside (own copies), without logits: a prompt head to continue later."""

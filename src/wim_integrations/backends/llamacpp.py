@@ -17,17 +17,17 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import LlamaCppError, WiMInputError
-from ..prompts import ChatFrame
-from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores, check_rows
 from .gguf_tokenizer import GGUFTokenizer
 from .np_sampling import Sampler, cumsum, logprob, row_scores
+from .tokenizer import TokenizerMethods
 
 
 class LlamaCppCache:
@@ -74,7 +74,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(TokenizerMethods):
     """Runs a GGUF model loaded by llama.cpp. Thread-safe: every call into the context holds `lock`.
 
     `model` is a `llama_model` pointer; `owner` keeps whatever owns it alive (a `llama_cpp.Llama`, or the loader that
@@ -149,31 +149,6 @@ class LlamaCppBackend:
         return Capabilities(
             packed_rows=True, scoring="rows", generation_logprobs=True, kv_asides=keep, local_document_cache=keep
         )
-
-    # -- tokens ------------------------------------------------------------------------------------------
-    def encode_text(self, text: str) -> list[int]:
-        return self.tokens.encode_text(text)
-
-    def encode_template(self, text: str) -> list[int]:
-        return self.tokens.encode_template(text)
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
-        return self.tokens.encode_with_offsets(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokens.decode(ids)
-
-    def chat_frame(self) -> ChatFrame:
-        return self.tokens.chat_frame()
-
-    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
-        return self.tokens.render_chat(messages)
-
-    def min_tokens(self, n_bytes: int) -> int | None:
-        return self.tokens.min_tokens(n_bytes)
-
-    def stream_decoder(self) -> Callable[[int], str | None] | None:
-        return self.tokens.stream_decoder()
 
     # -- sequences ---------------------------------------------------------------------------------------
     def _acquire(self) -> int:
@@ -450,7 +425,7 @@ class LlamaCppBackend:
         rows, max_new_tokens, done, logprobs = request.rows, request.max_new_tokens, request.done, request.logprobs
         if not rows:
             return
-        _check_rows(rows, len(cache.tokens))
+        check_rows(rows, len(cache.tokens))
         for r in rows:
             a = r.aside
             if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
@@ -514,7 +489,7 @@ class LlamaCppBackend:
         Scores start after the first token computed (after the aside, where a row has one)."""
         base = len(cache.tokens)
         packed = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
-        _check_rows(packed, base)
+        check_rows(packed, base)
         if not packed:
             return []
         aside_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in packed]
@@ -549,16 +524,3 @@ def _free_context(lib: Any, ctx: Any, batch: Any, owner: Any) -> None:
 def _aside_logits(row: PackedRow) -> np.ndarray:
     assert row.aside is not None and row.aside.last_logits is not None  # checked before any decode
     return np.asarray(row.aside.last_logits)
-
-
-def _check_rows(rows: Sequence[PackedRow], base: int) -> None:
-    for r in rows:
-        if not r.prompt_ids:
-            raise ValueError("a row needs at least one prompt token")
-        if not 0 <= r.prefix_length <= base:
-            raise ValueError(f"row prefix {r.prefix_length} is outside the cache (length {base})")
-        a = r.aside
-        if a is not None and (
-            a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
-        ):
-            raise ValueError("a row's prompt aside was computed for another prefix or prompt")

@@ -72,6 +72,8 @@ class RequestRecord:
 class ServerBackend(TokenizerMethods):
     """The backend protocol over a serving engine. Thread-safe; each WiM run owns its own `ServerCache`."""
 
+    tokens: HFTokenizer
+
     def __init__(
         self,
         base_url: str,

@@ -9,7 +9,7 @@ import json
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import WiMInputError
 from ..prompts import ChatFrame
@@ -126,10 +126,23 @@ class HFTokenizer:
         return step
 
 
+class Tokens(Protocol):
+    """What a backend's tokenizer provides (`HFTokenizer`, `GGUFTokenizer`)."""
+
+    def encode_text(self, text: str) -> list[int]: ...
+    def encode_template(self, text: str) -> list[int]: ...
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def chat_frame(self) -> ChatFrame: ...
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str: ...
+    def min_tokens(self, n_bytes: int) -> int | None: ...
+    def stream_decoder(self) -> Callable[[int], str | None] | None: ...
+
+
 class TokenizerMethods:
     """The tokenizer-facing half of the backend protocol, delegated to `self.tokens`."""
 
-    tokens: HFTokenizer
+    tokens: Tokens
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokens.encode_text(text)
