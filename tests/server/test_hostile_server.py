@@ -114,6 +114,21 @@ def test_a_stream_that_never_ends_and_never_reaches_the_budget_stops_at_the_dead
             guarded(lambda: wim.run(HARBOR, QUESTION))
 
 
+def test_a_deadline_set_on_a_live_client_governs_its_next_requests(tokenizer) -> None:
+    heartbeat = {"choices": [{"index": 0, "text": "", "token_ids": [], "finish_reason": None}]}
+
+    def endless(h: Any, body: Any) -> None:
+        send_events(h, iter(lambda: heartbeat, None), delay=0.05)
+
+    with ScriptedServer(_vllm_routes(tokenizer, {("POST", "/v1/completions"): endless})) as server:
+        wim = WiM.from_server(server.url, tokenizer=tokenizer, engine="vllm", timeout=300, max_retries=0, config=CFG)
+        wim.backend.client.timeout = 1.0  # lowered after construction: the endless stream must stop at 1 s, not 300
+        with pytest.raises(ServerTimeoutError, match=r"did not answer in time \(timeout=1 s"):
+            guarded(lambda: wim.run(HARBOR, QUESTION))
+        with pytest.raises(WiMInputError, match="timeout must be a positive number"):
+            wim.backend.client.timeout = 0
+
+
 def test_a_reply_body_that_drips_forever_stops_at_the_deadline(tokenizer) -> None:
     routes = _vllm_routes(tokenizer, {("POST", "/tokenize"): lambda h, body: drip_bytes(h, delay=0.05)})
     with ScriptedServer(routes) as server, pytest.raises(ServerTimeoutError, match="/tokenize did not answer in time"):

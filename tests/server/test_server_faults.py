@@ -157,4 +157,7 @@ def test_a_dripping_stream_ends_at_the_requests_deadline_not_never(proxy, served
     proxy.script(("forward", None), ("drip", 0.5))  # the warm-up goes through; the first margin drips
     with pytest.raises(ServerTimeoutError):
         wim.run(HARBOR, QUESTION)
-    assert wim.run(HARBOR, QUESTION).answer  # the backend is usable afterwards
+    # The backend is usable afterwards. The clean run gets a deadline no slow machine misses (a 2 s one failed on a
+    # heavily loaded machine, a 10 s one on a quiet one): what is checked here is that the client recovers.
+    wim.backend.client.timeout = 300.0
+    assert wim.run(HARBOR, QUESTION).answer

@@ -64,11 +64,8 @@ class HTTPClient:
         what: str = "server",
     ) -> None:
         self.base_url = check_base_url(base_url).rstrip("/")
-        if not (isinstance(timeout, int | float) and not isinstance(timeout, bool) and 0 < timeout < math.inf):
-            raise WiMInputError(f"timeout must be a positive number of seconds, not {timeout!r}.")
         if not (isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0):
             raise WiMInputError(f"max_retries must be a whole number >= 0, not {max_retries!r}.")
-        self.timeout = float(timeout)
         self.max_retries = max_retries
         self.backoff = backoff
         self.what = what
@@ -76,9 +73,22 @@ class HTTPClient:
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
+        self.timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """Each request's deadline in seconds, from sending it to its last byte (also each read's timeout)."""
+        return self._timeout_s
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        # Settable on a live client: a caller can raise the deadline of the next requests without a new connection pool.
+        if not (isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 < seconds < math.inf):
+            raise WiMInputError(f"timeout must be a positive number of seconds, not {seconds!r}.")
+        self._timeout_s = float(seconds)
+        self._client.timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0))
 
     def close(self) -> None:
         self._client.close()
