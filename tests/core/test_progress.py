@@ -55,7 +55,7 @@ def test_cli_and_both_handlers_print_the_same_margin_lines(tiny_model_dirs, tiny
     assert main(argv, stdout=io.StringIO(), stderr=cli_err) == 0
 
     lc_err = io.StringIO()
-    chain = WiMChain(wim=tiny_wim, segment_tokens=150, margin_max_new_tokens=5, answer_max_new_tokens=5)
+    chain = WiMChain(wim=tiny_wim, segment_tokens=150, margin_max_new_tokens=5, max_tokens=5)
     chain = chain.model_copy(update={"classification": "none"})
     chain.invoke({"context": text, "question": QUESTION}, {"callbacks": [ConsoleProgressHandler(lc_err)]})
 

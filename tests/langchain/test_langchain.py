@@ -310,6 +310,7 @@ def test_from_model_id_passes_load_options_through(tiny_model_dirs, monkeypatch)
     assert WiMChain.from_pretrained("other", max_tokens=5).max_tokens == 5
 
 
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")  # as_tool is beta
 def test_as_tool(chain, reference):
     tool = chain.as_tool(name="read_long_context", description="Answer a question from long documents")
     schema = tool.tool_call_schema.model_json_schema()
