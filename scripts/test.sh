@@ -3,7 +3,7 @@
 # llama.cpp's `llama-server` (once, then reused), which the serving backend's tests run WiM against, and the
 # llama-cpp-python binding (built once as a wheel, then installed from the build cache) for tests/llamacpp/. The vLLM
 # tests (marker `vllm`, slow: a vLLM server starts in about 1.5 min) run where scripts/setup_vllm.sh has made
-# .venv-vllm (not yet CI: they have not run on a real server), and skip elsewhere unless WIM_REQUIRE_VLLM=1.
+# .venv-vllm (CI does: .ci/run), and skip elsewhere unless WIM_REQUIRE_VLLM=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
