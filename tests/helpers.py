@@ -54,3 +54,58 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
+
+
+def record_quotes(monkeypatch, backend) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Wrap `backend.generate` / `generate_packed` (this test only) to record every constrained decoding: (the source
+    its constraint quotes from, the tokens it yielded), in the order requested (a group's rows in row order)."""
+    seen: list[tuple[tuple[int, ...], list[int]]] = []
+    generate, generate_packed = backend.generate, backend.generate_packed
+
+    def recorded(cache, request):
+        out: list[int] = []
+        if request.span is not None:
+            seen.append((request.span.source, out))
+        inner = generate(cache, request)
+        try:
+            for token in inner:
+                out.append(token)
+                yield token
+        finally:
+            inner.close()
+
+    def recorded_packed(cache, request):
+        outs: list[list[int]] = [[] for _ in request.rows]
+        for span, out in zip(request.spans or [], outs, strict=False):
+            if span is not None:
+                seen.append((span.source, out))
+        inner = generate_packed(cache, request)
+        try:
+            for step in inner:
+                for i, token in step:
+                    outs[i].append(token)
+                yield step
+        finally:
+            inner.close()
+
+    monkeypatch.setattr(backend, "generate", recorded)
+    monkeypatch.setattr(backend, "generate_packed", recorded_packed)
+    return seen
+
+
+def assert_quoted(plan, result, seen, budget: int, min_tokens: int) -> None:
+    """Every margin of `result` was decoded under its own segment's constraint and is a contiguous span of that
+    segment's tokens (token level), within the budget and at least `min_tokens` long unless it ends at the segment's
+    end; its text is then a piece of the segment's text."""
+    from wim_integrations.backends.span import is_span
+
+    segments = plan.context.segments
+    assert len(seen) == len(result.margins) == len(segments)
+    for seg, margin, (source, tokens) in zip(segments, result.margins, seen, strict=True):
+        assert source == seg.token_ids
+        assert is_span(tokens, source), (margin.text, tokens)
+        assert len(tokens) == margin.n_tokens <= budget
+        ends_segment = tokens == list(source[len(source) - len(tokens) :])
+        assert len(tokens) >= min_tokens or ends_segment or len(tokens) == budget, tokens
+        if "\ufffd" not in margin.text:  # a span cut inside a character decodes to a replacement character
+            assert margin.text in seg.text

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import GenerationRequest, PackedRequest, PackedRow, PromptAside, local_kv_view, packed_view
+from ..backends.span import SpanConstraint
 from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, WiMEvent
 from ..results import Margin, Timings, TokenCounts, WiMResult
 from ..textstream import StopCut, TextDeltas
@@ -174,7 +175,9 @@ class Run:
         plan, kv = self.plan, self.kv
         end = self.backend.cache_length(cache)
         deltas, logprobs = TextDeltas.for_backend(self.backend), list[float]()
-        request = GenerationRequest(plan.margin_prompt_ids, self.cfg.margin_max_new_tokens, self.cfg.sampling, logprobs)
+        request = GenerationRequest(
+            plan.margin_prompt_ids, self.cfg.margin_max_new_tokens, self.cfg.sampling, logprobs, self.quote_of(seg)
+        )
         with lap() as t:
             try:
                 tokens = self.backend.generate(cache, request)
@@ -214,8 +217,9 @@ class Run:
         ends = plan.segment_ends
         rows = [PackedRow(ends[s.index], plan.margin_prompt_ids, a) for s, a in zip(segments, asides, strict=True)]
         written = [Written(s, TextDeltas.for_backend(packed), []) for s in segments]
+        spans = [self.quote_of(s) for s in segments] if self.cfg.margin_mode == "quote" else None
         request = PackedRequest(
-            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written]
+            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written], spans
         )
         with lap() as t:
             steps = packed.generate_packed(cache, request)
@@ -241,6 +245,12 @@ class Run:
             if aside is not None and self.judge.keeps_prompts:
                 self.judge.keep_prompt(ends[seg.index], aside)
         return written
+
+    def quote_of(self, seg: Segment) -> SpanConstraint | None:
+        """With quoted margins, the constraint a margin is decoded under: a span of its own segment's tokens."""
+        if self.cfg.margin_mode != "quote":
+            return None
+        return SpanConstraint(seg.token_ids, self.cfg.quote_min_tokens)
 
     def margin_prompt_at(self, cache: Any, seg: Segment, prefilled: bool) -> PromptAside:
         """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over
