@@ -144,6 +144,12 @@ class WiMConfig(_Settings):
         description="with margin_mode='quote': the fewest tokens a quote has before the model may end it (it ends "
         "earlier only where its segment ends)",
     )
+    quote_loose_start: bool = Field(
+        True,
+        description="with margin_mode='quote': the quote's first token may also be the space-less form of a segment "
+        "token that starts with a space ('The' for the ' The' of a sentence inside the text), as a reply begins; "
+        "the text is still a piece of the segment. False: the segment's tokens exactly",
+    )
     classifier_max_new_tokens: Annotated[int, Count] = Field(
         8, ge=1, description="max new tokens of a classifier reply"
     )

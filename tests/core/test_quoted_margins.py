@@ -32,15 +32,15 @@ SAMPLED = SamplingConfig(do_sample=True, temperature=1.5, top_k=50, top_p=0.95, 
 
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("sampling", [SamplingConfig(), SAMPLED], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("min_tokens", [1, 4])
-def test_every_quoted_margin_is_a_span_of_its_segment(tiny_backend, monkeypatch, batch, sampling, min_tokens):
+@pytest.mark.parametrize(("min_tokens", "loose"), [(1, False), (4, True)], ids=["min1-exact", "min4-loose"])
+def test_every_quoted_margin_is_a_span_of_its_segment(tiny_backend, monkeypatch, batch, sampling, min_tokens, loose):
     wim = WiM(tiny_backend, config=CFG, document_cache=None)
     seen = record_quotes(monkeypatch, tiny_backend)
-    cfg = {"margin_batch_size": batch, "sampling": sampling, "quote_min_tokens": min_tokens}
+    cfg = {"margin_batch_size": batch, "sampling": sampling, "quote_min_tokens": min_tokens, "quote_loose_start": loose}
     result = wim.run(SAMPLE, Q, **cfg)
     plan = wim.plan(SAMPLE, Q, CFG.with_updates(**cfg))
     assert plan.n_segments >= 4
-    assert_quoted(plan, result, seen, BUDGET, min_tokens)
+    assert_quoted(tiny_backend, plan, result, seen, BUDGET, min_tokens)
 
 
 def test_quoted_margins_from_a_document_cache_hit_are_spans_too(tiny_backends, monkeypatch):
@@ -50,7 +50,7 @@ def test_quoted_margins_from_a_document_cache_hit_are_spans_too(tiny_backends, m
     seen = record_quotes(monkeypatch, backend)
     result = wim.run(SAMPLE, "Where is the lighthouse?")
     assert result.timings.context_cache == "hit"
-    assert_quoted(wim.plan(SAMPLE, "Where is the lighthouse?"), result, seen, BUDGET, CFG.quote_min_tokens)
+    assert_quoted(backend, wim.plan(SAMPLE, "Where is the lighthouse?"), result, seen, BUDGET, CFG.quote_min_tokens)
 
 
 def test_packed_quotes_equal_in_place_quotes_greedy(tiny_backend):
@@ -140,5 +140,5 @@ def test_quoted_margins_of_the_embedded_model_are_spans(default_wim, monkeypatch
     seen = record_quotes(monkeypatch, wim.backend)
     result = wim.run(SAMPLE, Q, **cfg)
     plan = wim.plan(SAMPLE, Q, wim.config.with_updates(**cfg))
-    assert_quoted(plan, result, seen, 24, wim.config.quote_min_tokens)
+    assert_quoted(wim.backend, plan, result, seen, 24, wim.config.quote_min_tokens)
     assert any(m.n_tokens >= 4 for m in result.margins)

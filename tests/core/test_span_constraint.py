@@ -94,6 +94,22 @@ def test_min_tokens_below_one_is_refused():
         SpanConstraint([1, 2], min_tokens=0)
 
 
+def test_a_stand_in_may_start_the_quote_only():
+    # 50 stands for 5 (say "The" for " The"): it may start the quote where 5 occurs, and nowhere later.
+    c = SpanConstraint([5, 6, 7, 5, 8], min_tokens=1, starts={50: [5], 60: [99]})
+    assert c.starts == {50: (5,)}  # a stand-in for a token the source lacks is dropped
+    m = c.start()
+    assert m.allowed_ids([STOP]) == [5, 6, 7, 8, 50]
+    m.push(50)
+    assert m.occurrences == [(0, 1), (3, 4)] and m.continuations() == [6, 8]
+    m.push(6)
+    with pytest.raises(ValueError):
+        m.push(50)
+    assert c.accepts([50, 6, 7]) and c.accepts([5, 8]) and c.accepts([50]) and c.accepts([])
+    assert not c.accepts([6, 50]) and not c.accepts([50, 7]) and not c.accepts([60])
+    assert not SpanConstraint([5, 6]).accepts([50, 6])
+
+
 def test_is_span():
     assert is_span([6, 7], [5, 6, 7]) and is_span([], [1]) and is_span([5, 6, 7], [5, 6, 7])
     assert not is_span([5, 7], [5, 6, 7]) and not is_span([7, 5], [5, 6, 7]) and not is_span([1], [])
@@ -106,7 +122,7 @@ sources = st.lists(st.integers(1, 6), min_size=0, max_size=40)  # a small alphab
 @given(source=sources, picks=st.lists(st.integers(0, 50), max_size=60), min_tokens=st.integers(1, 8))
 def test_any_decoding_under_the_constraint_is_a_span_of_the_source(source, picks, min_tokens):
     quote = walk(SpanConstraint(source, min_tokens), picks)
-    assert is_span(quote, source)
+    assert is_span(quote, source) and SpanConstraint(source).accepts(quote)
     # It stopped early only where it could: at the minimum length, or where the source offers nothing more.
     if len(quote) < min(min_tokens, len(picks)):
         m = SpanConstraint(source, min_tokens).start()
@@ -127,3 +143,15 @@ def test_every_span_of_the_source_can_be_written_and_then_ended(source, data):
         m.push(t)
     assert (i, j) in m.occurrences
     assert m.must_stop or STOP in (m.allowed_ids([STOP]) or [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=sources, picks=st.lists(st.integers(0, 50), max_size=60))
+def test_with_stand_ins_the_rest_of_the_quote_is_a_span_after_what_the_first_stands_for(source, picks):
+    starts = {10 + t: [t] for t in range(1, 7)}  # 10 + t stands for t
+    c = SpanConstraint(source, 1, starts)
+    quote = walk(c, picks)
+    assert c.accepts(quote)
+    if quote:
+        first = quote[0] - 10 if quote[0] >= 10 else quote[0]
+        assert is_span([first, *quote[1:]], source)

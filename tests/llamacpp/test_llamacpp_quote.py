@@ -39,7 +39,7 @@ def test_every_quoted_margin_is_a_span_of_its_segment(llamacpp_backend, monkeypa
     result = wim.run(SAMPLE, Q, **cfg)
     plan = wim.plan(SAMPLE, Q, CFG.with_updates(**cfg))
     assert plan.n_segments >= 3
-    assert_quoted(plan, result, seen, BUDGET, CFG.quote_min_tokens)
+    assert_quoted(llamacpp_backend, plan, result, seen, BUDGET, CFG.quote_min_tokens)
     assert any(m.n_tokens > CFG.quote_min_tokens for m in result.margins)
 
 
@@ -50,7 +50,7 @@ def test_quoted_margins_from_a_document_cache_hit_are_spans(llamacpp_backend, mo
     q2 = "Where is the lighthouse?"
     result = wim.run(SAMPLE, q2)
     assert result.timings.context_cache == "hit"
-    assert_quoted(wim.plan(SAMPLE, q2), result, seen, BUDGET, CFG.quote_min_tokens)
+    assert_quoted(llamacpp_backend, wim.plan(SAMPLE, q2), result, seen, BUDGET, CFG.quote_min_tokens)
 
 
 def test_constrained_rows_and_free_rows_decode_together(llamacpp_backend):

@@ -61,6 +61,7 @@ class Run:
         self.margin_heads: dict[int, PromptAside] = {}  # segment end -> margin-head keys/values, for the doc cache
         self.group_seconds = 0.0  # the current group's margin time (prompts computed aside, decoding)
         self.document: CachedDocument | None = None
+        self.spaceless_ids: dict[int, int | None] = {}  # quoted margins: a token -> its space-less form (see quote_of)
         if self.kv is not None and reader.document_cache is not None and self.cfg.reuse_document_cache:
             self.document = CachedDocument(self.kv, reader.document_cache, plan)
         self.result: WiMResult | None = None
@@ -250,7 +251,24 @@ class Run:
         """With quoted margins, the constraint a margin is decoded under: a span of its own segment's tokens."""
         if self.cfg.margin_mode != "quote":
             return None
-        return SpanConstraint(seg.token_ids, self.cfg.quote_min_tokens)
+        starts: dict[int, list[int]] = {}
+        if self.cfg.quote_loose_start:
+            for t in set(seg.token_ids):
+                if (a := self.spaceless(t)) is not None:
+                    starts.setdefault(a, []).append(t)
+        return SpanConstraint(seg.token_ids, self.cfg.quote_min_tokens, starts)
+
+    def spaceless(self, token: int) -> int | None:
+        """The token that is `token`'s text without its leading space (" The" -> "The"), where one token is."""
+        if token not in self.spaceless_ids:
+            b, found = self.backend, None
+            text = b.decode([token])
+            if len(text) > 1 and text[0] == " " and not text[1].isspace() and "\ufffd" not in text:
+                ids = b.encode_text(text[1:])
+                if len(ids) == 1 and ids[0] != token and b.decode(ids) == text[1:]:
+                    found = ids[0]
+            self.spaceless_ids[token] = found
+        return self.spaceless_ids[token]
 
     def margin_prompt_at(self, cache: Any, seg: Segment, prefilled: bool) -> PromptAside:
         """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over
