@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -54,3 +55,67 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
+
+
+def record_quotes(monkeypatch, backend) -> list[tuple[Any, list[int]]]:
+    """Wrap `backend.generate` / `generate_packed` (this test only) to record every constrained decoding: (its
+    `SpanConstraint`, the tokens it yielded), in the order requested (a group's rows in row order)."""
+    seen: list[tuple[Any, list[int]]] = []
+    generate, generate_packed = backend.generate, backend.generate_packed
+
+    def recorded(cache, request):
+        out: list[int] = []
+        if request.span is not None:
+            seen.append((request.span, out))
+        inner = generate(cache, request)
+        try:
+            for token in inner:
+                out.append(token)
+                yield token
+        finally:
+            inner.close()
+
+    def recorded_packed(cache, request):
+        outs: list[list[int]] = [[] for _ in request.rows]
+        for span, out in zip(request.spans or [], outs, strict=False):
+            if span is not None:
+                seen.append((span, out))
+        inner = generate_packed(cache, request)
+        try:
+            for step in inner:
+                for i, token in step:
+                    outs[i].append(token)
+                yield step
+        finally:
+            inner.close()
+
+    monkeypatch.setattr(backend, "generate", recorded)
+    monkeypatch.setattr(backend, "generate_packed", recorded_packed)
+    return seen
+
+
+def assert_quoted(backend, plan, result, seen, budget: int, min_tokens: int) -> None:
+    """Every margin of `result` was decoded under its own segment's constraint and is a contiguous span of that
+    segment's tokens (token level: its first token that segment token or, with `quote_loose_start`, the same token
+    without its leading space; every later token the segment's next one), within the budget and at least `min_tokens`
+    long unless it ends at the segment's end; its text is then a piece of the segment's text."""
+    from wim_integrations.backends.span import is_span
+
+    segments = plan.context.segments
+    assert len(seen) == len(result.margins) == len(segments)
+    for seg, margin, (span, tokens) in zip(segments, result.margins, seen, strict=True):
+        source = span.source
+        assert source == seg.token_ids and span.min_tokens == min_tokens
+        assert is_span(tokens[1:], source), (margin.text, tokens)
+        assert span.accepts(tokens), (margin.text, tokens)
+        if tokens and tokens[0] not in source:  # a stand-in: the space-less form of a segment token
+            assert plan.config.quote_loose_start
+            standing_for = span.starts[tokens[0]]
+            assert standing_for and all(backend.decode([t]) == " " + backend.decode(tokens[:1]) for t in standing_for)
+        assert len(tokens) == margin.n_tokens <= budget
+        m = span.start()
+        for t in tokens:
+            m.push(t)
+        assert len(tokens) >= min_tokens or m.must_stop or len(tokens) == budget, tokens
+        if "\ufffd" not in margin.text:  # a span cut inside a character decodes to a replacement character
+            assert margin.text in seg.text

@@ -13,6 +13,7 @@ from .errors import SettingsError
 ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
 MarginScope = Literal["segment", "so_far"]
 MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
+MarginMode = Literal["free", "quote"]  # see backends/span.py
 
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
@@ -130,6 +131,25 @@ class WiMConfig(_Settings):
         description="what a margin is written about: 'segment' (the part just read, with the earlier text in view) or "
         "'so_far' (everything read so far)",
     )
+    margin_mode: MarginMode = Field(
+        "free",
+        description="how a margin is written: 'free' (the model's own words) or 'quote' (decoded under a constraint "
+        "that lets it only copy a contiguous span of its own segment's tokens, so it cannot state what the segment "
+        "does not say; transformers and llama.cpp in process, refused on servers); docs/architecture.md, 'Quoted "
+        "margins'",
+    )
+    quote_min_tokens: Annotated[int, Count] = Field(
+        4,
+        ge=1,
+        description="with margin_mode='quote': the fewest tokens a quote has before the model may end it (it ends "
+        "earlier only where its segment ends)",
+    )
+    quote_loose_start: bool = Field(
+        True,
+        description="with margin_mode='quote': the quote's first token may also be the space-less form of a segment "
+        "token that starts with a space ('The' for the ' The' of a sentence inside the text), as a reply begins; "
+        "the text is still a piece of the segment. False: the segment's tokens exactly",
+    )
     classifier_max_new_tokens: Annotated[int, Count] = Field(
         8, ge=1, description="max new tokens of a classifier reply"
     )
@@ -153,6 +173,15 @@ class WiMConfig(_Settings):
     reuse_document_cache: bool = Field(
         True, description="start from the WiM's document cache when it holds this context (WiM(document_cache=...))"
     )
+
+    @model_validator(mode="after")
+    def _check_quote(self) -> WiMConfig:
+        if self.margin_mode == "quote" and self.classification == "inline":
+            raise ValueError(
+                "margin_mode='quote' cannot be used with classification='inline' (an inline margin starts with its "
+                "YES#/NO# verdict, which a quote of the segment cannot write); pick another classification mode"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_threshold(self) -> WiMConfig:

@@ -53,6 +53,7 @@ class WiM:
         self.classifier = classifier
         self.frame = backend.chat_frame()
         self.planner = Planner(backend, self.prompts, has_classifier=classifier is not None)
+        self.planner.check_margin_mode(self.config)  # quoted margins where the backend cannot: refused at once
         self.reader = Reader(backend, self.planner, self.prompts, self.document_cache, classifier)
 
     # -- construction ----------------------------------------------------------------------------------

@@ -37,6 +37,17 @@ def test_settings_that_need_each_other():
     assert (cfg.classification, cfg.relevance_threshold, cfg.margin_scope) == ("pmi", 2.0, "segment")
 
 
+def test_margin_mode_is_a_variant():
+    spec = parse_system("wim[quote_min_tokens=6,margin_mode=quote]", BASE)
+    assert spec.name == "wim[margin_mode=quote,quote_min_tokens=6]"
+    cfg = spec.config(BASE)
+    assert (cfg.margin_mode, cfg.quote_min_tokens) == ("quote", 6) and BASE.margin_mode == "free"
+    with pytest.raises(ValueError, match="margin_mode"):
+        parse_system("wim[margin_mode=paraphrase]", BASE)
+    with pytest.raises(ValueError, match="inline"):
+        parse_system("wim[margin_mode=quote,classification=inline]", BASE)
+
+
 def test_ablations_read_with_the_matching_wim_variant():
     assert parse_system("wim_margins_only", BASE).reads_with == "wim"
     spec = parse_system("rag_classifier[classification=inline]", BASE)

@@ -16,7 +16,14 @@ import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 
-from wim_integrations.backends.base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores
+from wim_integrations.backends.base import (
+    Capabilities,
+    GenerationRequest,
+    PackedRequest,
+    PackedRow,
+    RowScores,
+    refuse_constraints,
+)
 from wim_integrations.config import SamplingConfig
 from wim_integrations.prompts import PLAIN_PREFIX, PLAIN_SUFFIX, ChatFrame
 
@@ -156,6 +163,7 @@ class FakeBackend:
         del cache[length:]
 
     def generate(self, cache: list[int], request: GenerationRequest) -> Generator[int, None, None]:
+        refuse_constraints(self, request)  # it declares no constrained_margins
         cache.extend(request.prompt_ids)
         state = history_state(cache)
         rng = _rng(request.sampling)
@@ -175,6 +183,7 @@ class FakeBackend:
 
     def generate_packed(self, cache: list[int], request: PackedRequest) -> Generator[list[tuple[int, int]], None, None]:
         """Each row on its own history (cache prefix + prompt), one token per row per step; the cache is not touched."""
+        refuse_constraints(self, request)
         rows = request.rows
         self.packed_calls += 1
         for r in rows:

@@ -17,7 +17,7 @@ from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.server import ServerBackend
 from wim_integrations.backends.server_profiles import PROFILES
 from wim_integrations.config import SamplingConfig
-from wim_integrations.errors import ServerMismatchError
+from wim_integrations.errors import ServerMismatchError, WiMInputError
 from wim_integrations.events import WiMResult
 
 ENGINES: dict[str, type[FakeEngine]] = {"vllm": FakeVLLM, "sglang": FakeSGLang}
@@ -255,3 +255,20 @@ def test_the_openai_profile_reencodes_the_text_of_a_plain_server(tokenizer, conn
     assert _texts(result) == _texts(expected)
     assert result.answer == expected.answer and result.answer
     assert result.tokens.margin_generated < expected.tokens.margin_generated  # ids re-encoded: fewer, merged
+
+
+@pytest.mark.parametrize("kind", sorted(ENGINES))
+def test_quoted_margins_are_refused_before_any_request(kind: str, tokenizer, connect) -> None:
+    """No engine profile sends a per-request decoding constraint: margin_mode='quote' is refused when the WiM is built
+    with it, and at planning when a run asks for it, before anything reaches the server."""
+    assert not any(p.capabilities.constrained_margins for p in PROFILES.values())
+    with ENGINES[kind](tokenizer) as engine:
+        backend = connect(engine)
+        with pytest.raises(WiMInputError, match=r"margin_mode='quote'.*margin_mode='free'.*in process"):
+            WiM(backend, config=CFG.with_updates(margin_mode="quote"))
+        wim = WiM(backend, config=CFG)
+        engine.reset_counts()
+        backend.requests.clear()
+        with pytest.raises(WiMInputError, match="margin_mode='quote'"):
+            wim.run(HARBOR, QUESTION, margin_mode="quote")
+        assert engine.requests == [] and not backend.requests

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..config import SamplingConfig
+from ..errors import WiMInputError
 from ..prompts import ChatFrame
+from .span import SpanConstraint, SpanMatcher
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Capabilities:
     local_document_cache: bool = False
     # Rows are independent requests sent at once (a server batches them); where false they share one computation.
     concurrent_requests: bool = False
+    # Margins decoded under a `SpanConstraint` (`GenerationRequest.span`, `PackedRequest.spans`): quoted margins,
+    # `WiMConfig.margin_mode="quote"`. A backend without it refuses a request that carries one.
+    constrained_margins: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class GenerationRequest:
     # When given, the backend appends log P(token) of every yielded token here, under the model's own distribution
     # (before sampling processors): the margin's likelihood given what was read, used by relevance scoring.
     logprobs: list[float] | None = None
+    # When given, every token is picked among those the constraint allows (a quote of its source; backends/span.py):
+    # the logits are masked before sampling, log-probabilities stay the model's own.
+    span: SpanConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -83,13 +91,27 @@ class PackedRequest:
 
     A row ends at its first stop id (not yielded), at `max_new_tokens`, or once `done(row index, its tokens so far)`
     is true (a margin's stop rule). With `logprobs` (one list per row) the log P of each yielded token is appended to
-    its row's list, as `GenerationRequest.logprobs`."""
+    its row's list, as `GenerationRequest.logprobs`. With `spans` (one per row, None for a free row) each row is
+    decoded under its constraint, as `GenerationRequest.span`."""
 
     rows: Sequence[PackedRow]
     max_new_tokens: int
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     done: Callable[[int, list[int]], bool] | None = None
     logprobs: Sequence[list[float]] | None = None
+    spans: Sequence[SpanConstraint | None] | None = None
+
+    def span_matchers(self) -> list[SpanMatcher | None]:
+        """A fresh matcher per constrained row (None for a free row)."""
+        if self.spans is None:
+            return [None] * len(self.rows)
+        if len(self.spans) != len(self.rows):
+            raise ValueError(f"{len(self.spans)} span constraints for {len(self.rows)} rows")
+        return [s.start() if s is not None else None for s in self.spans]
+
+    @property
+    def constrained(self) -> bool:
+        return self.spans is not None and any(s is not None for s in self.spans)
 
 
 @runtime_checkable
@@ -222,6 +244,22 @@ def check_rows(rows: Sequence[PackedRow], base: int) -> None:
             a.prefix_length != r.prefix_length or list(r.prompt_ids[: len(a.prompt_ids)]) != list(a.prompt_ids)
         ):
             raise ValueError("a row's prompt aside was computed for another prefix or prompt")
+
+
+def refuse_constraints(backend: Backend, request: GenerationRequest | PackedRequest) -> None:
+    """Raise where a backend without `constrained_margins` is asked for a constrained (quoted) margin."""
+    constrained = request.constrained if isinstance(request, PackedRequest) else request.span is not None
+    if constrained:
+        raise WiMInputError(quote_refusal(backend.name))
+
+
+def quote_refusal(name: str) -> str:
+    """Why `margin_mode="quote"` cannot run on backend `name`, with the fix."""
+    return (
+        f"margin_mode='quote' decodes each margin under a constraint (it may only copy a span of its segment), "
+        f"which backend {name!r} cannot apply; use margin_mode='free' here, or run the model in process "
+        "(WiM.from_pretrained, WiM.from_gguf: transformers or llama.cpp), where quoted margins work."
+    )
 
 
 def packed_view(backend: Backend) -> PackedBackend | None:

@@ -73,6 +73,7 @@ class HFBackend(TokenizerMethods):
             scoring="rows" if packed else "plain",
             generation_logprobs=True,
             kv_asides=packed,
+            constrained_margins=True,
             local_document_cache=packed,
         )
 
@@ -152,11 +153,20 @@ class HFBackend(TokenizerMethods):
             raise ValueError("generation needs at least one prompt token")
         sampler = _Sampler(request.sampling, self.device)
         history = list(request.prompt_ids)
+        quote = request.span.start() if request.span is not None else None
         logits = self._forward(cache, request.prompt_ids)
         for step in range(request.max_new_tokens):
-            token = sampler.next_token(history, logits)
+            scores = logits
+            if quote is not None:
+                allowed = quote.allowed_ids(self.stop_ids)
+                if allowed is None:  # the quote cannot go on: it ends here, as at a stop token
+                    return
+                scores = _masked(logits, allowed)
+            token = sampler.next_token(history, scores)
             if token in self.stop_ids:
                 return
+            if quote is not None:
+                quote.push(token)
             history.append(token)
             if request.logprobs is not None:
                 request.logprobs.append(_logprob(logits, token))
@@ -210,6 +220,7 @@ class HFBackend(TokenizerMethods):
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
         produced = [0] * len(rows)
+        quotes = request.span_matchers()
         try:
             # Step 0: prompts. Parts computed aside are appended as they are; the rest of every prompt goes through
             # one packed forward, keeping only the logits of each row's last prompt token.
@@ -236,9 +247,17 @@ class HFBackend(TokenizerMethods):
                 step: list[tuple[int, int]] = []
                 feed: list[int] = []
                 for j, i in enumerate(active):
-                    token = samplers[i].next_token(histories[i], logits[j : j + 1])
+                    scores, quote = logits[j : j + 1], quotes[i]
+                    if quote is not None:
+                        allowed = quote.allowed_ids(self.stop_ids)
+                        if allowed is None:  # the quote cannot go on: the row ends, as at a stop token
+                            continue
+                        scores = _masked(scores, allowed)
+                    token = samplers[i].next_token(histories[i], scores)
                     if token in self.stop_ids:
                         continue
+                    if quote is not None:
+                        quote.push(token)
                     histories[i].append(token)
                     if request.logprobs is not None:
                         request.logprobs[i].append(_logprob(logits[j : j + 1], token))
@@ -385,6 +404,14 @@ def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if layer.keys is None or layer.values is None:
             raise ValueError("the cache layer holds no tokens yet")
         out.append((layer.keys, layer.values))
+    return out
+
+
+def _masked(logits: torch.Tensor, allowed: Sequence[int]) -> torch.Tensor:
+    """`logits` (1, vocab) with every id outside `allowed` at -inf: sampling then picks among `allowed` only."""
+    ids = torch.tensor([t for t in allowed if t < logits.shape[-1]], dtype=torch.long, device=logits.device)
+    out = torch.full_like(logits, float("-inf"))
+    out[..., ids] = logits[..., ids]
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import LlamaCppError, WiMInputError
 from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores, check_rows
 from .gguf_tokenizer import GGUFTokenizer
-from .np_sampling import Sampler, cumsum, logprob, row_scores
+from .np_sampling import Sampler, cumsum, logprob, masked, row_scores
 from .tokenizer import TokenizerMethods
 
 
@@ -147,7 +147,12 @@ class LlamaCppBackend(TokenizerMethods):
     def capabilities(self) -> Capabilities:
         keep = self.keep_documents
         return Capabilities(
-            packed_rows=True, scoring="rows", generation_logprobs=True, kv_asides=keep, local_document_cache=keep
+            packed_rows=True,
+            scoring="rows",
+            generation_logprobs=True,
+            kv_asides=keep,
+            local_document_cache=keep,
+            constrained_margins=True,
         )
 
     # -- sequences ---------------------------------------------------------------------------------------
@@ -315,11 +320,20 @@ class LlamaCppBackend(TokenizerMethods):
             raise ValueError("generation needs at least one prompt token")
         sampler = Sampler(request.sampling)
         history = list(request.prompt_ids)
+        quote = request.span.start() if request.span is not None else None
         logits = self._append(cache, request.prompt_ids, logits=True)[0]
         for step in range(request.max_new_tokens):
-            token = sampler.next_token(history, logits)
+            scores = logits
+            if quote is not None:
+                allowed = quote.allowed_ids(self.stop_ids)
+                if allowed is None:  # the quote cannot go on: it ends here, as at a stop token
+                    return
+                scores = masked(logits, allowed)
+            token = sampler.next_token(history, scores)
             if token in self.stop_ids:
                 return
+            if quote is not None:
+                quote.push(token)
             history.append(token)
             if request.logprobs is not None:
                 request.logprobs.append(logprob(logits, token))
@@ -433,6 +447,7 @@ class LlamaCppBackend(TokenizerMethods):
         samplers = [Sampler(request.sampling) for _ in rows]
         histories = [list(r.prompt_ids) for r in rows]
         next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
+        quotes = request.span_matchers()
         seqs, held = self._row_seqs(cache, rows)
         try:
             rest = [i for i, r in enumerate(rows) if held[i] < len(r.prompt_ids)]
@@ -451,9 +466,17 @@ class LlamaCppBackend(TokenizerMethods):
                 step: list[tuple[int, int]] = []
                 feed: list[int] = []
                 for j, i in enumerate(active):
-                    token = samplers[i].next_token(histories[i], logits[j])
+                    scores, quote = logits[j], quotes[i]
+                    if quote is not None:
+                        allowed = quote.allowed_ids(self.stop_ids)
+                        if allowed is None:  # the quote cannot go on: the row ends, as at a stop token
+                            continue
+                        scores = masked(scores, allowed)
+                    token = samplers[i].next_token(histories[i], scores)
                     if token in self.stop_ids:
                         continue
+                    if quote is not None:
+                        quote.push(token)
                     histories[i].append(token)
                     if logprobs is not None:
                         logprobs[i].append(logprob(logits[j], token))

@@ -37,6 +37,14 @@ def row_scores(logits: np.ndarray, row: Sequence[int], next_ids: Sequence[int]) 
     return RowScores(token_lp, {int(t): float(logp[-1, t]) for t in next_ids})
 
 
+def masked(logits: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
+    """`logits` (vocab,) with every id outside `allowed` at -inf: sampling then picks among `allowed` only."""
+    ids = np.asarray([t for t in allowed if t < logits.shape[-1]], dtype=np.intp)
+    out = np.full(logits.shape, -np.inf, dtype=np.float64)
+    out[ids] = logits[ids]
+    return out
+
+
 class Sampler:
     """Greedy argmax, or the transformers processors' arithmetic (repetition penalty, temperature, top-k, top-p)
     and a draw, in numpy."""

@@ -32,7 +32,7 @@ from ..errors import (
     ServerUnavailableError,
     WiMInputError,
 )
-from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores
+from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores, refuse_constraints
 from .http import HTTPClient, check_base_url
 from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
 from .tokenizer import HFTokenizer, TokenizerMethods
@@ -177,6 +177,8 @@ class ServerBackend(TokenizerMethods):
 
     # -- generation --------------------------------------------------------------------------------------------
     def generate(self, cache: ServerCache, request: GenerationRequest) -> Generator[int, None, None]:
+        # No engine profile sends a per-request constraint (docs/architecture.md, "Quoted margins").
+        refuse_constraints(self, request)
         if not request.prompt_ids:
             raise ValueError("generation needs at least one prompt token")
         self._warm(cache, len(cache.tokens))
@@ -214,6 +216,7 @@ class ServerBackend(TokenizerMethods):
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Each row is its own streamed request (at most `max_concurrency` at once; the server batches them), sent
         after one warm-up request for the longest prefix, so every row's prefix is a prefix-cache hit."""
+        refuse_constraints(self, request)
         rows = request.rows
         if not rows:
             return

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import GenerationRequest, PackedRequest, PackedRow, PromptAside, local_kv_view, packed_view
+from ..backends.span import SpanConstraint
 from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, WiMEvent
 from ..results import Margin, Timings, TokenCounts, WiMResult
 from ..textstream import StopCut, TextDeltas
@@ -60,6 +61,7 @@ class Run:
         self.margin_heads: dict[int, PromptAside] = {}  # segment end -> margin-head keys/values, for the doc cache
         self.group_seconds = 0.0  # the current group's margin time (prompts computed aside, decoding)
         self.document: CachedDocument | None = None
+        self.spaceless_ids: dict[int, int | None] = {}  # quoted margins: a token -> its space-less form (see quote_of)
         if self.kv is not None and reader.document_cache is not None and self.cfg.reuse_document_cache:
             self.document = CachedDocument(self.kv, reader.document_cache, plan)
         self.result: WiMResult | None = None
@@ -174,7 +176,9 @@ class Run:
         plan, kv = self.plan, self.kv
         end = self.backend.cache_length(cache)
         deltas, logprobs = TextDeltas.for_backend(self.backend), list[float]()
-        request = GenerationRequest(plan.margin_prompt_ids, self.cfg.margin_max_new_tokens, self.cfg.sampling, logprobs)
+        request = GenerationRequest(
+            plan.margin_prompt_ids, self.cfg.margin_max_new_tokens, self.cfg.sampling, logprobs, self.quote_of(seg)
+        )
         with lap() as t:
             try:
                 tokens = self.backend.generate(cache, request)
@@ -214,8 +218,9 @@ class Run:
         ends = plan.segment_ends
         rows = [PackedRow(ends[s.index], plan.margin_prompt_ids, a) for s, a in zip(segments, asides, strict=True)]
         written = [Written(s, TextDeltas.for_backend(packed), []) for s in segments]
+        spans = [self.quote_of(s) for s in segments] if self.cfg.margin_mode == "quote" else None
         request = PackedRequest(
-            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written]
+            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written], spans
         )
         with lap() as t:
             steps = packed.generate_packed(cache, request)
@@ -241,6 +246,29 @@ class Run:
             if aside is not None and self.judge.keeps_prompts:
                 self.judge.keep_prompt(ends[seg.index], aside)
         return written
+
+    def quote_of(self, seg: Segment) -> SpanConstraint | None:
+        """With quoted margins, the constraint a margin is decoded under: a span of its own segment's tokens."""
+        if self.cfg.margin_mode != "quote":
+            return None
+        starts: dict[int, list[int]] = {}
+        if self.cfg.quote_loose_start:
+            for t in set(seg.token_ids):
+                if (a := self.spaceless(t)) is not None:
+                    starts.setdefault(a, []).append(t)
+        return SpanConstraint(seg.token_ids, self.cfg.quote_min_tokens, starts)
+
+    def spaceless(self, token: int) -> int | None:
+        """The token that is `token`'s text without its leading space (" The" -> "The"), where one token is."""
+        if token not in self.spaceless_ids:
+            b, found = self.backend, None
+            text = b.decode([token])
+            if len(text) > 1 and text[0] == " " and not text[1].isspace() and "\ufffd" not in text:
+                ids = b.encode_text(text[1:])
+                if len(ids) == 1 and ids[0] != token and b.decode(ids) == text[1:]:
+                    found = ids[0]
+            self.spaceless_ids[token] = found
+        return self.spaceless_ids[token]
 
     def margin_prompt_at(self, cache: Any, seg: Segment, prefilled: bool) -> PromptAside:
         """A segment's margin prompt, computed now on a cache that ends at the segment: plain causal attention over

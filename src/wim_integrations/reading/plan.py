@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..analysis import Analysis
-from ..backends.base import Backend
+from ..backends.base import Backend, quote_refusal
 from ..config import WiMConfig
 from ..errors import ContextTooLongError, WiMInputError
 from ..events import Margin
@@ -95,7 +95,13 @@ class Planner:
 
         `question` is a question string, or an `Analysis` (summary / document analysis: no question)."""
         cfg = config
+        self.check_margin_mode(cfg)  # before anything is tokenized
         analysis = question if isinstance(question, Analysis) else None
+        if analysis is not None and analysis.schema is not None and cfg.margin_mode == "quote":
+            raise WiMInputError(
+                f"margin_mode='quote' cannot write notes in schema {analysis.schema_name} (a note must be a JSON "
+                "object, a quote copies the text); use margin_mode='free' for this analysis, or no schema."
+            )
         if analysis is not None:
             # Notes are all kept: the margin prompt is the note instruction, the final prompt the task's.
             cfg = cfg.with_updates(classification="none", relevance_threshold=None)
@@ -166,6 +172,11 @@ class Planner:
         answer = len(self.final_prompt_ids(task, [], n)) + n * (2 * cfg.margin_max_new_tokens + label)
         peak = len(head_ids) + ctx.n_tokens + max(rows, answer + cfg.answer_max_new_tokens)
         return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis, peak)
+
+    def check_margin_mode(self, cfg: WiMConfig) -> None:
+        """Refuse quoted margins on a backend that cannot decode under a constraint (a server), naming the fix."""
+        if cfg.margin_mode == "quote" and not self.backend.capabilities.constrained_margins:
+            raise WiMInputError(quote_refusal(self.backend.name))
 
     def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
         """A note under a schema needs room for at least the JSON skeleton with short values."""
