@@ -32,3 +32,30 @@ def test_a_tiny_run_reports_every_system(tiny_wim, tmp_path, capsys):
     assert all(0.0 <= r["recall"] <= 1.0 and set(r["kept"]) <= {0, 1} for r in records)
     assert main(["--report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == table(records)
+
+
+def test_the_probability_chain_filter_keeps_the_pieces_whose_yes_outweighs_no(tiny_wim):
+    from langchain_classic.retrievers.document_compressors.chain_filter import _get_default_chain_prompt
+
+    from benchmarks.retrieval import _chain_filter, yes_no_log_odds
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "two_hop", 4, 1)
+    got = _chain_filter(b, task, by_probability=True)
+    # each piece's log-odds on its own, through LangChain's own prompt: the same values, in retrieval order
+    prompt, odds = _get_default_chain_prompt(), yes_no_log_odds(b)
+    alone = [odds(prompt.invoke({"question": task.question, "context": p})) for p in task.pieces]
+    assert got.piece_scores == pytest.approx(alone, abs=1e-4)
+    assert got.kept == [i for i, v in enumerate(alone) if v > 0]
+
+
+def test_the_text_chain_filter_keeps_what_its_replies_say_yes_to(tiny_wim, monkeypatch):
+    import benchmarks.retrieval as retrieval
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "needle", 4, 0)
+    replies = iter(["YES, it is.", "No.", "The context is relevant", "yes"])  # the third parses as neither: dropped
+    monkeypatch.setattr(b, "decode", lambda ids: next(replies))
+    got = retrieval._chain_filter(b, task, by_probability=False)
+    assert got.kept == [0, 3]
+    assert got.notes == ["YES, it is.", "No.", "The context is relevant", "yes"]
