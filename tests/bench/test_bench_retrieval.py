@@ -59,3 +59,26 @@ def test_the_text_chain_filter_keeps_what_its_replies_say_yes_to(tiny_wim, monke
     got = retrieval._chain_filter(b, task, by_probability=False)
     assert got.kept == [0, 3]
     assert got.notes == ["YES, it is.", "No.", "The context is relevant", "yes"]
+
+
+def test_question_lift_judges_each_piece_alone(tiny_wim):
+    from benchmarks.retrieval_rules import question_lift
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "needle", 4, 2)
+    lifts = question_lift(b, [*task.pieces, ""], task.question)
+    assert lifts[-1] == pytest.approx(0.0, abs=1e-4)  # no text: the question as likely as without a piece
+    assert question_lift(b, task.pieces[::-1], task.question) == pytest.approx(lifts[:-1][::-1], abs=1e-4)
+
+
+def test_rules_are_scored_per_k_and_kind():
+    from benchmarks.retrieval_rules import evaluate
+
+    tasks = [
+        {"k": 4, "kind": "needle", "holding": [1], "scores": [0.1, 0.9, 0.2, 0.0]},
+        {"k": 4, "kind": "two_hop", "holding": [0, 3], "scores": [0.8, 0.1, 0.2, 0.15]},
+    ]
+    cells = evaluate(tasks, lambda s: {i for i, v in enumerate(s) if v >= 0.15})
+    assert cells[(4, "needle")] == (1.0, 0.5, 1)
+    assert cells[(4, "two_hop")] == (1.0, 0.75, 1)
+    assert cells[("all", "all")] == (1.0, 0.625, 2)
