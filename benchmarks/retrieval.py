@@ -9,12 +9,20 @@ received an item and another where that person lives. Facts use words that never
 model, greedy, no document cache (each system's time is a first read):
 
 - `none`: no filter, every piece kept;
+- `chain_filter`: LangChain's `LLMChainFilter` (langchain-classic, its default YES/NO prompt and parser) on a plain
+  chat model over the same backend (`PlainChat` below: one chat turn, greedy, no WiM reading); a reply with neither
+  YES nor NO counts as NO (LangChain's parser would raise and fail the whole call);
+- `chain_filter_prob`: the same `LLMChainFilter` and prompt, the decision taken from the next-token distribution
+  instead of a decoded reply: YES when P(YES) > P(NO) (each summed over its spellings' first tokens), the way
+  `classification="calibrated"` reads a reply; a stronger baseline on a model that answers "No" to almost anything;
 - `compressor`: LangChain's `WiMDocumentCompressor` with default settings (every piece a segment of its own);
 - `postprocessor`: LlamaIndex's `WiMNodePostprocessor` with default settings.
 
 Then the same plain reader (one chat turn: the kept pieces, the question; 20 tokens) answers from what each kept.
 Reported per (k, system): recall of the holding pieces, share of pieces kept, tasks whose holding pieces were all
-kept, answer accuracy (the gold code / town named) and seconds (filter only; the reader's time apart).
+kept, answer accuracy (the gold code / town named) and seconds (filter only; the reader's time apart). Records also
+hold each piece's score (`piece_scores`: the compressor's best margin score on the piece, the YES/NO log-odds of the
+probability baseline) so other keep rules can be compared on the same reads.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import argparse
 import json
 import random
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -32,12 +41,14 @@ from typing import Any
 
 from wim_integrations import WiM
 from wim_integrations.backends.base import Backend, GenerationRequest
+from wim_integrations.events import Margin
+from wim_integrations.filtering import judge_documents
 
 from .runner import machine_facts
 from .scoring import mentions
 from .tasks import _COLORS, _ITEMS, _NAMES, _VAULTS, TokenCounter, filler_sentence, invented_word
 
-SYSTEMS = ("none", "compressor", "postprocessor")
+SYSTEMS = ("none", "chain_filter", "chain_filter_prob", "compressor", "postprocessor")
 KINDS = ("needle", "two_hop")
 
 
@@ -82,24 +93,136 @@ def make_task(count: TokenCounter, kind: str, k: int, seed: int) -> RetrievalTas
     return RetrievalTask(f"{kind}-k{k}-s{seed}", pieces, tuple(holding), question, answer)
 
 
-def _compressor(wim: WiM, task: RetrievalTask) -> list[int]:
+@dataclass
+class Filtered:
+    kept: list[int]
+    piece_scores: list[float | None] | None = None  # per piece, in retrieval order
+    notes: list[str] | None = None  # per piece: its margins, or the chain filter's reply
+
+
+def _compressor(wim: WiM, task: RetrievalTask) -> Filtered:
     from langchain_core.documents import Document
 
     from wim_integrations.langchain import WiMDocumentCompressor
 
+    seen: list[list[Margin]] = []
+
+    class Recording(WiMDocumentCompressor):  # the margins the compressor judged by, for the record
+        def _keep(self, documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
+            seen.append(margins)
+            return super()._keep(documents, margins)
+
     docs = [Document(page_content=p, id=str(i)) for i, p in enumerate(task.pieces)]
-    kept = WiMDocumentCompressor(wim=wim).compress_documents(docs, task.question)
-    return [int(d.id or -1) for d in kept]
+    kept = Recording(wim=wim).compress_documents(docs, task.question)
+    judged = judge_documents(seen[0], len(docs))
+    scores = [max((m.score for m in j.margins if m.score is not None), default=None) for j in judged]
+    notes = [" | ".join(m.text for m in j.margins) for j in judged]
+    return Filtered([int(d.id or -1) for d in kept], scores, notes)
 
 
-def _postprocessor(wim: WiM, task: RetrievalTask) -> list[int]:
+class PlainChat:
+    """Builds a plain LangChain chat model over a WiM backend: the conversation in the model's chat template, greedy
+    decoding from an empty cache, no margins. Only what `LLMChainFilter` needs (the project has no such model)."""
+
+    @staticmethod
+    def model(backend: Backend, max_tokens: int = 8) -> Any:
+        from langchain_core.language_models import BaseChatModel
+        from langchain_core.messages import AIMessage, BaseMessage
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        lock = threading.Lock()  # LLMChainFilter batches in threads; one backend decodes one sequence at a time
+
+        class _Plain(BaseChatModel):
+            @property
+            def _llm_type(self) -> str:
+                return "plain-wim-backend"
+
+            def _generate(
+                self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None, **kw: Any
+            ) -> ChatResult:
+                ids = plain_prompt_ids(backend, messages)
+                with lock:
+                    out = list(backend.generate(backend.new_cache(), GenerationRequest(ids, max_tokens)))
+                return ChatResult(generations=[ChatGeneration(message=AIMessage(content=backend.decode(out)))])
+
+        return _Plain()
+
+
+def plain_prompt_ids(backend: Backend, messages: Sequence[Any]) -> list[int]:
+    roles = {"human": "user", "ai": "assistant", "system": "system"}
+    rendered = backend.render_chat([{"role": roles.get(m.type, "user"), "content": str(m.content)} for m in messages])
+    return backend.encode_template(rendered)
+
+
+_YES = ("YES", "Yes", "yes", " YES", " Yes", " yes")
+_NO = ("NO", "No", "no", " NO", " No", " no")
+
+
+def yes_no_log_odds(backend: Backend) -> Callable[[Any], float]:
+    """log P(YES) - log P(NO) of the reply's first token after a prompt (each summed over its spellings)."""
+    from wim_integrations.reading.scoring import logsumexp
+
+    yes = {backend.encode_text(w)[0] for w in _YES}
+    no = {backend.encode_text(w)[0] for w in _NO}
+    yes, no = yes - no, no - yes
+    lock = threading.Lock()
+
+    def log_odds(prompt: Any) -> float:
+        ids = plain_prompt_ids(backend, prompt.to_messages())
+        with lock:
+            cache = backend.new_cache()
+            backend.prefill(cache, ids[:-1])
+            (row,) = backend.score_rows(cache, [ids[-1:]], next_ids=sorted(yes | no))
+        lp = row.next_logprobs
+        return logsumexp([lp[t] for t in yes]) - logsumexp([lp[t] for t in no])
+
+    return log_odds
+
+
+def _chain_filter(backend: Backend, task: RetrievalTask, by_probability: bool) -> Filtered:
+    from langchain_classic.output_parsers.boolean import BooleanOutputParser
+    from langchain_classic.retrievers.document_compressors import LLMChainFilter
+    from langchain_classic.retrievers.document_compressors.chain_filter import _get_default_chain_prompt
+    from langchain_core.documents import Document
+    from langchain_core.runnables import RunnableLambda
+
+    docs = [Document(page_content=p, id=str(i)) for i, p in enumerate(task.pieces)]
+    prompt = _get_default_chain_prompt()  # LangChain's own YES/NO prompt
+    notes: list[str] = []
+    scores: list[float | None] = []
+    if by_probability:
+        odds = yes_no_log_odds(backend)
+
+        def decide(p: Any) -> bool:
+            value = odds(p)
+            scores.append(value)
+            return value > 0
+
+        chain: Any = prompt | RunnableLambda(decide)
+    else:
+        parser = BooleanOutputParser()
+
+        def parse(reply: Any) -> bool:
+            notes.append(str(reply.content))
+            try:
+                return parser.parse(str(reply.content))
+            except ValueError:  # neither YES nor NO (or both): not kept
+                return False
+
+        chain = prompt | PlainChat.model(backend) | RunnableLambda(parse)
+    # Filled in batch order: LLMChainFilter batches in threads, so run one input at a time to keep them aligned.
+    kept = LLMChainFilter(llm_chain=chain.with_config(max_concurrency=1)).compress_documents(docs, task.question)
+    return Filtered([int(d.id or -1) for d in kept], scores or None, notes or None)
+
+
+def _postprocessor(wim: WiM, task: RetrievalTask) -> Filtered:
     from llama_index.core.schema import NodeWithScore, TextNode
 
     from wim_integrations.llamaindex import WiMNodePostprocessor
 
     nodes = [NodeWithScore(node=TextNode(id_=str(i), text=p), score=1.0) for i, p in enumerate(task.pieces)]
     kept = WiMNodePostprocessor(wim).postprocess_nodes(nodes, query_str=task.question)
-    return [int(n.node.node_id) for n in kept]
+    return Filtered([int(n.node.node_id) for n in kept])
 
 
 def _answer(backend: Backend, pieces: Sequence[str], question: str) -> str:
@@ -111,32 +234,41 @@ def _answer(backend: Backend, pieces: Sequence[str], question: str) -> str:
 
 
 def run(
-    wim: WiM, ks: Sequence[int], seeds: int, out: Path | None, kinds: Sequence[str] = KINDS
+    wim: WiM,
+    ks: Sequence[int],
+    seeds: int | Sequence[int],
+    out: Path | None,
+    kinds: Sequence[str] = KINDS,
+    systems: Sequence[str] = SYSTEMS,
 ) -> list[dict[str, Any]]:
     b = wim.backend
 
     def count(text: str) -> int:
         return len(b.encode_text(text))
 
+    filters: dict[str, Callable[[RetrievalTask], Filtered]] = {
+        "none": lambda task: Filtered(list(range(len(task.pieces)))),
+        "chain_filter": lambda task: _chain_filter(b, task, by_probability=False),
+        "chain_filter_prob": lambda task: _chain_filter(b, task, by_probability=True),
+        "compressor": lambda task: _compressor(wim, task),
+        "postprocessor": lambda task: _postprocessor(wim, task),
+    }
     records = []
     for k in ks:
         for kind in kinds:
-            for seed in range(seeds):
+            for seed in range(seeds) if isinstance(seeds, int) else seeds:
                 task = make_task(count, kind, k, seed)
-                for system in SYSTEMS:
+                for system in systems:
                     t0 = time.perf_counter()
-                    if system == "none":
-                        kept = list(range(k))
-                    elif system == "compressor":
-                        kept = _compressor(wim, task)
-                    else:
-                        kept = _postprocessor(wim, task)
+                    got = filters[system](task)
                     seconds = time.perf_counter() - t0
+                    kept = got.kept
                     prediction = _answer(b, [task.pieces[i] for i in kept], task.question)
                     rec = {
                         "task": task.id,
                         "kind": kind,
                         "k": k,
+                        "seed": seed,
                         "system": system,
                         "kept": kept,
                         "holding": list(task.holding),
@@ -146,6 +278,10 @@ def run(
                         "prediction": prediction,
                         "seconds": seconds,
                     }
+                    if got.piece_scores is not None:
+                        rec["piece_scores"] = got.piece_scores
+                    if got.notes is not None:
+                        rec["notes"] = got.notes
                     records.append(rec)
                     print(json.dumps(rec), file=sys.stderr, flush=True)
                     if out is not None:
@@ -178,7 +314,9 @@ def table(records: Sequence[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--seeds", type=int, default=6, help="tasks per (k, kind)")
+    parser.add_argument("--seeds", type=int, default=6, help="tasks per (k, kind): seeds 0 .. N-1")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of --seeds")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--model", default="default", help="local model dir; 'default' = embedded SmolLM2")
     parser.add_argument("--out", type=Path, default=None, help="append each record (JSON lines) here")
@@ -189,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wim = WiM.default() if args.model == "default" else WiM.from_pretrained(args.model)
     wim = wim.with_options(document_cache=None)  # every system's time is a first read
-    records = run(wim, args.ks, args.seeds, args.out, args.kinds)
+    seeds = args.seed_list if args.seed_list is not None else args.seeds
+    records = run(wim, args.ks, seeds, args.out, args.kinds, args.systems)
     print(f"model {wim.model_name}; {machine_facts()}")
     print(table(records))
     return 0

@@ -32,3 +32,53 @@ def test_a_tiny_run_reports_every_system(tiny_wim, tmp_path, capsys):
     assert all(0.0 <= r["recall"] <= 1.0 and set(r["kept"]) <= {0, 1} for r in records)
     assert main(["--report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == table(records)
+
+
+def test_the_probability_chain_filter_keeps_the_pieces_whose_yes_outweighs_no(tiny_wim):
+    from langchain_classic.retrievers.document_compressors.chain_filter import _get_default_chain_prompt
+
+    from benchmarks.retrieval import _chain_filter, yes_no_log_odds
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "two_hop", 4, 1)
+    got = _chain_filter(b, task, by_probability=True)
+    # each piece's log-odds on its own, through LangChain's own prompt: the same values, in retrieval order
+    prompt, odds = _get_default_chain_prompt(), yes_no_log_odds(b)
+    alone = [odds(prompt.invoke({"question": task.question, "context": p})) for p in task.pieces]
+    assert got.piece_scores == pytest.approx(alone, abs=1e-4)
+    assert got.kept == [i for i, v in enumerate(alone) if v > 0]
+
+
+def test_the_text_chain_filter_keeps_what_its_replies_say_yes_to(tiny_wim, monkeypatch):
+    import benchmarks.retrieval as retrieval
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "needle", 4, 0)
+    replies = iter(["YES, it is.", "No.", "The context is relevant", "yes"])  # the third parses as neither: dropped
+    monkeypatch.setattr(b, "decode", lambda ids: next(replies))
+    got = retrieval._chain_filter(b, task, by_probability=False)
+    assert got.kept == [0, 3]
+    assert got.notes == ["YES, it is.", "No.", "The context is relevant", "yes"]
+
+
+def test_question_lift_judges_each_piece_alone(tiny_wim):
+    from benchmarks.retrieval_rules import question_lift
+
+    b = tiny_wim.backend
+    task = make_task(lambda t: len(b.encode_text(t)), "needle", 4, 2)
+    lifts = question_lift(b, [*task.pieces, ""], task.question)
+    assert lifts[-1] == pytest.approx(0.0, abs=1e-4)  # no text: the question as likely as without a piece
+    assert question_lift(b, task.pieces[::-1], task.question) == pytest.approx(lifts[:-1][::-1], abs=1e-4)
+
+
+def test_rules_are_scored_per_k_and_kind():
+    from benchmarks.retrieval_rules import evaluate
+
+    tasks = [
+        {"k": 4, "kind": "needle", "holding": [1], "scores": [0.1, 0.9, 0.2, 0.0]},
+        {"k": 4, "kind": "two_hop", "holding": [0, 3], "scores": [0.8, 0.1, 0.2, 0.15]},
+    ]
+    cells = evaluate(tasks, lambda s: {i for i, v in enumerate(s) if v >= 0.15})
+    assert cells[(4, "needle")] == (1.0, 0.5, 1)
+    assert cells[(4, "two_hop")] == (1.0, 0.75, 1)
+    assert cells[("all", "all")] == (1.0, 0.625, 2)
