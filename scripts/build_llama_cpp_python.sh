@@ -19,10 +19,12 @@ if [ -z "$(wheel)" ]; then
   trap 'rm -rf "$WORK"' EXIT
   # --no-binary names this one package: ":all:" would also apply to its build requirements (cmake,
   # scikit-build-core), and pip would compile CMake itself from source on a machine with an empty pip cache.
+  # --no-cache-dir: pip's own wheel cache is keyed by the source package alone, so after a change of CMAKE_ARGS it
+  # would hand back the wheel built with the old flags (seen here: an AVX-512 build that came back AVX2-only).
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL="${LLAMA_BUILD_JOBS:-$(nproc)}" \
-    $PIP wheel -q --no-deps --no-binary llama-cpp-python -w "$WORK" "llama-cpp-python==$VERSION" > "$WORK/build.log" 2>&1 \
+    $PIP wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$WORK" "llama-cpp-python==$VERSION" > "$WORK/build.log" 2>&1 \
     || { tail -40 "$WORK/build.log"; exit 1; }
   mkdir -p "$SHARED.tmp" && cp "$WORK"/llama_cpp_python-*.whl "$SHARED.tmp"/ && rm -rf "$SHARED" && mv "$SHARED.tmp" "$SHARED"
   echo "llama-cpp-python $VERSION built (kept for other checkouts in $SHARED)"
