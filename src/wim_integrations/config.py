@@ -10,14 +10,24 @@ from typing_extensions import Self
 
 from .errors import SettingsError
 
-ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
+ClassificationMode = Literal[
+    "segment_pmi", "question_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"
+]
 MarginScope = Literal["segment", "so_far"]
 MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
 
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
-SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
-DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.15, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+SCORE_MODES = ("segment_pmi", "question_pmi", "pmi", "calibrated", "lexical")
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "segment_pmi": 0.15,
+    "question_pmi": 0.15,
+    "pmi": 0.5,
+    "calibrated": 0.0,
+    "lexical": 0.5,
+}
+# question_pmi's score: min(grounding, QUESTION_WEIGHT * question lift) (reading/scoring.py, QuestionPMITerms).
+QUESTION_WEIGHT = 1.0
 
 
 def _not_bool(value: object) -> object:
