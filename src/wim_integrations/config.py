@@ -122,9 +122,10 @@ class WiMConfig(_Settings):
     classification: ClassificationMode = Field(
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
-        "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', 'pmi', "
-        "'calibrated') or the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply "
-        "('same_model', 'auxiliary', 'inline'); or every margin kept ('none')",
+        "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', "
+        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'pmi', 'calibrated') or "
+        "the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', "
+        "'auxiliary', 'inline'); or every margin kept ('none')",
     )
     relevance_threshold: float | None = Field(
         None, description="score-based modes keep margins scoring at least this; None: the mode's default"
