@@ -4,11 +4,11 @@ weights and thresholds can be compared against the ground truth without reading 
 on how they are judged; only the answer does).
 
     python -m benchmarks.question_sweep benchmarks/results/quick-...jsonl 'wim[classification=question_pmi]'
-    python -m benchmarks.question_sweep FILE SYSTEM --form min --weight 1.0 --threshold 0.15   # one setting
+    python -m benchmarks.question_sweep FILE SYSTEM --form sum --weight -0.75 --threshold -0.2   # one setting
 
 The sweep prints, per form and weight, the threshold with the best pooled F1 (ties: the lowest threshold) and the AUC
-of the combined score; with --threshold only that setting. Forms: "min" = min(g, w q), "sum" = g + w q, "g" = g,
-"q" = q.
+of the combined score; with --threshold only that setting. Forms: "sum" = g + w q (what `question_pmi` computes, w =
+`config.QUESTION_WEIGHT`), "min" = min(g, w q), "g" = g (segment_pmi), "q" = q.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ FORMS: dict[str, Callable[[float, float, float], float]] = {
     "g": lambda g, q, w: g,
     "q": lambda g, q, w: q,
 }
-WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+WEIGHTS = (-1.0, -0.75, -0.5, -0.3, 0.25, 0.5, 1.0, 2.0)  # "min" takes the positive ones only
 THRESHOLDS = tuple(round(-0.5 + 0.05 * i, 2) for i in range(41))  # -0.5 .. 1.5
 
 
@@ -79,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     forms = [args.form] if args.form else list(FORMS)
     for form in forms:
-        weights = [args.weight] if args.weight is not None else (WEIGHTS if form in ("min", "sum") else (1.0,))
+        if args.weight is not None:
+            weights: Sequence[float] = [args.weight]
+        elif form in ("min", "sum"):
+            weights = [w for w in WEIGHTS if w > 0 or form == "sum"]
+        else:
+            weights = [1.0]
         for w in weights:
             if args.threshold is not None:
                 print(line(form, w, args.threshold, rescored(margins, form, w, args.threshold)))

@@ -21,13 +21,15 @@ MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
 SCORE_MODES = ("segment_pmi", "question_pmi", "pmi", "calibrated", "lexical")
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "segment_pmi": 0.15,
-    "question_pmi": 0.15,
+    "question_pmi": -0.2,
     "pmi": 0.5,
     "calibrated": 0.0,
     "lexical": 0.5,
 }
-# question_pmi's score: min(grounding, QUESTION_WEIGHT * question lift) (reading/scoring.py, QuestionPMITerms).
-QUESTION_WEIGHT = 1.0
+# question_pmi's score: grounding + QUESTION_WEIGHT * question lift (reading/scoring.py, QuestionPMITerms), fitted
+# with its threshold on the quick preset for the embedded SmolLM2 (`python -m benchmarks.question_sweep`): the
+# question raises margins that restate it far more than margins that state the fact, so the weight is negative.
+QUESTION_WEIGHT = -0.75
 
 
 def _not_bool(value: object) -> object:

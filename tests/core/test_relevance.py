@@ -140,7 +140,7 @@ def test_question_pmi_terms_equal_separate_plain_forward_passes(tiny_backend, ba
         assert m.score_terms is not None
         assert m.score_terms["grounding"] == pytest.approx(with_text - before_segment, abs=2e-3)
         assert m.score_terms["question"] == pytest.approx(with_text - without_question, abs=2e-3)
-        expected = min(with_text - before_segment, QUESTION_WEIGHT * (with_text - without_question))
+        expected = (with_text - before_segment) + QUESTION_WEIGHT * (with_text - without_question)
         assert m.score == pytest.approx(expected, abs=3e-3)
         assert m.relevant == (m.score >= wim.config.threshold)
         checked += 1

@@ -126,8 +126,9 @@ class SegmentPMIJudge:
 @dataclass
 class QuestionPMIJudge:
     """classification="question_pmi": `segment_pmi` and how much the question raised the margin, combined
-    (`QuestionPMITerms.combined`). Keeps the margin prompts computed at segment ends, as `SegmentPMIJudge` does: the
-    one at a margin's segment start for its grounding row, the one at its segment end for its question-free row."""
+    (`QuestionPMITerms.combined`: grounding + weight * question). Keeps the margin prompts computed at segment ends,
+    as `SegmentPMIJudge` does: the one at a margin's segment start for its grounding row, the one at its segment end
+    for its question-free row."""
 
     scorer: QuestionPMIScorer
     threshold: float

@@ -15,8 +15,8 @@ docs/benchmarks.md ("Margin relevance"); how each works and where it fails in do
 - `question_pmi`: `segment_pmi` (grounding) combined with how much the question raised the margin's likelihood: the
   same first term minus the mean log P of the margin given the same text and the margin prompt *without the
   question* (its question-free head taken from the margin prompt computed at the segment's end). Both baselines are
-  rows of one packed pass. A margin copying filler is as likely without the question as with it (about 0); a margin
-  stating what the question asks about is raised by it.
+  rows of one packed pass. Score: grounding + w * question, w fitted per model (config.QUESTION_WEIGHT; negative
+  for the embedded SmolLM2, whose margins the question raises most when they only restate the question).
 - `calibrated`: the classifier prompt's first reply token, log P(yes) - log P(no), minus the same for a content-free
   margin ("Nothing relevant.") on the same question: the model's prior for "yes" is taken out (contextual calibration).
 - `lexical`: the share of the margin's names and numbers (capitalised words, digits; those of the question left out)
@@ -110,9 +110,10 @@ class QuestionPMITerms:
     question: float  # mean log P(margin | text, prompt with the question) - the same without the question
 
     def combined(self, weight: float) -> float:
-        """min(grounding, weight * question): a margin is relevant as far as its segment *and* the question raised
-        it; either one alone (a copy of filler, a repeat of an earlier part, an invention) scores low."""
-        return min(self.grounding, weight * self.question)
+        """grounding + weight * question. The weight is signed and fitted per model (config.QUESTION_WEIGHT): on
+        the embedded SmolLM2 it is negative, because what the question raises most is a margin that restates the
+        question ("The secret code for the jade vault is a code that..."), not the fact (docs/benchmarks.md)."""
+        return self.grounding + weight * self.question
 
 
 class QuestionPMIScorer:
