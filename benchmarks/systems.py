@@ -96,13 +96,15 @@ def _wim_generated(r: WiMResult) -> int:
 
 def _wim_calls(r: WiMResult, config: WiMConfig) -> int:
     """Model calls of a WiM read: one margin per segment; one judge prompt per margin where a model judges each
-    (same_model, auxiliary, calibrated); one packed pass for all margins (pmi, segment_pmi); none for the rest."""
+    (same_model, auxiliary, calibrated); one packed pass for all margins (pmi, segment_pmi, question_pmi); none for
+    the rest."""
     judge = {
         "same_model": r.n_segments,
         "auxiliary": r.n_segments,
         "calibrated": r.n_segments,
         "pmi": 1,
         "segment_pmi": 1,
+        "question_pmi": 1,
     }
     return r.n_segments + judge.get(config.classification, 0)
 
@@ -119,6 +121,7 @@ def margin_records(task: Task, r: WiMResult) -> list[dict[str, Any]]:
                 "verdict": m.verdict,
                 "relevant": m.relevant,
                 "score": m.score,
+                **({"score_terms": m.score_terms} if m.score_terms is not None else {}),
                 "n_tokens": m.n_tokens,
             },
         )

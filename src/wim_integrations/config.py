@@ -10,15 +10,27 @@ from typing_extensions import Self
 
 from .errors import SettingsError
 
-ClassificationMode = Literal["segment_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"]
+ClassificationMode = Literal[
+    "segment_pmi", "question_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"
+]
 MarginScope = Literal["segment", "so_far"]
 MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
 MarginMode = Literal["free", "quote"]  # see backends/span.py
 
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
-SCORE_MODES = ("segment_pmi", "pmi", "calibrated", "lexical")
-DEFAULT_THRESHOLDS: dict[str, float] = {"segment_pmi": 0.15, "pmi": 0.5, "calibrated": 0.0, "lexical": 0.5}
+SCORE_MODES = ("segment_pmi", "question_pmi", "pmi", "calibrated", "lexical")
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "segment_pmi": 0.15,
+    "question_pmi": -0.2,
+    "pmi": 0.5,
+    "calibrated": 0.0,
+    "lexical": 0.5,
+}
+# question_pmi's score: grounding + QUESTION_WEIGHT * question lift (reading/scoring.py, QuestionPMITerms), fitted
+# with its threshold on the quick preset for the embedded SmolLM2 (`python -m benchmarks.question_sweep`): the
+# question raises margins that restate it far more than margins that state the fact, so the weight is negative.
+QUESTION_WEIGHT = -0.75
 
 
 def _not_bool(value: object) -> object:
@@ -113,9 +125,10 @@ class WiMConfig(_Settings):
     classification: ClassificationMode = Field(
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
-        "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', 'pmi', "
-        "'calibrated') or the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply "
-        "('same_model', 'auxiliary', 'inline'); or every margin kept ('none')",
+        "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', "
+        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'pmi', 'calibrated') or "
+        "the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', "
+        "'auxiliary', 'inline'); or every margin kept ('none')",
     )
     relevance_threshold: float | None = Field(
         None, description="score-based modes keep margins scoring at least this; None: the mode's default"

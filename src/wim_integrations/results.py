@@ -39,6 +39,11 @@ class Margin(BaseModel):
         description="relevance score computed from the model's probabilities (higher: more relevant); None when "
         "the classification mode computes no score",
     )
+    score_terms: dict[str, float] | None = Field(
+        None,
+        description="the terms a combined score was computed from (question_pmi: 'grounding', the segment_pmi score, "
+        "and 'question', how much the question raised the margin); None for other modes",
+    )
     char_span: tuple[int, int]
     token_span: tuple[int, int]
     documents: list[DocumentSpan] = Field(default_factory=list)

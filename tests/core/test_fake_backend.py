@@ -164,6 +164,44 @@ def test_segment_pmi_scores_equal_teacher_forced_recomputation(batch: int) -> No
         assert margin.relevant == (expected >= cfg.threshold)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_question_pmi_terms_equal_teacher_forced_recomputation(batch: int) -> None:
+    """Each term on its own: grounding as segment_pmi, question = the margin after its segment with the margin prompt
+    minus the same after the question-free prompt; the score their weighted sum (exact arithmetic here)."""
+    from wim_integrations.config import QUESTION_WEIGHT
+
+    b = FakeBackend()
+    cfg = WiMConfig(
+        segment_tokens=600,
+        margin_max_new_tokens=10,
+        answer_max_new_tokens=4,
+        margin_batch_size=batch,
+        margin_stop="eos",
+        classification="question_pmi",
+    )
+    wim = WiM(b, config=cfg)
+    plan = wim.plan(CONTEXT, QUESTION)
+    result = wim.run(CONTEXT, QUESTION)
+    context, prompt, free = list(plan.context.token_ids), plan.margin_prompt_ids, plan.question_free_prompt_ids
+    assert free != prompt and free[: plan.margin_head_length] == prompt[: plan.margin_head_length]
+    scored = 0
+    for margin, seg in zip(result.margins, plan.context.segments, strict=True):
+        with_segment = plan.head_ids + context[: seg.end_token] + prompt
+        tokens = plain_generate(b, with_segment, cfg.margin_max_new_tokens)
+        assert margin.text == b.decode(tokens).strip()
+        if not tokens:
+            assert margin.score == 0.0
+            continue
+        with_text = fmean(teacher_forced(with_segment, tokens))
+        grounding = with_text - fmean(teacher_forced(plan.head_ids + context[: seg.start_token] + prompt, tokens))
+        question = with_text - fmean(teacher_forced(plan.head_ids + context[: seg.end_token] + free, tokens))
+        assert margin.score_terms == pytest.approx({"grounding": grounding, "question": question}, rel=1e-12)
+        assert margin.score == pytest.approx(grounding + QUESTION_WEIGHT * question, rel=1e-12, abs=1e-12)
+        assert margin.relevant == (margin.score >= cfg.threshold)
+        scored += 1
+    assert scored
+
+
 def test_without_packed_rows_a_batched_config_reads_step_by_step() -> None:
     full = FakeBackend()
     step = FakeBackend(Capabilities(packed_rows=False, scoring="rows", generation_logprobs=True))

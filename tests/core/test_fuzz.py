@@ -54,7 +54,7 @@ contexts = st.one_of(
 )
 asked = texts.map(lambda t: f"Who {t}?")
 questions = st.one_of(st.just("Who keeps the lighthouse?"), asked, asked, texts, st.none(), st.integers())
-MODES = ["none", "lexical", "pmi", "segment_pmi", "calibrated", "same_model", "inline", "auxiliary"]
+MODES = ["none", "lexical", "pmi", "segment_pmi", "question_pmi", "calibrated", "same_model", "inline", "auxiliary"]
 # Valid settings (so that runs happen, on every reading path) and arbitrary ones (so that refusals are checked).
 valid_settings = st.fixed_dictionaries(
     {},

@@ -11,6 +11,7 @@ from helpers import SAMPLE
 
 from wim_integrations import WiM, WiMConfig
 from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow
+from wim_integrations.config import QUESTION_WEIGHT
 from wim_integrations.errors import WiMInputError
 from wim_integrations.reading.classifier import MarginClassifier
 from wim_integrations.reading.scoring import CONTENT_FREE_MARGIN, lexical_score, lexical_terms
@@ -109,13 +110,90 @@ def test_pmi_score_is_the_margins_logprob_with_the_text_minus_without(tiny_backe
     assert checked
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_question_pmi_terms_equal_separate_plain_forward_passes(tiny_backend, batch):
+    """question_pmi: grounding = log P(margin | text through its segment, prompt) - log P(margin | text before it,
+    prompt); question = log P(margin | text through its segment, prompt) - log P(margin | the same text, prompt
+    without the question). Each term recomputed here by its own unpacked forward pass over the whole sequence."""
+    b = tiny_backend
+    wim = WiM(b, config=CFG.with_updates(classification="question_pmi"))
+    plan = wim.plan(SAMPLE, QUESTION)
+    free = plan.question_free_prompt_ids
+    head = plan.margin_head_ids
+    assert free[: len(head)] == head and free != plan.margin_prompt_ids
+    assert b.decode(free) == b.decode(head) + b.decode(free[len(head) :])  # the question is what is left out
+    assert QUESTION not in b.decode(free) and QUESTION in b.decode(plan.margin_prompt_ids)
+    result = wim.run(SAMPLE, QUESTION, margin_batch_size=batch)
+    assert len(result.margins) >= 3
+    checked = 0
+    starts = [len(plan.head_ids), *plan.segment_ends]
+    for m, end, start in zip(result.margins, plan.segment_ends, starts, strict=False):
+        prefix = plan.full_ids[:end] + plan.margin_prompt_ids
+        out = list(b.generate(_cache_with(b, prefix[:-1]), GenerationRequest(prefix[-1:], CFG.margin_max_new_tokens)))
+        if not out:
+            assert m.score == 0.0 and m.score_terms == {"grounding": 0.0, "question": 0.0}
+            continue
+        mean = lambda lp: sum(lp) / len(lp)  # noqa: E731
+        with_text = mean(teacher_forced(b, prefix, out))
+        before_segment = mean(teacher_forced(b, plan.full_ids[:start] + plan.margin_prompt_ids, out))
+        without_question = mean(teacher_forced(b, plan.full_ids[:end] + free, out))
+        assert m.score_terms is not None
+        assert m.score_terms["grounding"] == pytest.approx(with_text - before_segment, abs=2e-3)
+        assert m.score_terms["question"] == pytest.approx(with_text - without_question, abs=2e-3)
+        expected = (with_text - before_segment) + QUESTION_WEIGHT * (with_text - without_question)
+        assert m.score == pytest.approx(expected, abs=3e-3)
+        assert m.relevant == (m.score >= wim.config.threshold)
+        checked += 1
+    assert checked
+
+
+def test_question_pmi_scores_in_one_packed_pass_reusing_the_prompts_computed_aside(tiny_backends, monkeypatch):
+    """One score_rows call per group: every margin's two baseline rows together, each starting from a margin prompt
+    computed aside (its question-free row from the head of the prompt computed at its own segment's end)."""
+    b = tiny_backends["llama"]
+    calls: list[list] = []
+    real = type(b).score_rows
+
+    def spy(self, cache, rows, next_ids=(), tails=None):
+        calls.append(list(rows))
+        return real(self, cache, rows, next_ids, tails)
+
+    monkeypatch.setattr(type(b), "score_rows", spy)
+    wim = WiM(b, config=CFG.with_updates(classification="question_pmi"), document_cache=None)
+    plan = wim.plan(SAMPLE, QUESTION)
+    result = wim.run(SAMPLE, QUESTION, margin_batch_size=8)
+    n = sum(1 for m in result.margins if m.n_tokens)
+    assert len(calls) == 1 and len(calls[0]) == 2 * n
+    before, free = calls[0][:n], calls[0][n:]
+    assert all(r.aside is not None for r in calls[0][1:])  # all but the first segment's baseline (no prompt before it)
+    assert [r.prefix_length for r in free] == plan.segment_ends[:n]
+    assert all(list(r.aside.prompt_ids) == plan.margin_head_ids for r in free)
+    assert all(list(r.prompt_ids[: len(plan.margin_prompt_ids)]) == plan.margin_prompt_ids for r in before)
+
+
+def test_question_pmi_packed_step_by_step_and_cache_hit_agree(tiny_backend):
+    from wim_integrations import DocumentCache
+
+    cfg = CFG.with_updates(classification="question_pmi")
+    seq = WiM(tiny_backend, config=cfg, document_cache=None).run(SAMPLE, QUESTION, margin_batch_size=1)
+    wim = WiM(tiny_backend, config=cfg, document_cache=DocumentCache(max_bytes=1 << 28))
+    packed = wim.run(SAMPLE, QUESTION, margin_batch_size=3)
+    hit = wim.run(SAMPLE, QUESTION, margin_batch_size=2)
+    assert hit.timings.context_cache == "hit"
+    for other in (packed, hit):
+        assert [m.text for m in other.margins] == [m.text for m in seq.margins]
+        assert [m.score for m in other.margins] == pytest.approx([m.score for m in seq.margins], abs=2e-3)
+        for a, c in zip(other.margins, seq.margins, strict=True):
+            assert a.score_terms == pytest.approx(c.score_terms, abs=2e-3)
+
+
 def _cache_with(b, ids):
     cache = b.new_cache()
     b.prefill(cache, ids)
     return cache
 
 
-@pytest.mark.parametrize("mode", ["segment_pmi", "pmi", "calibrated", "lexical"])
+@pytest.mark.parametrize("mode", ["segment_pmi", "question_pmi", "pmi", "calibrated", "lexical"])
 def test_packed_and_step_by_step_reads_give_the_same_scores(tiny_backend, mode):
     wim = WiM(tiny_backend, config=CFG.with_updates(classification=mode, margin_scope="segment"))
     seq = wim.run(SAMPLE, QUESTION, margin_batch_size=1)
@@ -211,5 +289,6 @@ def test_segment_pmi_needs_packed_rows_and_the_default_falls_back_to_pmi(tiny_ba
     monkeypatch.setattr(type(b), "supports_packed", property(lambda self: False))  # as with sliding-window layers
     wim = WiM(b)  # the default config: classification left unset
     assert wim.plan(SAMPLE, QUESTION).config.classification == "pmi"
-    with pytest.raises(WiMInputError, match="use classification='pmi'"):
-        wim.plan(SAMPLE, QUESTION, WiMConfig(classification="segment_pmi"))
+    for mode in ("segment_pmi", "question_pmi"):  # asked for explicitly: refused, the alternative named
+        with pytest.raises(WiMInputError, match=f"classification='{mode}'.*use classification='pmi'"):
+            wim.plan(SAMPLE, QUESTION, WiMConfig(classification=mode))

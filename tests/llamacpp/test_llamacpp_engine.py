@@ -71,10 +71,10 @@ def test_events_stream_in_order_and_add_up_to_the_result(wim):
     assert "".join(e.text for e in events if e.type == "answer_token").strip() == result.answer
 
 
-@pytest.mark.parametrize("mode", ["segment_pmi", "pmi"])
+@pytest.mark.parametrize("mode", ["segment_pmi", "question_pmi", "pmi"])
 def test_probability_relevance_runs_here_with_finite_scores(llamacpp_backend, mode):
-    """segment_pmi and pmi need row scoring and generation log-probabilities: on the server backend they fall back
-    to lexical; here they run."""
+    """segment_pmi, question_pmi and pmi need row scoring and generation log-probabilities: on the server backend they
+    fall back to lexical; here they run."""
     cfg = CFG.model_copy(update={"classification": mode, "margin_stop": "sentence"})
     result = WiM(llamacpp_backend, config=cfg).run(SAMPLE, Q)
     assert result.margins

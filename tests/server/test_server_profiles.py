@@ -132,12 +132,13 @@ def _whole_blocks(engine: FakeEngine, n_tokens: int) -> int:
     return n_tokens // engine.block_size * engine.block_size
 
 
-@pytest.mark.parametrize("mode", ["segment_pmi", "pmi"])
+@pytest.mark.parametrize("mode", ["segment_pmi", "pmi", "question_pmi"])
 def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
     engine: FakeEngine, tokenizer, connect, mode: str
 ) -> None:
-    """segment_pmi (the default: each margin scored on the cache cut before its segment, one request per margin) and
-    pmi give the scores an in-process backend with the same capabilities gives."""
+    """segment_pmi (the default: each margin scored on the cache cut before its segment, one request per margin),
+    pmi and question_pmi (two requests per margin: before its segment, and after it without the question) give the
+    scores an in-process backend with the same capabilities gives."""
     backend = connect(engine)
     config = WiMConfig(**BUDGETS) if mode == "segment_pmi" else WiMConfig(**BUDGETS, classification=mode)
     wim = WiM(backend, config=config)  # segment_pmi: classification left at its default
@@ -148,13 +149,16 @@ def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
     scores = [m.score for m in result.margins]
     assert all(s is not None for s in scores) and any(s != 0 for s in scores)
     assert scores == pytest.approx([m.score for m in expected.margins], abs=1e-9, rel=0)
+    assert [m.score_terms for m in result.margins] == [m.score_terms for m in expected.margins]
     assert [m.relevant for m in result.margins] == [m.relevant for m in expected.margins]
     assert result.answer == expected.answer
     scored = [r for r in backend.requests if r.kind == "score"]
-    assert len(scored) == sum(bool(m.text) for m in result.margins)
-    if mode == "segment_pmi":  # each margin's baseline sees the text up to its segment's start, not all of it
+    assert len(scored) == (2 if mode == "question_pmi" else 1) * sum(bool(m.text) for m in result.margins)
+    if mode != "pmi":  # each margin's baseline sees the text up to its segment's start, not all of it
         starts = sorted(r.prefix_tokens for r in scored)
-        assert len(set(starts)) == len(starts) and starts[0] < starts[-1]
+        # question_pmi: a segment's end is also the next segment's start (the question-free row and the next baseline)
+        assert max(starts.count(p) for p in starts) == (2 if mode == "question_pmi" else 1)
+        assert starts[0] < starts[-1]
     asks = [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("prompt_logprobs") == 0]
     asks += [b for b in engine.bodies(GENERATE_PATH[engine.kind]) if b.get("logprob_start_len") == 0]
     assert len(asks) == len(scored)
@@ -239,6 +243,19 @@ def test_sampling_values_are_sent_explicitly(engine: FakeEngine, tokenizer, conn
     # The fake samples as fake_backend does (one generator seeded per request or row), so even this run is equal.
     expected = _reference(tokenizer, engine.kind, margin_batch_size=3, sampling=SAMPLED)
     assert _texts(result) == _texts(expected) and result.answer == expected.answer
+
+
+@pytest.mark.parametrize("mode", ["segment_pmi", "question_pmi"])
+def test_a_server_without_prompt_logprobs_refuses_scores_that_need_them(tokenizer, connect, mode: str) -> None:
+    """A plain OpenAI-compatible server (as the llama.cpp server: no log-probabilities of given tokens) cannot score
+    a margin without its segment or its question: asked for explicitly, the mode is refused at planning with the
+    alternatives named, before any generation request; left at its default, relevance falls back to lexical."""
+    with FakeVLLM(tokenizer, token_ids=False, logprobs=False) as engine:
+        wim = WiM(connect(engine, "openai"), config=WiMConfig(**BUDGETS))
+        assert wim.plan(HARBOR, QUESTION).config.classification == "lexical"
+        with pytest.raises(WiMInputError, match=f"classification='{mode}'.*'lexical' or 'same_model'"):
+            wim.stream(HARBOR, QUESTION, classification=mode)
+        assert not engine.bodies("/v1/completions")
 
 
 def test_the_openai_profile_reencodes_the_text_of_a_plain_server(tokenizer, connect) -> None:

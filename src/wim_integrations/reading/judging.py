@@ -9,12 +9,13 @@ from typing import Any, Protocol
 
 from ..analysis import Analysis
 from ..backends.base import Backend, PromptAside
+from ..config import QUESTION_WEIGHT
 from ..events import ModelCall
 from ..results import Verdict
 from ..verdicts import split_inline
 from .classifier import MarginClassifier
 from .plan import Plan
-from .scoring import MarginDraft, PMIScorer, SegmentPMIScorer, lexical_score
+from .scoring import MarginDraft, PMIScorer, QuestionPMIScorer, SegmentPMIScorer, lexical_score
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Judgement:
     data: dict[str, Any] | None = None  # an analysis note validated against its schema
     parse_error: str | None = None  # why it did not validate
     call: ModelCall | None = None  # the classifier's call (same_model / auxiliary)
+    score_terms: dict[str, float] | None = None  # the terms a combined score was computed from (question_pmi)
 
 
 class Judge(Protocol):
@@ -42,7 +44,8 @@ class Judge(Protocol):
     def judge(self, drafts: Sequence[MarginDraft], cache: Any) -> list[Judgement]: ...
 
     def keep_prompt(self, segment_end: int, aside: PromptAside) -> None:
-        """The margin prompt computed at a segment's end, offered for later scoring (only `segment_pmi` keeps it)."""
+        """The margin prompt computed at a segment's end, offered for later scoring (`segment_pmi` and `question_pmi`
+        keep it)."""
 
 
 class _Stateless:
@@ -120,6 +123,35 @@ class SegmentPMIJudge:
         return ScoreJudge(lambda *_: scores, self.threshold).judge(drafts, cache)
 
 
+@dataclass
+class QuestionPMIJudge:
+    """classification="question_pmi": `segment_pmi` and how much the question raised the margin, combined
+    (`QuestionPMITerms.combined`: grounding + weight * question). Keeps the margin prompts computed at segment ends,
+    as `SegmentPMIJudge` does: the one at a margin's segment start for its grounding row, the one at its segment end
+    for its question-free row."""
+
+    scorer: QuestionPMIScorer
+    threshold: float
+    weight: float
+    generated_tokens: int = 0
+    keeps_prompts: bool = True
+    prompts: dict[int, PromptAside] = field(default_factory=dict)
+
+    def keep_prompt(self, segment_end: int, aside: PromptAside) -> None:
+        self.prompts[segment_end] = aside
+
+    def judge(self, drafts: Sequence[MarginDraft], cache: Any) -> list[Judgement]:
+        terms = self.scorer.terms(cache, drafts, self.prompts)
+        last = max(d.segment_start for d in drafts)
+        self.prompts = {k: a for k, a in self.prompts.items() if k > last}
+        judged = []
+        for d, t in zip(drafts, terms, strict=True):
+            s = t.combined(self.weight)
+            parts = {"grounding": t.grounding, "question": t.question}
+            judged.append(Judgement(d.text, "yes" if s >= self.threshold else "no", score=s, score_terms=parts))
+        return judged
+
+
 class ClassifierJudge:
     """A model's YES/NO reply (same_model / auxiliary), with the call recorded for tracers."""
 
@@ -173,6 +205,11 @@ def judge_for(
         )
     if mode == "segment_pmi":
         return SegmentPMIJudge(SegmentPMIScorer(backend, plan.margin_prompt_ids), cfg.threshold)
+    if mode == "question_pmi":
+        free = QuestionPMIScorer(
+            backend, plan.margin_prompt_ids, plan.question_free_prompt_ids, plan.margin_head_length
+        )
+        return QuestionPMIJudge(free, cfg.threshold, QUESTION_WEIGHT)
     if mode == "pmi":
         pmi = PMIScorer(backend, plan.head_ids, plan.margin_prompt_ids)
         return ScoreJudge(lambda drafts, _: pmi.score(drafts), cfg.threshold)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis import Analysis
@@ -46,6 +46,9 @@ class Plan:
     # Most tokens the cache holds at once in this run (context, then a group's margin rows or the final prompt with
     # every margin and the answer): room reserved up front where the backend can.
     peak_tokens: int = 0
+    # The margin prompt without the question (its head, what followed the question with it left out, the chat
+    # suffix): `question_pmi` scores each margin after it too. Empty for an analysis.
+    question_free_prompt_ids: list[int] = field(default_factory=list)
 
     @property
     def margin_head_ids(self) -> list[int]:
@@ -138,9 +141,11 @@ class Planner:
         head_ids = b.encode_template(self.frame.prefix) + b.encode_text(self.prompts.context_opening)
         shared, varying = split_at_placeholder(instruction, placeholder)
         margin_head_ids = b.encode_text(render(shared, **values))
-        margin_prompt_ids = (
-            margin_head_ids + b.encode_text(render(varying, **values)) + b.encode_template(self.frame.suffix)
-        )
+        suffix_ids = b.encode_template(self.frame.suffix)
+        margin_prompt_ids = margin_head_ids + b.encode_text(render(varying, **values)) + suffix_ids
+        free_ids: list[int] = []
+        if analysis is None:  # the question left out ("Question:" then the end of the user turn)
+            free_ids = margin_head_ids + b.encode_text(render(varying, question="").strip()) + suffix_ids
         # The question's own size first: with a long question no segment size or context can fit.
         question_tokens = len(b.encode_text(question))
         for limit, what in self._limits():
@@ -171,7 +176,9 @@ class Planner:
         label = len(b.encode_text(f"\n\nMargin note {n} (part {n} of {n}):\n"))
         answer = len(self.final_prompt_ids(task, [], n)) + n * (2 * cfg.margin_max_new_tokens + label)
         peak = len(head_ids) + ctx.n_tokens + max(rows, answer + cfg.answer_max_new_tokens)
-        return Plan(ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis, peak)
+        return Plan(
+            ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis, peak, free_ids
+        )
 
     def check_margin_mode(self, cfg: WiMConfig) -> None:
         """Refuse quoted margins on a backend that cannot decode under a constraint (a server), naming the fix."""
@@ -270,10 +277,10 @@ class Planner:
     def _scoring_problem(self, mode: str) -> str | None:
         """Why this backend cannot score margins in `mode` (None: it can)."""
         caps, name = self.backend.capabilities, self.backend.name
-        if mode == "segment_pmi" and (not caps.packed_rows or caps.scoring != "rows"):
+        if mode in ("segment_pmi", "question_pmi") and (not caps.packed_rows or caps.scoring != "rows"):
             why = "sliding-window layers" if caps.scoring == "plain" else "no prompt log-probabilities for such rows"
             return (
-                f"classification='segment_pmi' scores each margin on the cache cut before its segment, which backend "
+                f"classification={mode!r} scores each margin on the cache cut before its segment, which backend "
                 f"{name!r} cannot do ({why}); use classification="
                 + ("'pmi'" if caps.scoring == "plain" and caps.generation_logprobs else "'lexical' or 'same_model'")
                 + " instead."
@@ -283,7 +290,7 @@ class Planner:
                 f"classification={mode!r} needs the log-probabilities of given tokens, which backend {name!r} does not "
                 "offer; use classification='lexical' (no model call) or 'same_model' (the model's reply) instead."
             )
-        if mode in ("pmi", "segment_pmi") and not caps.generation_logprobs:
+        if mode in ("pmi", "segment_pmi", "question_pmi") and not caps.generation_logprobs:
             return (
                 f"classification={mode!r} needs the log-probabilities of generated tokens, which backend {name!r} "
                 "does not report; use classification='lexical' or 'same_model' instead."

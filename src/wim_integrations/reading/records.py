@@ -39,7 +39,8 @@ def segment_read(plan: Plan, seg: Segment, seconds: float) -> SegmentRead:
 def draft(plan: Plan, w: Written) -> MarginDraft:
     seg = w.segment
     start = plan.segment_ends[seg.index - 1] if seg.index else len(plan.head_ids)
-    return MarginDraft(w.deltas.text.strip(), list(w.deltas.ids), w.logprobs, seg.text, start)
+    end = plan.segment_ends[seg.index]
+    return MarginDraft(w.deltas.text.strip(), list(w.deltas.ids), w.logprobs, seg.text, start, end)
 
 
 def margin(plan: Plan, w: Written, judged: Judgement, seconds: float) -> Margin:
@@ -52,6 +53,7 @@ def margin(plan: Plan, w: Written, judged: Judgement, seconds: float) -> Margin:
         verdict=judged.verdict,
         classifier_output=judged.reply,
         score=judged.score,
+        score_terms=judged.score_terms,
         char_span=(seg.start_char, seg.end_char),
         token_span=(seg.start_token, seg.end_token),
         documents=list(seg.documents),

@@ -12,6 +12,11 @@ docs/benchmarks.md ("Margin relevance"); how each works and where it fails in do
   log P of the margin given the text *before* its segment (one packed pass over the margins of a group, each row seeing
   the cache up to its previous segment; the margin prompt there is taken from the previous margin's, not recomputed).
   A margin repeating an earlier part, or invented, scores about 0; one stating what this segment says scores above.
+- `question_pmi`: `segment_pmi` (grounding) combined with how much the question raised the margin's likelihood: the
+  same first term minus the mean log P of the margin given the same text and the margin prompt *without the
+  question* (its question-free head taken from the margin prompt computed at the segment's end). Both baselines are
+  rows of one packed pass. Score: grounding + w * question, w fitted per model (config.QUESTION_WEIGHT; negative
+  for the embedded SmolLM2, whose margins the question raises most when they only restate the question).
 - `calibrated`: the classifier prompt's first reply token, log P(yes) - log P(no), minus the same for a content-free
   margin ("Nothing relevant.") on the same question: the model's prior for "yes" is taken out (contextual calibration).
 - `lexical`: the share of the margin's names and numbers (capitalised words, digits; those of the question left out)
@@ -26,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import Backend, PackedRow, PromptAside, local_kv_view
+from ..backends.base import Backend, PackedRow, PromptAside, RowScores, local_kv_view
 
 CONTENT_FREE_MARGIN = "Nothing relevant."
 
@@ -40,6 +45,7 @@ class MarginDraft:
     logprobs: Sequence[float]  # log P of each token given the context read so far, from its decoding
     segment_text: str
     segment_start: int = 0  # cache length before the segment (the end of the previous one)
+    segment_end: int = 0  # cache length after the segment
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -83,16 +89,86 @@ class SegmentPMIScorer:
         """`cache` holds at least every draft's segment start; `asides` maps a cache length to the margin prompt
         computed there (reused, but for its last token, so each row's logits start inside the row)."""
         scored = [d for d in drafts if d.token_ids]
-        rows = []
-        for d in scored:
-            aside = asides.get(d.segment_start)
-            if aside is not None and len(aside.prompt_ids) >= len(self.prompt):
-                kv = local_kv_view(self.backend)  # asides only exist where the backend keeps keys/values here
-                assert kv is not None
-                aside = kv.aside_head(aside, len(self.prompt) - 1)
-            rows.append(PackedRow(d.segment_start, [*self.prompt, *d.token_ids], aside))
+        rows = [self.before_row(d, asides) for d in scored]
         before = self.backend.score_rows(cache, rows, tails=[len(d.token_ids) for d in scored])
-        return _lift(drafts, (s.token_logprobs[-len(d.token_ids) :] for s, d in zip(before, scored, strict=True)))
+        return _lift(drafts, _margin_logprobs(before, scored))
+
+    def before_row(self, d: MarginDraft, asides: Mapping[int, PromptAside]) -> PackedRow:
+        """The margin after the text before its segment and the margin prompt (taken from `asides` where there)."""
+        return PackedRow(
+            d.segment_start,
+            [*self.prompt, *d.token_ids],
+            _head(self.backend, asides.get(d.segment_start), len(self.prompt) - 1),
+        )
+
+
+@dataclass(frozen=True)
+class QuestionPMITerms:
+    """The two terms of a `question_pmi` score (nats per token)."""
+
+    grounding: float  # the segment_pmi score: what the margin's own segment raised
+    question: float  # mean log P(margin | text, prompt with the question) - the same without the question
+
+    def combined(self, weight: float) -> float:
+        """grounding + weight * question. The weight is signed and fitted per model (config.QUESTION_WEIGHT): on
+        the embedded SmolLM2 it is negative, because what the question raises most is a margin that restates the
+        question ("The secret code for the jade vault is a code that..."), not the fact (docs/benchmarks.md)."""
+        return self.grounding + weight * self.question
+
+
+class QuestionPMIScorer:
+    """`segment_pmi` and the question's lift of the margin, from one packed pass: per margin a row after the text
+    before its segment (as `SegmentPMIScorer`) and a row after the text through its segment with the margin prompt
+    without the question (its head reused from the margin prompt computed at the segment's end)."""
+
+    def __init__(
+        self, backend: Backend, margin_prompt_ids: Sequence[int], free_prompt_ids: Sequence[int], head_length: int
+    ) -> None:
+        if list(free_prompt_ids[:head_length]) != list(margin_prompt_ids[:head_length]):
+            raise ValueError("the question-free prompt must start with the margin prompt's head")
+        if len(free_prompt_ids) <= head_length:
+            raise ValueError("the question-free prompt needs a token after the shared head (the chat suffix)")
+        self.segment = SegmentPMIScorer(backend, margin_prompt_ids)
+        self.backend = backend
+        self.free_prompt = list(free_prompt_ids)
+        self.head_length = head_length
+
+    def terms(
+        self, cache: Any, drafts: Sequence[MarginDraft], asides: Mapping[int, PromptAside]
+    ) -> list[QuestionPMITerms]:
+        """`cache` holds at least every draft's segment end; `asides` as for `SegmentPMIScorer.score`, and the margin
+        prompts computed at the drafts' segment ends (their question-free heads are reused)."""
+        scored = [d for d in drafts if d.token_ids]
+        before = [self.segment.before_row(d, asides) for d in scored]
+        free = [
+            PackedRow(
+                d.segment_end,
+                [*self.free_prompt, *d.token_ids],
+                _head(self.backend, asides.get(d.segment_end), self.head_length),
+            )
+            for d in scored
+        ]
+        tails = [len(d.token_ids) for d in scored]
+        rows = self.backend.score_rows(cache, [*before, *free], tails=tails + tails)
+        grounding = _lift(drafts, _margin_logprobs(rows[: len(scored)], scored))
+        question = _lift(drafts, _margin_logprobs(rows[len(scored) :], scored))
+        return [QuestionPMITerms(g, q) for g, q in zip(grounding, question, strict=True)]
+
+
+def _head(backend: Backend, aside: PromptAside | None, n_tokens: int) -> PromptAside | None:
+    """At most the first `n_tokens` of a prompt computed aside (None where there is none): a row computes the rest."""
+    if aside is None or n_tokens <= 0:
+        return None
+    if len(aside.prompt_ids) <= n_tokens:
+        return aside
+    kv = local_kv_view(backend)  # asides only exist where the backend keeps keys/values here
+    assert kv is not None
+    return kv.aside_head(aside, n_tokens)
+
+
+def _margin_logprobs(rows: Sequence[RowScores], drafts: Sequence[MarginDraft]) -> Iterator[Sequence[float]]:
+    """The log P of each draft's own tokens, the last ones of its row."""
+    return (s.token_logprobs[-len(d.token_ids) :] for s, d in zip(rows, drafts, strict=True))
 
 
 def _lift(drafts: Sequence[MarginDraft], baselines: Iterator[Sequence[float]]) -> list[float]:
