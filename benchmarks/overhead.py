@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tasks import Task, needle_task
 from wim_integrations import WiM, WiMConfig
-from wim_integrations.backends.base import GenerationRequest
+from wim_integrations.backends.base import GenerationRequest, overlap_view
 from wim_integrations.events import AnswerToken, Finished
 
 DOC_TOKENS = 3900
@@ -151,7 +151,11 @@ def measure(s: Setup, layout: str, stopping: str) -> dict[str, Any]:
     first = wim_run(fresh, s.task, cfg)
     second = wim_run(fresh, s.task, cfg, QUESTION_2)
     step = wim_run(s.wim.with_options(document_cache=None), s.task, cfg.with_updates(margin_batch_size=1))
-    return {"layout": layout, "stopping": stopping, "plain": plain, "wim": first, "second": second, "step": step}
+    over = None  # the paper's overlap, where the engine has it: a first question as `first`, its own document cache
+    if overlap_view(s.wim.backend) is not None:
+        over = wim_run(s.wim.with_options(document_cache="auto"), s.task, cfg.with_updates(overlap=True))
+    m = {"layout": layout, "stopping": stopping, "plain": plain, "wim": first, "second": second, "step": step}
+    return m | {"overlap": over}
 
 
 def _rss_kib(field: str) -> int:
@@ -207,8 +211,33 @@ def _row(m: dict[str, Any]) -> str:
         f"(**{s2['seconds'] / w['seconds']:.2f}** of 1st) | {st['seconds']:.1f} "
         f"({st['seconds'] / p['seconds']:.2f}x) | "
         f"{w['first_event_s']:.1f} / {st['first_event_s']:.1f} | {sum(mt) / len(mt):.1f} (max {max(mt)}) | "
-        f"{p['answer_tokens']} / {w['answer_tokens']} | {'yes' if same else 'NO'} |"
+        f"{p['answer_tokens']} / {w['answer_tokens']} | {'yes' if same else 'NO'} | {_overlap_cell(m)} |"
     )
+
+
+def _overlap_cell(m: dict[str, Any]) -> str:
+    o, p, w = m.get("overlap"), m["plain"], m["wim"]
+    if o is None:
+        return "–"
+    same = o["margins"] == w["margins"] and o["answer"] == w["answer"]
+    return (
+        f"{o['seconds']:.1f} ({o['seconds'] / p['seconds']:.2f}x) / {o['to_answer_s']:.1f} "
+        f"(**{o['to_answer_s'] / p['to_answer_s']:.2f}x**); same as default: {'yes' if same else 'NO'}"
+    )
+
+
+def _phases(m: dict[str, Any]) -> str:
+    """Where WiM's time went, per system: prefill (the reading; with overlap the margins riding along), margins,
+    judging, answer."""
+    cells = []
+    for name in ("wim", "overlap", "step"):
+        r = m.get(name)
+        if r is not None:
+            cells.append(
+                f"{name}: prefill {r['prefill_s']:.1f} / margins {r['margin_s']:.1f} / judging {r['classify_s']:.1f}"
+                f" / answer {r['answer_s']:.1f}"
+            )
+    return f"  phases s, {m['layout']} {m['stopping']}: " + "; ".join(cells)
 
 
 def main() -> None:
@@ -249,15 +278,18 @@ def main() -> None:
     print(
         "\n| layout (segments) | stopping | plain s | WiM default s (x plain) | to first answer token s: plain / WiM "
         "(x plain) | 2nd question s (x 1st) | step-by-step s (x plain) | first event s: default / step | "
-        "margin tokens (mean) | answer tokens plain / WiM | same results as step-by-step |"
+        "margin tokens (mean) | answer tokens plain / WiM | same results as step-by-step | overlap s (x plain) / "
+        "to first answer token s (x plain) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for layout in args.layouts:
         for stopping in args.stopping:
             m = measure(s, layout, stopping)
             results.append(m)
             print(_row(m), flush=True)
+    for m in results:
+        print(_phases(m))
     if not args.no_memory:
         for layout in args.layouts:
             mem = measure_memory(layout, args.threads)

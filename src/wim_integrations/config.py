@@ -177,6 +177,18 @@ class WiMConfig(_Settings):
         "shared cache, each streaming its own events live as it is decoded; 1 is the step-by-step loop (each margin "
         "written before the next segment is read). Same results either way (greedy).",
     )
+    overlap: bool | None = Field(
+        None,
+        description="decode the margins of the segments already read while the next segment is prefilled, in the "
+        "same batches (the paper's overlap; llama.cpp in process). None: the backend's default (off: grouped decoding "
+        "measured faster, docs/benchmarks.md 'Overlap'); True where the backend cannot is refused",
+    )
+    overlap_chunk_tokens: Annotated[int, Count] = Field(
+        64,
+        ge=1,
+        description="with overlap: a segment is prefilled in pieces of this many tokens, each batched with one token "
+        "of every running margin",
+    )
     merge_documents: bool = Field(
         True,
         description="short documents of a list share a segment (True), or every document starts a segment of its own "

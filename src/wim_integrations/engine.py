@@ -53,7 +53,7 @@ class WiM:
         self.classifier = classifier
         self.frame = backend.chat_frame()
         self.planner = Planner(backend, self.prompts, has_classifier=classifier is not None)
-        self.planner.check_margin_mode(self.config)  # quoted margins where the backend cannot: refused at once
+        self.planner.check_backend_settings(self.config)  # quoted margins or overlap the backend cannot: refused now
         self.reader = Reader(backend, self.planner, self.prompts, self.document_cache, classifier)
 
     # -- construction ----------------------------------------------------------------------------------

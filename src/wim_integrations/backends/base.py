@@ -38,6 +38,9 @@ class Capabilities:
     # Margins decoded under a `SpanConstraint` (`GenerationRequest.span`, `PackedRequest.spans`): quoted margins,
     # `WiMConfig.margin_mode="quote"`. A backend without it refuses a request that carries one.
     constrained_margins: bool = False
+    # `open_rows`: margin rows that go on decoding while the cache they read is prefilled further, one batch per
+    # step (`OverlapBackend`, the paper's overlap).
+    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,39 @@ def quote_refusal(name: str) -> str:
     )
 
 
+class RowDecoder(Protocol):
+    """Rows decoded step by step over prefixes of one cache while the cache is read further (`open_rows`).
+
+    `add` puts a row in (its prefix must be the whole cache as it is now); every `step` is one batch: `prefill`
+    appended to the cache (the rows do not see it), the prompt tokens of rows added since, and one token per running
+    row; it returns the (row index, token) pairs sampled from that batch. Rows end as in a `PackedRequest`."""
+
+    @property
+    def running(self) -> bool:
+        """Some row is still decoding."""
+
+    def add(self, row: PackedRow, logprobs: list[float] | None = None, span: SpanConstraint | None = None) -> int:
+        """Start a row; its index (rows are numbered in the order they were added)."""
+
+    def step(self, prefill: Sequence[int] = ()) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None:
+        """Free the rows (the cache keeps what was prefilled)."""
+
+
+@runtime_checkable
+class OverlapBackend(LocalKVBackend, Protocol):
+    """A backend whose margin rows decode in the same batches as the prefill of the segments after them."""
+
+    def open_rows(
+        self,
+        cache: Any,
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        done: Callable[[int, list[int]], bool] | None = None,
+    ) -> RowDecoder: ...
+
+
 def packed_view(backend: Backend) -> PackedBackend | None:
     """`backend` as a `PackedBackend` where it declares packed rows, else None."""
     if backend.capabilities.packed_rows and isinstance(backend, PackedBackend):
@@ -273,5 +309,12 @@ def local_kv_view(backend: Backend) -> LocalKVBackend | None:
     """`backend` as a `LocalKVBackend` where it declares prompt asides and a local document cache, else None."""
     caps = backend.capabilities
     if caps.packed_rows and caps.kv_asides and caps.local_document_cache and isinstance(backend, LocalKVBackend):
+        return backend
+    return None
+
+
+def overlap_view(backend: Backend) -> OverlapBackend | None:
+    """`backend` as an `OverlapBackend` where it declares overlapping rows (and keeps keys/values here), else None."""
+    if backend.capabilities.overlap and local_kv_view(backend) is not None and isinstance(backend, OverlapBackend):
         return backend
     return None

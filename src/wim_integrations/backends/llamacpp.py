@@ -17,15 +17,17 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..config import SamplingConfig
 from ..errors import LlamaCppError, WiMInputError
 from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores, check_rows
 from .gguf_tokenizer import GGUFTokenizer
+from .llamacpp_rows import LlamaCppRows
 from .np_sampling import Sampler, cumsum, logprob, masked, row_scores
 from .tokenizer import TokenizerMethods
 
@@ -153,6 +155,7 @@ class LlamaCppBackend(TokenizerMethods):
             kv_asides=keep,
             local_document_cache=keep,
             constrained_margins=True,
+            overlap=True,
         )
 
     # -- sequences ---------------------------------------------------------------------------------------
@@ -303,13 +306,15 @@ class LlamaCppBackend(TokenizerMethods):
         """Append `ids` to the cache's sequence; the last token's logits (shape (1, vocab)) when asked."""
         base = len(cache.tokens)
         if base + len(ids) > (self.max_context_tokens or 0):
-            raise LlamaCppError(
-                f"{base + len(ids)} tokens do not fit this backend's window of {self.max_context_tokens} (n_ctx)."
-            )
+            raise self.window_error(base + len(ids))
         n = len(ids)
         out = self._decode(ids, range(base, base + n), [cache.seq_id] * n, [n - 1] if logits else [])
         cache.tokens.extend(ids)
         return out
+
+    def window_error(self, n_tokens: int) -> LlamaCppError:
+        window = self.max_context_tokens
+        return LlamaCppError(f"{n_tokens} tokens do not fit this backend's window of {window} (n_ctx).")
 
     def prefill(self, cache: LlamaCppCache, ids: Sequence[int]) -> None:
         if ids:
@@ -433,73 +438,33 @@ class LlamaCppBackend(TokenizerMethods):
     def generate_packed(
         self, cache: LlamaCppCache, request: PackedRequest
     ) -> Generator[list[tuple[int, int]], None, None]:
-        """Every row a sequence of its own over the cache's cells up to its prefix: the rows' prompts (but for parts
-        computed aside) in one batch, then one token per running row per `llama_decode`. A row leaves at a stop
-        token, its budget or `done`."""
-        rows, max_new_tokens, done, logprobs = request.rows, request.max_new_tokens, request.done, request.logprobs
-        if not rows:
-            return
+        """Every row a sequence of its own over the cache's cells up to its prefix (`LlamaCppRows`): the rows'
+        prompts (but for parts computed aside) in one batch, then one token per running row per `llama_decode`. A row
+        leaves at a stop token, its budget or `done`."""
+        rows = request.rows
         check_rows(rows, len(cache.tokens))
-        for r in rows:
-            a = r.aside
-            if a is not None and len(a.prompt_ids) == len(r.prompt_ids) and a.last_logits is None:
-                raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
-        samplers = [Sampler(request.sampling) for _ in rows]
-        histories = [list(r.prompt_ids) for r in rows]
-        next_pos = [r.prefix_length + len(r.prompt_ids) for r in rows]
-        quotes = request.span_matchers()
-        seqs, held = self._row_seqs(cache, rows)
+        spans = request.spans if request.spans is not None else [None] * len(rows)
+        if len(spans) != len(rows):
+            raise ValueError(f"{len(spans)} span constraints for {len(rows)} rows")
+        decoder = self.open_rows(cache, request.max_new_tokens, request.sampling, request.done)
         try:
-            rest = [i for i, r in enumerate(rows) if held[i] < len(r.prompt_ids)]
-            ends = list(cumsum(len(rows[i].prompt_ids) - held[i] for i in rest))
-            computed = self._decode(
-                [t for i in rest for t in rows[i].prompt_ids[held[i] :]],
-                [rows[i].prefix_length + k for i in rest for k in range(held[i], len(rows[i].prompt_ids))],
-                [seqs[i] for i in rest for _ in rows[i].prompt_ids[held[i] :]],
-                [e - 1 for e in ends],
-            )
-            by_row = {i: computed[j] for j, i in enumerate(rest)}
-            logits = [by_row[i] if i in by_row else _aside_logits(rows[i]) for i in range(len(rows))]
-            active = list(range(len(rows)))
-            produced = [0] * len(rows)
-            while active:
-                step: list[tuple[int, int]] = []
-                feed: list[int] = []
-                for j, i in enumerate(active):
-                    scores, quote = logits[j], quotes[i]
-                    if quote is not None:
-                        allowed = quote.allowed_ids(self.stop_ids)
-                        if allowed is None:  # the quote cannot go on: the row ends, as at a stop token
-                            continue
-                        scores = masked(scores, allowed)
-                    token = samplers[i].next_token(histories[i], scores)
-                    if token in self.stop_ids:
-                        continue
-                    if quote is not None:
-                        quote.push(token)
-                    histories[i].append(token)
-                    if logprobs is not None:
-                        logprobs[i].append(logprob(logits[j], token))
-                    produced[i] += 1
-                    step.append((i, token))
-                    finished = done is not None and done(i, histories[i][len(rows[i].prompt_ids) :])
-                    if produced[i] < max_new_tokens and not finished:  # no decode after a row's last token
-                        feed.append(i)
-                if step:
+            for i, r in enumerate(rows):
+                decoder.add(r, request.logprobs[i] if request.logprobs is not None else None, spans[i])
+            while decoder.running:
+                if step := decoder.step():
                     yield step
-                active = feed
-                if active:
-                    logits = list(
-                        self._decode(
-                            [histories[i][-1] for i in active],
-                            [next_pos[i] + produced[i] - 1 for i in active],
-                            [seqs[i] for i in active],
-                            range(len(active)),
-                        )
-                    )
         finally:
-            for s in seqs:
-                self._release(s)
+            decoder.close()
+
+    def open_rows(
+        self,
+        cache: LlamaCppCache,
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        done: Callable[[int, list[int]], bool] | None = None,
+    ) -> LlamaCppRows:
+        """Rows decoded step by step, while `step(prefill)` goes on reading into `cache` (see `LlamaCppRows`)."""
+        return LlamaCppRows(self, cache, max_new_tokens, sampling, done)
 
     def score_rows(
         self,
@@ -542,8 +507,3 @@ def _free_context(lib: Any, ctx: Any, batch: Any, owner: Any) -> None:
     lib.llama_batch_free(batch)
     lib.llama_free(ctx)
     del owner  # now the model may go
-
-
-def _aside_logits(row: PackedRow) -> np.ndarray:
-    assert row.aside is not None and row.aside.last_logits is not None  # checked before any decode
-    return np.asarray(row.aside.last_logits)

@@ -13,11 +13,20 @@ document is already in the cache: segments are only "read" for their margins."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import GenerationRequest, PackedRequest, PackedRow, PromptAside, local_kv_view, packed_view
+from ..backends.base import (
+    GenerationRequest,
+    PackedRequest,
+    PackedRow,
+    PromptAside,
+    RowDecoder,
+    local_kv_view,
+    overlap_view,
+    packed_view,
+)
 from ..backends.span import SpanConstraint
 from ..events import AnswerStarted, AnswerToken, Finished, MarginToken, WiMEvent
 from ..results import Margin, Timings, TokenCounts, WiMResult
@@ -51,6 +60,8 @@ class Run:
         self.backend = reader.backend
         self.packed = packed_view(self.backend)  # None: margins are decoded one at a time, in place
         self.kv = local_kv_view(self.backend)  # None: keys/values are not held in this process (a server)
+        # Margins decoded in the batches that read the next segments (the paper's overlap); None: grouped decoding.
+        self.overlap = overlap_view(self.backend) if self.cfg.overlap else None
         self.stop = stop_rule(self.cfg.margin_stop, self.backend.decode)  # None: margins end at the stop token
         self.judge = reader.judge_for(plan, controls.check)
         self.timings = Timings()
@@ -76,10 +87,15 @@ class Run:
         try:
             cache, prefilled = self.open_document()
             for group in self.groups(prefilled):
-                segments, asides = yield from self.read_group(cache, group, prefilled)
-                if not segments:
+                if self.overlap is not None and self.decodes_packed(prefilled) and not prefilled:
+                    written = yield from self.read_overlapped(cache, group)
+                else:
+                    segments, asides = yield from self.read_group(cache, group, prefilled)
+                    written = []
+                    if segments:
+                        written = yield from self.write_margins(cache, segments, asides, prefilled)
+                if not written:
                     break
-                written = yield from self.write_margins(cache, segments, asides, prefilled)
                 yield from self.judge_margins(cache, written)
                 if self.controls.answer_now():
                     break
@@ -237,15 +253,86 @@ class Run:
                 if delta := w.deltas.flush():
                     yield MarginToken(segment_index=w.segment.index, text=delta)
         self.add_margin_time(t.seconds)
+        self.count_rows(written, asides)
+        return written
+
+    def count_rows(self, written: list[Written], asides: Sequence[PromptAside | None]) -> None:
+        """Token counts of a group's margin rows, and their prompts handed to the judge."""
+        plan = self.plan
         # Prompt tokens computed in this run: all of each margin prompt, but for heads reused from a document cache.
         reused = sum(len(a.prompt_ids) for a in asides if a is not None and a.last_logits is None)
-        self.tokens.prompt += sum(len(r.prompt_ids) for r in rows) - reused
+        self.tokens.prompt += len(plan.margin_prompt_ids) * len(written) - reused
         self.prompt_cached += reused
         self.tokens.margin_generated += sum(len(w.deltas.ids) for w in written)
-        for seg, aside in zip(segments, asides, strict=True):
+        for w, aside in zip(written, asides, strict=True):
             if aside is not None and self.judge.keeps_prompts:
-                self.judge.keep_prompt(ends[seg.index], aside)
+                self.judge.keep_prompt(plan.segment_ends[w.segment.index], aside)
+
+    def read_overlapped(self, cache: Any, group: list[Segment]) -> Generator[WiMEvent, None, list[Written]]:
+        """Read the group with its margins decoding alongside (the paper's overlap): each segment is prefilled in
+        pieces, each piece one batch with the next token of every margin already started; a segment's margin row
+        starts once it is read (its prompt computed there, as in `read_group`). After the group's last segment the
+        rows finish on their own. Results are the grouped path's (greedy); a margin's tokens may stream before the
+        next segment is announced as read."""
+        assert self.overlap is not None
+        plan, cfg = self.plan, self.cfg
+        rule = self.stop
+        done = (lambda _, ids: rule(ids)) if rule is not None else None
+        rows = self.overlap.open_rows(cache, cfg.margin_max_new_tokens, cfg.sampling, done)
+        written: list[Written] = []
+        asides: list[PromptAside | None] = []
+        self.group_seconds = 0.0
+        try:
+            for seg in group:
+                if self.controls.answer_now():
+                    break
+                self.controls.check()
+                seconds = 0.0
+                ids, n = seg.token_ids, cfg.overlap_chunk_tokens
+                for k in range(0, len(ids), n):
+                    with lap() as t:
+                        step = rows.step(ids[k : k + n])
+                    seconds += t.seconds
+                    yield from self.margin_tokens(written, step)
+                    self.controls.check()
+                    self.progress()
+                self.timings.prefill_seconds += seconds
+                self.read_seconds[seg.index] = seconds
+                yield records.segment_read(plan, seg, seconds)
+                self.progress()
+                if self.controls.answer_now():
+                    break
+                with lap() as t:
+                    aside = self.margin_prompt_at(cache, seg, False)
+                    w = Written(seg, TextDeltas.for_backend(self.backend), [])
+                    row = PackedRow(plan.segment_ends[seg.index], plan.margin_prompt_ids, aside)
+                    rows.add(row, w.logprobs, self.quote_of(seg))
+                self.add_margin_time(t.seconds)
+                written.append(w)
+                asides.append(aside)
+                if self.document is not None and seg.index == plan.n_segments - 1:
+                    self.document.store(cache, self.margin_heads)  # the whole document read: waiting runs go on
+            with lap() as t:
+                yield from self.finish_rows(rows, written)
+            self.add_margin_time(t.seconds)
+        finally:
+            rows.close()
+        for w in written:  # text held back as a possibly partial character
+            if delta := w.deltas.flush():
+                yield MarginToken(segment_index=w.segment.index, text=delta)
+        self.count_rows(written, asides)
         return written
+
+    def finish_rows(self, rows: RowDecoder, written: list[Written]) -> Events:
+        while rows.running:
+            self.controls.check()
+            self.progress()
+            yield from self.margin_tokens(written, rows.step())
+
+    def margin_tokens(self, written: list[Written], step: list[tuple[int, int]]) -> Events:
+        for i, tok in step:
+            if delta := written[i].deltas.push(tok):
+                yield MarginToken(segment_index=written[i].segment.index, text=delta)
 
     def quote_of(self, seg: Segment) -> SpanConstraint | None:
         """With quoted margins, the constraint a margin is decoded under: a span of its own segment's tokens."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis import Analysis
-from ..backends.base import Backend, quote_refusal
+from ..backends.base import Backend, overlap_view, quote_refusal
 from ..config import WiMConfig
 from ..errors import ContextTooLongError, WiMInputError
 from ..events import Margin
@@ -98,7 +98,7 @@ class Planner:
 
         `question` is a question string, or an `Analysis` (summary / document analysis: no question)."""
         cfg = config
-        self.check_margin_mode(cfg)  # before anything is tokenized
+        self.check_backend_settings(cfg)  # before anything is tokenized
         analysis = question if isinstance(question, Analysis) else None
         if analysis is not None and analysis.schema is not None and cfg.margin_mode == "quote":
             raise WiMInputError(
@@ -180,10 +180,17 @@ class Planner:
             ctx, question, cfg, head_ids, margin_prompt_ids, budget, len(margin_head_ids), analysis, peak, free_ids
         )
 
-    def check_margin_mode(self, cfg: WiMConfig) -> None:
-        """Refuse quoted margins on a backend that cannot decode under a constraint (a server), naming the fix."""
+    def check_backend_settings(self, cfg: WiMConfig) -> None:
+        """Refuse settings the backend cannot honour (quoted margins on a server, overlap where rows cannot share the
+        prefill's batches), naming the fix."""
         if cfg.margin_mode == "quote" and not self.backend.capabilities.constrained_margins:
             raise WiMInputError(quote_refusal(self.backend.name))
+        if cfg.overlap and overlap_view(self.backend) is None:
+            raise WiMInputError(
+                f"overlap=True needs a backend that decodes margins in the same batches as the prefill (llama.cpp in "
+                f"process: WiM.from_gguf / from_llama / from_ollama); {self.backend.name!r} cannot. Leave overlap "
+                "unset (None) to let the backend choose."
+            )
 
     def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
         """A note under a schema needs room for at least the JSON skeleton with short values."""
