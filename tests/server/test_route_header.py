@@ -106,3 +106,19 @@ def test_from_server_passes_the_route_header_on(engine, tiny_backends) -> None:
         assert isinstance(wim.backend, ServerBackend) and wim.backend.route_header == HEADER
     finally:
         wim.backend.close()  # type: ignore[attr-defined]
+
+
+def test_the_cli_sends_the_route_header(engine, tiny_model_dirs) -> None:
+    import io
+    from pathlib import Path
+
+    from wim_integrations.frontends.cli import main
+
+    harbor = str(Path(__file__).parents[2] / "examples" / "harbor_report.txt")
+    args = ["ask", "-f", harbor, "-q", QUESTION, "--server", engine.url, "--engine", "vllm"]
+    args += ["--tokenizer", str(tiny_model_dirs["llama"]), "--route-header", HEADER, "--segment-tokens", "500"]
+    args += ["--margin-tokens", "6", "--answer-tokens", "6", "--classification", "none", "--quiet"]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(args, stdout=out, stderr=err) == 0, err.getvalue()
+    keys = _keys(engine)
+    assert len(keys) > 3 and None not in keys and len(set(keys)) == 1, keys
