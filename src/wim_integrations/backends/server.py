@@ -478,7 +478,7 @@ def _check_header_name(name: object) -> str | None:
     if not isinstance(name, str) or not name or not set(name) <= _HEADER_CHARS:
         raise WiMInputError(
             f"route_header={name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only), e.g. "
-            "'x-smg-routing-key' for sglang-router's manual policy."
+            "'x-session-id' for vllm-router's consistent_hash policy."
         )
     if name.lower() in _RESERVED_HEADERS:
         raise WiMInputError(f"route_header={name!r} is a header the backend sets itself; name another one.")
