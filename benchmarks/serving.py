@@ -22,7 +22,9 @@ tokens, with two planted codes (one per question), each repeat measures in order
 From the backend's request log (`ServerBackend.requests`; cached/computed are what the server reported): prompt
 tokens the server computed, prompt tokens a client without prefix caching would send (every non-warm-up request
 whole), and the share of each margin request's prefix served from the cache. Ratios are taken against the plain
-request of the same repeat; with `--repeat N` times are medians.
+request of the same repeat; with `--repeat N` times are medians. Margin relevance per WiM run and pooled over both
+questions: precision / recall / F1 of the kept margins, a margin being relevant iff its segment holds the question's
+planted code (benchmarks/relevance.py's rule; the task suites' F1 is `python -m benchmarks report`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ sys.path[:0] = [str(_ROOT / "src"), str(_ROOT)]
 
 import httpx  # noqa: E402
 
+from benchmarks.relevance import relevance_stats, segment_holds_fact  # noqa: E402
 from benchmarks.scoring import mentions  # noqa: E402
-from benchmarks.tasks import _COLORS, _VAULTS, build_document  # noqa: E402
+from benchmarks.tasks import _COLORS, _VAULTS, PlantedFact, build_document  # noqa: E402
 from wim_integrations import WiM, WiMConfig  # noqa: E402
 from wim_integrations.backends.base import GenerationRequest  # noqa: E402
 from wim_integrations.backends.server import RequestRecord, ServerBackend  # noqa: E402
@@ -70,6 +73,7 @@ class Document:
     text: str
     questions: tuple[str, str]
     answers: tuple[str, str]
+    facts: tuple[PlantedFact, PlantedFact]  # where each question's code sits in `text`
 
 
 def make_document(wim: WiM, n_segments: int, cfg: WiMConfig, seed: int = 0) -> Document:
@@ -88,9 +92,9 @@ def make_document(wim: WiM, n_segments: int, cfg: WiMConfig, seed: int = 0) -> D
             (0.3, f"The secret code for the {keys[0]} is {codes[0]}."),
             (0.7, f"The secret code for the {keys[1]} is {codes[1]}."),
         ]
-        text, _ = build_document(rng, count, length, facts)
+        text, planted = build_document(rng, count, length, facts)
         questions = tuple(f"What is the secret code for the {k}? Answer with the code only." for k in keys)
-        return Document(text, (questions[0], questions[1]), (codes[0], codes[1]))
+        return Document(text, (questions[0], questions[1]), (codes[0], codes[1]), (planted[0], planted[1]))
 
     def segments(length: int) -> int:
         doc = build(length)
@@ -201,6 +205,25 @@ def plain_request(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dic
     }
 
 
+def margin_verdicts(margins: Sequence[Any], fact: PlantedFact) -> list[dict[str, Any]]:
+    """Each margin's verdict against the truth: relevant iff its segment holds the question's planted code."""
+    return [
+        {
+            "truth": segment_holds_fact(tuple(m.char_span), [fact]),
+            "relevant": m.relevant,
+            "score": m.score,
+            "hallucinated": False,  # not judged here (benchmarks/relevance.py does, on the task suites)
+        }
+        for m in margins
+    ]
+
+
+def margin_f1(verdicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Precision, recall and F1 of the kept margins (pooled over `verdicts`), and the AUC of their scores."""
+    st = relevance_stats(verdicts)
+    return {"margin_precision": st.precision, "margin_recall": st.recall, "margin_f1": st.f1, "margin_auc": st.auc}
+
+
 def wim_run(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str, Any]:
     b = wim.backend
     assert isinstance(b, ServerBackend)
@@ -208,7 +231,10 @@ def wim_run(wim: WiM, doc: Document, question: str, cfg: WiMConfig) -> dict[str,
         t0 = time.perf_counter()
         r = wim.run(doc.text, question, config=cfg)
         seconds = time.perf_counter() - t0
+    verdicts = margin_verdicts(r.margins, doc.facts[doc.questions.index(question)])
     return {
+        "margin_verdicts": verdicts,
+        **margin_f1(verdicts),
         "seconds": seconds,
         "answer": r.answer,
         "segments": r.n_segments,
@@ -318,8 +344,9 @@ def report(summary: dict[str, Any]) -> str:
         f"median of {summary['repeat']}",
         "",
         "| run | seconds | x plain | requests | prompt tokens computed (by warm-ups) | prompt tokens if sent cold | "
-        "margin prefix from cache: min / mean / tokens | margin + answer tokens generated | answer (correct) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "margin prefix from cache: min / mean / tokens | margin + answer tokens generated | "
+        "margins kept: precision / recall / F1 | answer (correct) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     plain = m["plain"]["seconds"]
     names = {
@@ -345,6 +372,7 @@ def report(summary: dict[str, Any]) -> str:
             f"{_fmt(e['computed_tokens'], 'd')} ({_fmt(e['warm_computed_tokens'], 'd')}) | {e['cold_prompt_tokens']} | "
             f"{share} | "
             f"{e.get('margin_tokens', 0)} + {e['answer_tokens']} | "
+            f"{_prf(e)} | "
             f"{e['answer'][:60]!r} ({ {True: 'yes', False: 'no', None: '–'}[e['correct']] }) |"
         )
     server = [(names[k], e) for k, e in m.items() if k in names and e.get("server_prefix_queries")]
@@ -364,8 +392,17 @@ def report(summary: dict[str, Any]) -> str:
         f"| {TARGETS['wim_over_plain']} | {r['wim_over_plain']:.2f}x | {_yes(r['wim_over_plain'], 1.5)} |",
         f"| {TARGETS['second_over_first']} | {r['second_over_first']:.2f}x (computed tokens "
         f"{_fmt(r['second_over_first_computed'])}x) | {_yes(r['second_over_first'], 0.3)} |",
+        "",
+        "Margin relevance, both WiM questions pooled (a margin is relevant iff its segment holds the question's code): "
+        f"{_prf(r['margin_relevance'])}, AUC {_fmt(r['margin_relevance']['margin_auc'])}.",
     ]
     return "\n".join(lines)
+
+
+def _prf(e: dict[str, Any]) -> str:
+    if "margin_f1" not in e:
+        return "–"
+    return " / ".join(_fmt(e[k]) for k in ("margin_precision", "margin_recall", "margin_f1"))
 
 
 def _yes(value: float | None, bound: float, above: bool = False) -> str:
@@ -507,6 +544,8 @@ def main() -> None:
         ),
         "margin_prefix_cached_min": first["margin_prefix_cached_min"],
         "margin_prefix_cached_tokens": first["margin_prefix_cached_tokens"],
+        # Over the last repeat's two questions (greedy: every repeat gives the same margins).
+        "margin_relevance": margin_f1([*first["margin_verdicts"], *second["margin_verdicts"]]),
     }
     if "wim_cold_client" in modes:
         ratios["wim_over_cold_client"] = first["seconds"] / modes["wim_cold_client"]["seconds"]

@@ -54,6 +54,7 @@ def test_version_agrees_with_the_package_metadata(capsys):
         (["--relevance-threshold", "2", "--classification", "lexical"], "out of range"),
         (["--classification", "auxiliary"], "needs --classifier-model"),
         (["--server", "http://127.0.0.1:1"], "--server needs --tokenizer"),
+        (["--route-header", "x-session-id"], "--route-header is for a served model"),
         (["--html", "/nonexistent-dir/report.html"], "report"),
     ],
 )

@@ -219,6 +219,7 @@ class FakeEngine:
         self.model_name = model_name
         self._tokenize = tokenize or (lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.headers: list[tuple[str, dict[str, str]]] = []  # (path, lower-cased headers) of every POST, in order
         self.unknown: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -257,9 +258,15 @@ class FakeEngine:
         with self._lock:
             return [body for p, body in self.requests if p == path]
 
+    def header_values(self, name: str) -> list[str | None]:
+        """The value of header `name` on every POST, in order (None where it was not sent)."""
+        with self._lock:
+            return [headers.get(name.lower()) for _, headers in self.headers]
+
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.headers.clear()
             self.max_in_flight = self.in_flight
 
     def cached_tokens(self, prompt: Sequence[int], *, salt: str | None = None, limit: int | None = None) -> int:
@@ -296,6 +303,7 @@ class FakeEngine:
                 return
             with self._lock:
                 self.requests.append((path, body))
+                self.headers.append((path, {k.lower(): v for k, v in h.headers.items()}))
         handler = self.route(method, path)
         if handler is None:
             self._send_json(h, 404, {"detail": "Not Found"})

@@ -100,11 +100,16 @@ class HTTPClient:
     def get_json(self, path: str) -> Any:
         return self._with_retries("GET", path, None, lambda body: _json(body, self._where(path)))
 
-    def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        return self._with_retries("POST", path, body, lambda reply: _json(reply, self._where(path)))
+    def post_json(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+        """`headers`: extra headers of this request only (a router's routing key)."""
+        return self._with_retries("POST", path, body, lambda reply: _json(reply, self._where(path)), headers)
 
     def stream_events(
-        self, path: str, body: dict[str, Any], cancel: threading.Event | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        cancel: threading.Event | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Generator[Any, None, None]:
         """The JSON objects of a server-sent event stream (`data: {...}` lines, up to `data: [DONE]`). Stops early,
         closing the connection, once `cancel` is set or the consumer closes the iterator."""
@@ -112,7 +117,7 @@ class HTTPClient:
         for attempt in range(self.max_retries + 1):
             deadline = time.monotonic() + self.timeout
             try:
-                with self._client.stream("POST", path, json=body) as response:
+                with self._client.stream("POST", path, json=body, headers=headers) as response:
                     if response.status_code >= 400:
                         reply = _read_body(response, deadline, self._timeout(path))
                         self._raise_for_status(response, reply, path, attempt)
@@ -147,11 +152,18 @@ class HTTPClient:
                 time.sleep(self.backoff * 2**attempt)
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _with_retries(self, method: str, path: str, body: dict[str, Any] | None, parse: Callable[[bytes], Any]) -> Any:
+    def _with_retries(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        parse: Callable[[bytes], Any],
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         for attempt in range(self.max_retries + 1):
             deadline = time.monotonic() + self.timeout
             try:
-                with self._client.stream(method, path, json=body) as response:
+                with self._client.stream(method, path, json=body, headers=headers) as response:
                     reply = _read_body(response, deadline, self._timeout(path))
             except httpx.TimeoutException as e:
                 raise self._timeout(path) from e

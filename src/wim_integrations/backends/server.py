@@ -55,6 +55,7 @@ class ServerCache:
     tokens: list[int] = field(default_factory=list)
     warm: int = 0
     slot: int | None = None  # llama.cpp: the slot this document's requests go to
+    key: str | None = None  # the document's key (a hash of its first tokens), fixed at its first request
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class ServerBackend(TokenizerMethods):
         max_concurrency: int = 8,
         context_window: int | None = None,
         cache_salt: str | None = None,
+        route_header: str | None = None,
         stop_ids: Sequence[int] | None = None,
         reuse_prefix: bool = True,
         check: bool = True,
@@ -99,6 +101,9 @@ class ServerBackend(TokenizerMethods):
             raise WiMInputError(f"max_concurrency must be a whole number of at least 1, not {max_concurrency!r}.")
         # reuse_prefix=False sends every request cold (no warm-ups; llama.cpp: cache_prompt off): for comparisons.
         self.profile: Profile = PROFILES[engine](model, cache_salt, reuse_prefix)
+        # Several replicas behind a router: every request of a document carries this header with the document's key,
+        # so a router that routes on it keeps the document on one replica's prefix cache (docs/serving.md).
+        self.route_header = _check_header_name(route_header)
         self.engine = engine
         self.tokens = HFTokenizer(_load_tokenizer(tokenizer))
         self.name = name or f"{engine}:{model or base_url}"
@@ -199,6 +204,7 @@ class ServerBackend(TokenizerMethods):
                 want_logprobs,
                 self._slot(cache),
                 cancel,
+                self._headers(cache),
             ):
                 out.append(token)
                 if want_logprobs and request.logprobs is not None:
@@ -226,7 +232,7 @@ class ServerBackend(TokenizerMethods):
         self._warm(cache, max(r.prefix_length for r in rows))
         events: queue.Queue[tuple[int, int | None, float | None, BaseException | None]] = queue.Queue()
         cancels = [threading.Event() for _ in rows]
-        slot = self._slot(cache)
+        slot, headers = self._slot(cache), self._headers(cache)
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
         want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
 
@@ -243,6 +249,7 @@ class ServerBackend(TokenizerMethods):
                     want_logprobs,
                     slot,
                     cancels[i],
+                    headers,
                 ):
                     events.put((i, token, lp, None))
             except BaseException as e:  # handed to the consumer, raised there
@@ -316,12 +323,12 @@ class ServerBackend(TokenizerMethods):
             prepared.append((cache.tokens[:prefix], ids))
         # Each row's prefix is in the server's cache already (a margin request's prefix, or the warm-up before it):
         # no warm-up here. vLLM reads it only with WiM's plugin (scripts/vllm_plugin); without, it computes it again.
-        slot = self._slot(cache)
+        slot, headers = self._slot(cache), self._headers(cache)
 
         def lp(prompt: list[int], prefix: int, tail: int, needed: int) -> list[float]:
             for read_cache in (True, False):
                 path, body = self.profile.score(prompt, slot, read_cache)
-                reply = self.client.post_json(path, body)
+                reply = self.client.post_json(path, body, headers)
                 self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
                 values = self._parsed(path, self.profile.prompt_logprobs, reply, prompt, tail)
                 if not any(math.isnan(v) for v in values[len(values) - needed :]):
@@ -351,7 +358,7 @@ class ServerBackend(TokenizerMethods):
         prompt = cache.tokens[:upto]
         self._check_fits(len(prompt) + 1)
         path, body = self.profile.warm(prompt, self._slot(cache))
-        reply = self.client.post_json(path, body)
+        reply = self.client.post_json(path, body, self._headers(cache))
         self._record("warm", prompt, cache.warm, self._parsed(path, self.profile.usage, reply))
         cache.warm = upto
 
@@ -365,6 +372,7 @@ class ServerBackend(TokenizerMethods):
         want_logprobs: bool,
         slot: int | None,
         cancel: threading.Event,
+        headers: dict[str, str] | None = None,
     ) -> Generator[tuple[int, float | None], None, None]:
         """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget.
 
@@ -372,7 +380,7 @@ class ServerBackend(TokenizerMethods):
         usage report) and the stream is closed, so a server that streams on past the budget cannot hold the run."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
         n, usage, finished, final, after = 0, None, False, False, 0
-        events = self.client.stream_events(path, body, cancel)
+        events = self.client.stream_events(path, body, cancel, headers)
         try:
             for event in events:
                 usage = self._parsed(path, self.profile.usage, event) or usage
@@ -427,9 +435,12 @@ class ServerBackend(TokenizerMethods):
         if not isinstance(self.profile, LlamaCppProfile):
             return None
         if cache.slot is None:
-            digest = hashlib.sha256(array("q", cache.tokens[:1024]).tobytes()).digest()
-            cache.slot = int.from_bytes(digest[:4], "big") % max(1, self.n_slots)
+            cache.slot = int(_document_key(cache)[:8], 16) % max(1, self.n_slots)
         return cache.slot
+
+    def _headers(self, cache: ServerCache) -> dict[str, str] | None:
+        """With `route_header`: that header with the document's key, on every request of the document."""
+        return None if self.route_header is None else {self.route_header: _document_key(cache)}
 
     def _check_fits(self, n_tokens: int) -> None:
         if self.max_context_tokens and n_tokens > self.max_context_tokens:
@@ -444,6 +455,34 @@ def server_options_known() -> set[str]:
     """The keyword options `ServerBackend` takes (what `WiM.from_server` may pass on)."""
     params = inspect.signature(ServerBackend.__init__).parameters.values()
     return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _document_key(cache: ServerCache) -> str:
+    """A hash of the document's first 1024 tokens (the chat prefix and its start), taken at its first request and
+    kept: every later request of the run, and of another run that reads the same document the same way, has the same
+    key, whatever the cache holds by then."""
+    if cache.key is None:
+        cache.key = hashlib.sha256(array("q", cache.tokens[:1024]).tobytes()).hexdigest()[:32]
+    return cache.key
+
+
+# Headers the backend sets itself (or HTTP does): a routing key must not replace them.
+_RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "transfer-encoding"})
+_HEADER_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_header_name(name: object) -> str | None:
+    """`route_header` if it is None or a header name HTTP allows and the backend does not set itself."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name or not set(name) <= _HEADER_CHARS:
+        raise WiMInputError(
+            f"route_header={name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only), e.g. "
+            "'x-session-id' for vllm-router's consistent_hash policy."
+        )
+    if name.lower() in _RESERVED_HEADERS:
+        raise WiMInputError(f"route_header={name!r} is a header the backend sets itself; name another one.")
+    return name
 
 
 def _required(logprob: float | None, engine: str) -> float:

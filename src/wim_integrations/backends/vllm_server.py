@@ -183,8 +183,7 @@ class VLLMServer:
 
     def prefix_cache_counters(self) -> tuple[float, float]:
         """(prompt tokens looked up in the prefix cache, of which hits) since start, from the server's /metrics."""
-        text = self._metrics()
-        return _counter(text, "vllm:prefix_cache_queries"), _counter(text, "vllm:prefix_cache_hits")
+        return prefix_cache_counters(self.url)
 
     def block_size(self) -> int:
         """Tokens per KV-cache block: the prefix cache holds whole blocks only, so a prefix's last partial block is
@@ -204,6 +203,13 @@ class VLLMServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def prefix_cache_counters(url: str) -> tuple[float, float]:
+    """(prompt tokens looked up in the prefix cache, of which hits) since start, from the /metrics of the vLLM server
+    at `url` (any vLLM server: one replica behind a router, say)."""
+    text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=10.0).text
+    return _counter(text, "vllm:prefix_cache_queries"), _counter(text, "vllm:prefix_cache_hits")
 
 
 def _counter(metrics: str, name: str) -> float:

@@ -114,6 +114,11 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "--engine", choices=["llama.cpp", "vllm", "sglang", "openai"], default="llama.cpp", help="with --server"
     )
     parser.add_argument("--served-model", metavar="NAME", help="with --server: the model name the server expects")
+    parser.add_argument(
+        "--route-header",
+        metavar="NAME",
+        help="with --server behind a router: send the document's key in this header (vllm-router: x-session-id)",
+    )
     parser.add_argument("--gguf", metavar="PATH", help="read with a GGUF file on llama.cpp in process ([llamacpp])")
     parser.add_argument("--ollama", metavar="NAME", help="read with a model pulled by Ollama, e.g. qwen2.5:0.5b")
 
@@ -139,6 +144,8 @@ def _config(args: argparse.Namespace) -> WiMConfig:
     config = WiMConfig(**{n: v for n in CONFIG_OPTIONS.values() if (v := getattr(args, n, None)) is not None})
     if getattr(args, "server", None) and not args.tokenizer:
         raise WiMError("--server needs --tokenizer PATH: the served model's tokenizer directory, checked at start.")
+    if getattr(args, "route_header", None) and not getattr(args, "server", None):
+        raise WiMError("--route-header is for a served model behind a router: use it with --server URL.")
     sources = {"--model": args.model, "--server": args.server, "--gguf": args.gguf, "--ollama": args.ollama}
     named = [flag for flag, value in sources.items() if value]
     if len(named) > 1:
@@ -220,7 +227,13 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             from ..backends.server import ServerBackend
 
             err.write(f"Connecting to the {args.engine} server at {args.server}...\n")
-            backend = ServerBackend(args.server, tokenizer=args.tokenizer, engine=args.engine, model=args.served_model)
+            backend = ServerBackend(
+                args.server,
+                tokenizer=args.tokenizer,
+                engine=args.engine,
+                model=args.served_model,
+                route_header=args.route_header,
+            )
         elif args.model:
             err.write(f"Loading {args.model}...\n")
             backend = load_backend(args.model)
