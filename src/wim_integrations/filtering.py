@@ -28,6 +28,10 @@ KeptOrder = Literal["retrieval", "score"]
 KEPT_ORDERS: tuple[str, ...] = ("retrieval", "score")
 # Judging passes: the margins' (1) and at most MAX_HOPS - 1 evidence-lift passes after it.
 MAX_HOPS = 8
+# Judging passes when `hops` is not set, on a backend with prompt log-probabilities (elsewhere 1, the margins' alone):
+# a second hop kept the same pieces on every needle task and both hops of far more two-hop tasks, on held-out seeds of
+# the retrieval benchmark (docs/benchmarks.md, "Multi-hop judging").
+DEFAULT_HOPS = 2
 # The evidence lift (nats per question token) a piece needs to be kept by a later hop; fitted for the embedded SmolLM2
 # on the retrieval benchmark's fit seeds (docs/benchmarks.md, "Multi-hop judging").
 DEFAULT_HOP_THRESHOLD = 0.05
@@ -73,8 +77,9 @@ def check_filter_settings(
     top_n: object, kept_order: object, hops: object = 1, hop_threshold: object = DEFAULT_HOP_THRESHOLD
 ) -> None:
     """`WiMInputError` for a `top_n` that is not a positive int (or None), an unknown `kept_order`, `hops` outside
-    1..MAX_HOPS or a `hop_threshold` that is not a finite number."""
-    if not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= MAX_HOPS:
+    1..MAX_HOPS (None: the default) or a `hop_threshold` that is not a finite number."""
+    bad_hops = not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= MAX_HOPS
+    if hops is not None and bad_hops:
         raise WiMInputError(f"hops must be an integer from 1 (margins only) to {MAX_HOPS}, not {hops!r}.")
     if (
         isinstance(hop_threshold, bool)
@@ -102,20 +107,29 @@ def kept_documents(
     return sorted(kept, key=lambda j: -j.score if j.score is not None else math.inf) if kept_order == "score" else kept
 
 
+def resolve_hops(hops: int | None, backend: Backend) -> int:
+    """`hops` as set; None: DEFAULT_HOPS on a backend with prompt log-probabilities, else 1 (e.g. a llama.cpp server,
+    where a later hop could not score)."""
+    if hops is not None:
+        return hops
+    return DEFAULT_HOPS if backend.capabilities.scoring != "none" else 1
+
+
 def follow_hops(
     judgements: Sequence[DocumentJudgement],
     texts: Sequence[str],
     backend: Backend,
     question: str,
     *,
-    hops: int,
+    hops: int | None = None,
     hop_threshold: float = DEFAULT_HOP_THRESHOLD,
 ) -> list[DocumentJudgement]:
     """The judgements after `hops - 1` later hops (in the given order): each hop scores every document not yet kept by
     its evidence lift given the kept ones (`texts[j.index]` is what was read of document `j`) and keeps those at or
     above `hop_threshold`; it stops early when a hop keeps nothing new. With no document kept by the margins, the
-    first later hop judges each against the question alone."""
+    first later hop judges each against the question alone. `hops=None`: `resolve_hops`."""
     check_filter_settings(None, "retrieval", hops, hop_threshold)
+    hops = resolve_hops(hops, backend)
     result = list(judgements)
     if hops == 1:
         return result

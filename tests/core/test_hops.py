@@ -12,7 +12,7 @@ from test_filtering import _margin
 
 from wim_integrations import WiMInputError
 from wim_integrations.backends.base import Capabilities
-from wim_integrations.filtering import follow_hops, judge_documents
+from wim_integrations.filtering import DEFAULT_HOPS, follow_hops, judge_documents, resolve_hops
 from wim_integrations.reading.hops import PIECE_SEPARATOR, QUESTION_LABEL, EvidenceLift
 
 # The fake model writes (and scores finitely) only a few characters: the question uses those.
@@ -110,3 +110,18 @@ def test_a_backend_without_prompt_logprobs_is_refused_for_later_hops():
     with pytest.raises(WiMInputError, match="prompt log-probabilities"):
         follow_hops(_judged({0}), PIECES, backend, QUESTION, hops=2)
     assert follow_hops(_judged({0}), PIECES, backend, QUESTION, hops=1) == _judged({0})  # hops=1 needs no scoring
+
+
+def test_unset_hops_are_two_where_the_backend_scores_prompts_and_one_elsewhere():
+    scoring, server = FakeBackend(), FakeBackend(Capabilities(packed_rows=True, scoring="none"))
+    assert DEFAULT_HOPS == 2 and resolve_hops(None, scoring) == 2 and resolve_hops(None, server) == 1
+    assert resolve_hops(3, server) == 3  # as set (follow_hops then refuses it)
+    judged = _judged({0})
+    assert follow_hops(judged, PIECES, server, QUESTION) == judged  # unset on a server: the margins' alone, no error
+    lifts = [_lift(scoring, [PIECES[0]], PIECES[i]) for i in (1, 3, 4, 5)]
+    threshold = sorted(lifts)[2]
+    unset = follow_hops(judged, PIECES, scoring, QUESTION, hop_threshold=threshold)
+    assert unset == follow_hops(judged, PIECES, scoring, QUESTION, hops=2, hop_threshold=threshold)
+    assert [j.index for j in unset if j.hop == 2] == [
+        i for i, v in zip((1, 3, 4, 5), lifts, strict=True) if v >= threshold
+    ]

@@ -82,7 +82,7 @@ def test_scores_are_attached_when_margins_have_them(tiny_wim, monkeypatch):
         n_tokens=1,
         seconds=0,
     )
-    compressor = module.WiMDocumentCompressor(wim=tiny_wim)
+    compressor = module.WiMDocumentCompressor(wim=tiny_wim, hops=1)  # the margins' judgement alone
     margins = [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})]
     kept = compressor._keep(DOCS, compressor._judge(DOCS, margins, QUESTION))
     assert [d.id for d in kept] == ["d2"] and kept[0].metadata["wim_score"] == 0.75
@@ -213,6 +213,9 @@ def test_a_second_hop_keeps_the_documents_whose_evidence_lift_reaches_its_thresh
     kept = WiMDocumentCompressor(wim=tiny_wim, hop_threshold=threshold, **settings).compress_documents(SHORT, QUESTION)
     expected = [d.id for d, v in zip(SHORT, lifts, strict=True) if v >= threshold]
     assert [d.id for d in kept] == expected and len(expected) == len(SHORT) - 2
+    unset = {k: v for k, v in settings.items() if k != "hops"}  # hops unset: 2 on a backend that scores prompts
+    default = WiMDocumentCompressor(wim=tiny_wim, hop_threshold=threshold, **unset).compress_documents(SHORT, QUESTION)
+    assert [d.metadata for d in default] == [d.metadata for d in kept]
     for d in kept:
         assert d.metadata["wim_hop"] == 2 and d.metadata["wim_lift"] == lifts[[s.id for s in SHORT].index(d.id)]
         assert d.metadata["wim_margin"] == "" and d.metadata["wim_score"] is None and d.metadata["n"] is not None

@@ -96,7 +96,8 @@ def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
         rec = Recorder(events=[])
         get_dispatcher().add_event_handler(rec)
         try:
-            kept = WiMNodePostprocessor(tiny_wim, classification=mode).postprocess_nodes(retrieved, query_str=QUESTION)
+            post = WiMNodePostprocessor(tiny_wim, classification=mode, hops=1)  # the margins' judgement alone
+            kept = post.postprocess_nodes(retrieved, query_str=QUESTION)
         finally:
             get_dispatcher().event_handlers.remove(rec)
         assert [n.node.node_id for n in kept] == [n.node.node_id for n in retrieved if n.node.node_id in relevant_ids]
@@ -198,7 +199,8 @@ def test_a_second_hop_keeps_nodes_by_evidence_lift_in_retrieval_order(tiny_wim):
     lifts = EvidenceLift(tiny_wim.backend, QUESTION).scores(SHORT)  # node i's text, judged given nothing kept
     threshold = sorted(lifts)[1] / 2 + sorted(lifts)[2] / 2  # two of the four reach it
     settings = {"classification": "pmi", "relevance_threshold": 1e9}  # the margins keep nothing
-    assert WiMNodePostprocessor(tiny_wim, **settings).postprocess_nodes(_short_nodes(), query_str=QUESTION) == []
+    one = WiMNodePostprocessor(tiny_wim, hops=1, **settings)
+    assert one.postprocess_nodes(_short_nodes(), query_str=QUESTION) == []
     post = WiMNodePostprocessor(tiny_wim, hops=2, hop_threshold=threshold, **settings)
     kept = post.postprocess_nodes(_short_nodes(), query_str=QUESTION)
     expected = [f"n{i}" for i, v in enumerate(lifts) if v >= threshold]

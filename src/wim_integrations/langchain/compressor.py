@@ -53,7 +53,8 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
     ``wim_verdict`` (their verdicts), ``wim_score`` (their highest `Margin.score`, None when the classification mode
     computes none) and ``wim_segments`` (segment indices). `top_n` keeps only the best-scored relevant documents;
     `kept_order` returns them as retrieved or best first. `hops` > 1 judges the dropped documents again given the
-    kept ones, up to `hops - 1` times (multi-hop questions, `filtering.follow_hops`); a document kept that way has
+    kept ones, up to `hops - 1` times (multi-hop questions, `filtering.follow_hops`; unset: 2 where the backend has
+    prompt log-probabilities, 1 on a server without them); a document kept that way has
     ``wim_hop`` (the hop, 2 or more) and ``wim_lift`` (its evidence lift) in its metadata, no margin and no score,
     and `top_n` ranks it after the margin-kept ones. Settings: one optional field per `WiMConfig` field.
     """
@@ -67,12 +68,12 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
     kept_order: Literal["retrieval", "score"] = Field(
         "retrieval", description="order of the kept documents: as retrieved, or best score first"
     )
-    hops: int = Field(
-        1,
+    hops: int | None = Field(
+        None,
         ge=1,
         le=MAX_HOPS,
         description="judging passes: 1 the margins only; n > 1 also judges the dropped documents again given the kept "
-        "ones, up to n - 1 times (multi-hop questions)",
+        "ones, up to n - 1 times (multi-hop questions); None: 2 where the backend has prompt log-probabilities, else 1",
     )
     hop_threshold: float = Field(
         DEFAULT_HOP_THRESHOLD,
@@ -129,7 +130,7 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
                     f"documents[{i}] is a {type(d).__name__}, not a Document: the compressor returns the documents it "
                     "keeps, with their metadata; wrap text as Document(page_content=...)."
                 )
-        if self.hops > 1:
+        if self.hops is not None and self.hops > 1:
             check_scoring(self.wim.backend)  # refused now, not after the whole read
         overrides = {"merge_documents": False, **self.wim_overrides()}
         return self.wim.stream(to_engine_context(list(documents)), query, **overrides)

@@ -32,6 +32,7 @@ from ..filtering import (
     follow_hops,
     judge_documents,
     kept_documents,
+    resolve_hops,
 )
 from ..reading.hops import check_scoring
 from ..reading.margins import read_until_answer
@@ -65,7 +66,8 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         top_n: keep at most this many relevant nodes, the best-scored (None: every relevant node).
         kept_order: "retrieval" (the order the nodes came in) or "score" (best `wim_margin_score` first).
         hops: judging passes: 1 the margins only; n > 1 also judges the nodes the margins dropped again given the
-            kept ones (evidence lift, `filtering.follow_hops`), up to n - 1 times. A node kept that way has
+            kept ones (evidence lift, `filtering.follow_hops`), up to n - 1 times; None: 2 where the backend has
+            prompt log-probabilities, else 1. A node kept that way has
             `wim_hop` (2 or more) and `wim_lift` in its metadata, an empty `wim_margin`, no score, and `top_n` ranks
             it after the margin-kept nodes.
         hop_threshold: the evidence lift (nats per question token) a later hop needs to keep a node.
@@ -77,7 +79,7 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
     margins_in_prompt: bool = Field(False, description="show the attached margins to the next reader's LLM")
     top_n: int | None = Field(None, description="keep at most this many relevant nodes, the best-scored")
     kept_order: KeptOrder = Field("retrieval", description="kept nodes as retrieved, or best score first")
-    hops: int = Field(1, description="judging passes: 1 the margins only, n > 1 also n - 1 hops given the kept nodes")
+    hops: int | None = Field(None, description="judging passes: 1 the margins only, n > 1 also n - 1 hops given kept")
     hop_threshold: float = Field(DEFAULT_HOP_THRESHOLD, description="evidence lift a later hop needs to keep a node")
     _wim: WiM = PrivateAttr()
     _config: WiMConfig = PrivateAttr()
@@ -91,7 +93,7 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         margins_in_prompt: bool = False,
         top_n: int | None = None,
         kept_order: KeptOrder = "retrieval",
-        hops: int = 1,
+        hops: int | None = None,
         hop_threshold: float = DEFAULT_HOP_THRESHOLD,
         config: WiMConfig | None = None,
         callback_manager: CallbackManager | None = None,
@@ -100,7 +102,7 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         reading_order([], order)  # validate now
         check_filter_settings(top_n, kept_order, hops, hop_threshold)
         wim = wim if wim is not None else WiM.default()
-        if hops > 1:
+        if hops is not None and hops > 1:
             check_scoring(wim.backend)
         base = config or wim.config
         # A margin should be about its own node (margin_scope "segment", one node per segment, unless asked
@@ -162,7 +164,7 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         judged = judge_documents(margins, len(read))
         retrieved = {n.node.node_id: i for i, n in reversed(list(enumerate(nodes)))}  # first occurrence of each node
         by_retrieval = sorted(judged, key=lambda j: retrieved[read[j.index].node.node_id])
-        if self.hops > 1:
+        if resolve_hops(self.hops, self._wim.backend) > 1:
             texts = [d.text for d in node_documents(nodes, self.order, self.metadata_mode)]  # as read, same order
             by_retrieval = follow_hops(
                 by_retrieval,
