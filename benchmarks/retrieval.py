@@ -15,12 +15,13 @@ model, greedy, no document cache (each system's time is a first read):
 - `chain_filter_prob`: the same `LLMChainFilter` and prompt, the decision taken from the next-token distribution
   instead of a decoded reply: YES when P(YES) > P(NO) (each summed over its spellings' first tokens), the way
   `classification="calibrated"` reads a reply; a stronger baseline on a model that answers "No" to almost anything;
-- `compressor`: LangChain's `WiMDocumentCompressor` with default settings (every piece a segment of its own);
-- `postprocessor`: LlamaIndex's `WiMNodePostprocessor` with default settings;
-- `compressor_hops` / `postprocessor_hops`: the same with `hops=2` (the pieces the margins dropped judged again given
-  the kept ones, `filtering.follow_hops`; `--hop-threshold` sets its threshold). Their records also hold the pieces
-  the margins alone kept (`margin_kept`), each piece's evidence lift (`lifts`, None for pieces the margins kept) and
-  the seconds of the hop pass (`hop_seconds`, part of `seconds`).
+- `compressor`: LangChain's `WiMDocumentCompressor` judging by the margins alone (`hops=1`, the default before the
+  later hops; otherwise default settings: every piece a segment of its own);
+- `postprocessor`: LlamaIndex's `WiMNodePostprocessor`, the same (`hops=1`);
+- `compressor_hops` / `postprocessor_hops`: the same with `hops=2`, their default now (the pieces the margins dropped
+  judged again given the kept ones, `filtering.follow_hops`; `--hop-threshold` sets its threshold). Records
+  hold the pieces the margins alone kept (`margin_kept`), each piece's evidence lift (`lifts`, None for pieces the
+  margins kept) and the seconds of the hop pass (`hop_seconds`, part of `seconds`).
 
 Then the same plain reader (one chat turn: the kept pieces, the question; 20 tokens) answers from what each kept.
 Reported per (k, system): recall of the holding pieces, share of pieces kept, tasks whose holding pieces were all
