@@ -1,7 +1,7 @@
 """Retrieved pieces, one or two holding the fact: which pieces do the WiM document filters keep?
 
     python -m benchmarks.retrieval [--ks 4 8] [--seeds 6] [--model default] [--out results.jsonl]
-    python -m benchmarks.retrieval --report results.jsonl     # the table of a results file
+    python -m benchmarks.retrieval --report results.jsonl [more.jsonl] [--seed-list S ...] [--systems ...]   # tables
 
 Each task is what a retriever hands a reader: k short paragraphs of village filler (`tasks.filler_sentence`), 60-110
 tokens each, in random order. In a `needle` task one paragraph holds a secret code; in a `two_hop` task one holds who
@@ -361,10 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="default", help="local model dir; 'default' = embedded SmolLM2")
     parser.add_argument("--out", type=Path, default=None, help="append each record (JSON lines) here")
-    parser.add_argument("--report", type=Path, default=None, help="print the table of this results file and exit")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of these results files and exit (only --seed-list seeds and --systems, when given)",
+    )
     args = parser.parse_args(argv)
     if args.report is not None:
-        print(table([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
+        records = [json.loads(line) for f in args.report for line in f.read_text().splitlines() if line.strip()]
+        keep = set(args.seed_list) if args.seed_list is not None else None
+        print(table([r for r in records if r["system"] in args.systems and (keep is None or r["seed"] in keep)]))
         return 0
     wim = WiM.default() if args.model == "default" else WiM.from_pretrained(args.model)
     wim = wim.with_options(document_cache=None)  # every system's time is a first read
