@@ -80,7 +80,7 @@ def test_a_second_hop_adds_to_what_the_margins_kept(default_wim):
     (the paragraphs were written for this test; what each kept is printed)."""
     from wim_integrations.reading.hops import EvidenceLift
 
-    one = WiMDocumentCompressor(wim=default_wim).compress_documents(TWO_HOP_DOCS, TWO_HOP_QUESTION)
+    one = WiMDocumentCompressor(wim=default_wim, hops=1).compress_documents(TWO_HOP_DOCS, TWO_HOP_QUESTION)
     two = WiMDocumentCompressor(wim=default_wim, hops=2).compress_documents(TWO_HOP_DOCS, TWO_HOP_QUESTION)
     print(f"hops=1 kept {[d.id for d in one]}; hops=2 kept {[(d.id, d.metadata.get('wim_lift')) for d in two]}")
     margin_kept = [d.id for d in one]
