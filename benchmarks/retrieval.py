@@ -1,7 +1,7 @@
 """Retrieved pieces, one or two holding the fact: which pieces do the WiM document filters keep?
 
     python -m benchmarks.retrieval [--ks 4 8] [--seeds 6] [--model default] [--out results.jsonl]
-    python -m benchmarks.retrieval --report results.jsonl     # the table of a results file
+    python -m benchmarks.retrieval --report results.jsonl [more.jsonl] [--seed-list S ...] [--systems ...]   # tables
 
 Each task is what a retriever hands a reader: k short paragraphs of village filler (`tasks.filler_sentence`), 60-110
 tokens each, in random order. In a `needle` task one paragraph holds a secret code; in a `two_hop` task one holds who
@@ -15,8 +15,13 @@ model, greedy, no document cache (each system's time is a first read):
 - `chain_filter_prob`: the same `LLMChainFilter` and prompt, the decision taken from the next-token distribution
   instead of a decoded reply: YES when P(YES) > P(NO) (each summed over its spellings' first tokens), the way
   `classification="calibrated"` reads a reply; a stronger baseline on a model that answers "No" to almost anything;
-- `compressor`: LangChain's `WiMDocumentCompressor` with default settings (every piece a segment of its own);
-- `postprocessor`: LlamaIndex's `WiMNodePostprocessor` with default settings.
+- `compressor`: LangChain's `WiMDocumentCompressor` judging by the margins alone (`hops=1`, the default before the
+  later hops; otherwise default settings: every piece a segment of its own);
+- `postprocessor`: LlamaIndex's `WiMNodePostprocessor`, the same (`hops=1`);
+- `compressor_hops` / `postprocessor_hops`: the same with `hops=2`, their default now (the pieces the margins dropped
+  judged again given the kept ones, `filtering.follow_hops`; `--hop-threshold` sets its threshold). Records
+  hold the pieces the margins alone kept (`margin_kept`), each piece's evidence lift (`lifts`, None for pieces the
+  margins kept) and the seconds of the hop pass (`hop_seconds`, part of `seconds`).
 
 Then the same plain reader (one chat turn: the kept pieces, the question; 20 tokens) answers from what each kept.
 Reported per (k, system): recall of the holding pieces, share of pieces kept, tasks whose holding pieces were all
@@ -42,13 +47,21 @@ from typing import Any
 from wim_integrations import WiM
 from wim_integrations.backends.base import Backend, GenerationRequest
 from wim_integrations.events import Margin
-from wim_integrations.filtering import judge_documents
+from wim_integrations.filtering import DEFAULT_HOP_THRESHOLD, DocumentJudgement, judge_documents
 
 from .runner import machine_facts
 from .scoring import mentions
 from .tasks import _COLORS, _ITEMS, _NAMES, _VAULTS, TokenCounter, filler_sentence, invented_word
 
-SYSTEMS = ("none", "chain_filter", "chain_filter_prob", "compressor", "postprocessor")
+SYSTEMS = (
+    "none",
+    "chain_filter",
+    "chain_filter_prob",
+    "compressor",
+    "postprocessor",
+    "compressor_hops",
+    "postprocessor_hops",
+)
 KINDS = ("needle", "two_hop")
 
 
@@ -98,26 +111,41 @@ class Filtered:
     kept: list[int]
     piece_scores: list[float | None] | None = None  # per piece, in retrieval order
     notes: list[str] | None = None  # per piece: its margins, or the chain filter's reply
+    extra: dict[str, Any] | None = None  # more fields for the record (the hops' systems)
 
 
-def _compressor(wim: WiM, task: RetrievalTask) -> Filtered:
+def _hop_fields(judged: Sequence[DocumentJudgement], seconds: float) -> dict[str, Any]:
+    """What the later hops did: the pieces the margins kept, each piece's evidence lift, the hops' seconds."""
+    return {
+        "margin_kept": [j.index for j in judged if any(m.relevant for m in j.margins)],
+        "lifts": [j.lift for j in sorted(judged, key=lambda j: j.index)],
+        "hop_seconds": seconds,
+    }
+
+
+def _compressor(wim: WiM, task: RetrievalTask, hops: int = 1, hop_threshold: float = DEFAULT_HOP_THRESHOLD) -> Filtered:
     from langchain_core.documents import Document
 
     from wim_integrations.langchain import WiMDocumentCompressor
 
     seen: list[list[Margin]] = []
+    judged_seen: list[tuple[list[DocumentJudgement], float]] = []
 
-    class Recording(WiMDocumentCompressor):  # the margins the compressor judged by, for the record
-        def _keep(self, documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
+    class Recording(WiMDocumentCompressor):  # the margins and judgements the compressor kept by, for the record
+        def _judge(self, documents: Sequence[Document], margins: list[Margin], query: str) -> list[DocumentJudgement]:
             seen.append(margins)
-            return super()._keep(documents, margins)
+            t0 = time.perf_counter()
+            judged = super()._judge(documents, margins, query)
+            judged_seen.append((judged, time.perf_counter() - t0))
+            return judged
 
     docs = [Document(page_content=p, id=str(i)) for i, p in enumerate(task.pieces)]
-    kept = Recording(wim=wim).compress_documents(docs, task.question)
+    kept = Recording(wim=wim, hops=hops, hop_threshold=hop_threshold).compress_documents(docs, task.question)
     judged = judge_documents(seen[0], len(docs))
     scores = [max((m.score for m in j.margins if m.score is not None), default=None) for j in judged]
     notes = [" | ".join(m.text for m in j.margins) for j in judged]
-    return Filtered([int(d.id or -1) for d in kept], scores, notes)
+    extra = _hop_fields(*judged_seen[0]) if hops > 1 else None
+    return Filtered([int(d.id or -1) for d in kept], scores, notes, extra)
 
 
 class PlainChat:
@@ -215,13 +243,16 @@ def _chain_filter(backend: Backend, task: RetrievalTask, by_probability: bool) -
     return Filtered([int(d.id or -1) for d in kept], scores or None, notes or None)
 
 
-def _postprocessor(wim: WiM, task: RetrievalTask) -> Filtered:
+def _postprocessor(
+    wim: WiM, task: RetrievalTask, hops: int = 1, hop_threshold: float = DEFAULT_HOP_THRESHOLD
+) -> Filtered:
     from llama_index.core.schema import NodeWithScore, TextNode
 
     from wim_integrations.llamaindex import WiMNodePostprocessor
 
     nodes = [NodeWithScore(node=TextNode(id_=str(i), text=p), score=1.0) for i, p in enumerate(task.pieces)]
-    kept = WiMNodePostprocessor(wim).postprocess_nodes(nodes, query_str=task.question)
+    post = WiMNodePostprocessor(wim, hops=hops, hop_threshold=hop_threshold)
+    kept = post.postprocess_nodes(nodes, query_str=task.question)
     return Filtered([int(n.node.node_id) for n in kept])
 
 
@@ -240,6 +271,7 @@ def run(
     out: Path | None,
     kinds: Sequence[str] = KINDS,
     systems: Sequence[str] = SYSTEMS,
+    hop_threshold: float = DEFAULT_HOP_THRESHOLD,
 ) -> list[dict[str, Any]]:
     b = wim.backend
 
@@ -252,6 +284,8 @@ def run(
         "chain_filter_prob": lambda task: _chain_filter(b, task, by_probability=True),
         "compressor": lambda task: _compressor(wim, task),
         "postprocessor": lambda task: _postprocessor(wim, task),
+        "compressor_hops": lambda task: _compressor(wim, task, hops=2, hop_threshold=hop_threshold),
+        "postprocessor_hops": lambda task: _postprocessor(wim, task, hops=2, hop_threshold=hop_threshold),
     }
     records = []
     for k in ks:
@@ -282,6 +316,10 @@ def run(
                         rec["piece_scores"] = got.piece_scores
                     if got.notes is not None:
                         rec["notes"] = got.notes
+                    if got.extra is not None:
+                        rec.update(got.extra)
+                    if system.endswith("_hops"):
+                        rec["hop_threshold"] = hop_threshold
                     records.append(rec)
                     print(json.dumps(rec), file=sys.stderr, flush=True)
                     if out is not None:
@@ -318,17 +356,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead of --seeds")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--hop-threshold", type=float, default=DEFAULT_HOP_THRESHOLD, help="the hops systems' hop_threshold"
+    )
     parser.add_argument("--model", default="default", help="local model dir; 'default' = embedded SmolLM2")
     parser.add_argument("--out", type=Path, default=None, help="append each record (JSON lines) here")
-    parser.add_argument("--report", type=Path, default=None, help="print the table of this results file and exit")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of these results files and exit (only --seed-list seeds and --systems, when given)",
+    )
     args = parser.parse_args(argv)
     if args.report is not None:
-        print(table([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
+        records = [json.loads(line) for f in args.report for line in f.read_text().splitlines() if line.strip()]
+        keep = set(args.seed_list) if args.seed_list is not None else None
+        print(table([r for r in records if r["system"] in args.systems and (keep is None or r["seed"] in keep)]))
         return 0
     wim = WiM.default() if args.model == "default" else WiM.from_pretrained(args.model)
     wim = wim.with_options(document_cache=None)  # every system's time is a first read
     seeds = args.seed_list if args.seed_list is not None else args.seeds
-    records = run(wim, args.ks, seeds, args.out, args.kinds, args.systems)
+    records = run(wim, args.ks, seeds, args.out, args.kinds, args.systems, args.hop_threshold)
     print(f"model {wim.model_name}; {machine_facts()}")
     print(table(records))
     return 0

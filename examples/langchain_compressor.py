@@ -55,7 +55,8 @@ def main() -> None:
     print(f"Kept {len(kept)} of {len(DOCUMENTS)} retrieved documents:")
     for d in kept:
         verdicts, margin = ", ".join(d.metadata["wim_verdict"]), " ".join(d.metadata["wim_margin"].split())
-        print(f"  {d.metadata['source']} [{verdicts}]: {margin}")
+        hop = f" (hop {d.metadata['wim_hop']}: kept given the others)" if "wim_hop" in d.metadata else ""
+        print(f"  {d.metadata['source']} [{verdicts}]{hop}: {margin}")
 
     rag = {"context": retriever, "question": RunnablePassthrough()} | plain_reader(wim)
     print(f"Answer (plain reader): {rag.invoke(QUESTION)}")

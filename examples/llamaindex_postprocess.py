@@ -47,8 +47,11 @@ def main() -> dict[str, object]:
         print(f"  {mark} {n.node.metadata['file']:14} {n.node.get_content()[:60]!r}")
     print("\nMargins on the kept nodes:")
     for n in response.source_nodes:
-        score = n.node.metadata["wim_margin_score"]
-        print(f"  {n.node.metadata['file']} (score {score:.2f}): {n.node.metadata['wim_margin']}")
+        meta = n.node.metadata
+        if meta["wim_margin_score"] is None:  # kept by the second hop, given the nodes its margins kept
+            print(f"  {meta['file']} (hop {meta['wim_hop']}, evidence lift {meta['wim_lift']:.2f})")
+        else:
+            print(f"  {meta['file']} (score {meta['wim_margin_score']:.2f}): {meta['wim_margin']}")
     print(f"\nAnswer (compact synthesizer on WiMLLM): {response}")
     return {"retrieved": retrieved, "response": response, "postprocessor": postprocessor}
 

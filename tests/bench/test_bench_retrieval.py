@@ -32,6 +32,13 @@ def test_a_tiny_run_reports_every_system(tiny_wim, tmp_path, capsys):
     assert all(0.0 <= r["recall"] <= 1.0 and set(r["kept"]) <= {0, 1} for r in records)
     assert main(["--report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == table(records)
+    for r in records:
+        if r["system"] == "compressor_hops":  # the margins' pieces, and those the hop's lifts reach the threshold
+            hopped = {i for i, v in enumerate(r["lifts"]) if v is not None and v >= r["hop_threshold"]}
+            assert r["kept"] == sorted({*r["margin_kept"], *hopped})
+            assert all((v is None) == (i in r["margin_kept"]) for i, v in enumerate(r["lifts"]))
+            plain = next(c for c in records if c["task"] == r["task"] and c["system"] == "compressor")
+            assert r["margin_kept"] == plain["kept"]
 
 
 def test_the_probability_chain_filter_keeps_the_pieces_whose_yes_outweighs_no(tiny_wim):
@@ -82,3 +89,25 @@ def test_rules_are_scored_per_k_and_kind():
     assert cells[(4, "needle")] == (1.0, 0.5, 1)
     assert cells[(4, "two_hop")] == (1.0, 0.75, 1)
     assert cells[("all", "all")] == (1.0, 0.625, 2)
+
+
+def test_hop_replay_and_answers_agree_with_the_compressor_run(tiny_wim, tmp_path):
+    """Replaying the second hop on a compressor record gives what the compressor with hops=2 keeps (same lifts)."""
+    from benchmarks.retrieval_rules import hop_answers, hop_kept, hop_rule_table, load_hops, replay_hops
+
+    wim = tiny_wim.with_options(config=tiny_wim.config.with_updates(segment_tokens=200))
+    results = tmp_path / "r.jsonl"
+    records = run(wim, [3], [0], results, systems=["compressor", "compressor_hops"], hop_threshold=0.0)
+    hops_file, answers = tmp_path / "hops.jsonl", tmp_path / "answers.jsonl"
+    replay_hops(wim.backend, results, hops_file)
+    replayed = load_hops(hops_file, range(1))
+    direct = {r["task"]: r for r in records if r["system"] == "compressor_hops"}
+    assert len(replayed) == len(direct) == len(KINDS)
+    for r in replayed:
+        assert r["margin_kept"] == direct[r["task"]]["margin_kept"]
+        assert r["lifts"] == pytest.approx(direct[r["task"]]["lifts"], abs=1e-4)
+        assert hop_kept(r, 0.0) == direct[r["task"]]["kept"]
+    hop_answers(wim.backend, hops_file, 0.0, answers)
+    answered = load_hops(answers, range(1))
+    assert [a["kept"] for a in answered] == [hop_kept(r, 0.0) for r in replayed]
+    assert "| margins |" in hop_rule_table(replayed, [], [0.0])

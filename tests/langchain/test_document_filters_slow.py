@@ -56,3 +56,39 @@ def test_the_postprocessor_keeps_the_holding_paragraph(default_wim):
     ids = [n.node.node_id for n in kept]
     print(f"WiMNodePostprocessor kept {len(kept)} of {len(nodes)}: {ids}")
     assert f"p{HOLDING}" in ids
+
+
+TWO_HOP_QUESTION = "Who did Helena give the brass telescope to, and in which city does that person live?"
+TWO_HOP = [
+    "The harbour market sells fish, rope and paint. Traders arrive before dawn and leave by noon, when the gulls take "
+    "over the empty stalls. The harbour master keeps a list of every boat that moors there.",
+    "Helena gave the brass telescope to Tobias on the morning of the spring fair. She had kept it for thirty years "
+    "and wanted it to go to someone who would use it every night.",
+    "The old mill by the canal was turned into a school for carpenters. Students build chairs and tables there, and "
+    "sell them at the end of every term to pay for new tools.",
+    "Tobias lives in the city of Marrowgate, in a narrow house above a bookshop. From his attic window he can see the "
+    "whole bay and the lighthouse beyond it.",
+    "The mountain railway climbs eight hundred metres in forty minutes. In winter the last train leaves the summit at "
+    "four, before the light fades over the glacier.",
+]
+TWO_HOP_DOCS = [Document(page_content=p, id=f"h{i}") for i, p in enumerate(TWO_HOP)]
+
+
+@pytest.mark.slow
+def test_a_second_hop_adds_to_what_the_margins_kept(default_wim):
+    """hops=2 keeps what hops=1 kept, plus the documents whose evidence lift given those reaches the threshold
+    (the paragraphs were written for this test; what each kept is printed)."""
+    from wim_integrations.reading.hops import EvidenceLift
+
+    one = WiMDocumentCompressor(wim=default_wim, hops=1).compress_documents(TWO_HOP_DOCS, TWO_HOP_QUESTION)
+    two = WiMDocumentCompressor(wim=default_wim, hops=2).compress_documents(TWO_HOP_DOCS, TWO_HOP_QUESTION)
+    print(f"hops=1 kept {[d.id for d in one]}; hops=2 kept {[(d.id, d.metadata.get('wim_lift')) for d in two]}")
+    margin_kept = [d.id for d in one]
+    assert [d.id for d in two if "wim_hop" not in d.metadata] == margin_kept
+    evidence = EvidenceLift(default_wim.backend, TWO_HOP_QUESTION)
+    evidence.keep([d.page_content for d in TWO_HOP_DOCS if d.id in margin_kept])
+    rest = [d for d in TWO_HOP_DOCS if d.id not in margin_kept]
+    lifts = dict(zip([d.id for d in rest], evidence.scores([d.page_content for d in rest]), strict=True))
+    hopped = [d for d in two if "wim_hop" in d.metadata]
+    assert [d.id for d in hopped] == [i for i, v in lifts.items() if v >= 0.05]
+    assert {d.id for d in two} >= {"h1", "h3"}  # both hops of the question kept

@@ -82,8 +82,9 @@ def test_scores_are_attached_when_margins_have_them(tiny_wim, monkeypatch):
         n_tokens=1,
         seconds=0,
     )
-    compressor = module.WiMDocumentCompressor(wim=tiny_wim)
-    kept = compressor._keep(DOCS, [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})])
+    compressor = module.WiMDocumentCompressor(wim=tiny_wim, hops=1)  # the margins' judgement alone
+    margins = [m, m.model_copy(update={"score": 0.75}), m.model_copy(update={"relevant": False})]
+    kept = compressor._keep(DOCS, compressor._judge(DOCS, margins, QUESTION))
     assert [d.id for d in kept] == ["d2"] and kept[0].metadata["wim_score"] == 0.75
 
 
@@ -194,3 +195,53 @@ def test_top_n_keeps_the_best_scored_documents(tiny_wim, kept_order):
     expected = best if kept_order == "score" else [d.id for d in SHORT if d.id in best]
     assert [d.id for d in kept] == expected
     assert [d.metadata["wim_score"] for d in kept] == [scores[i] for i in expected]
+
+
+def _hop_settings(tiny_wim, threshold_pick):
+    """Margins that keep nothing ('pmi' over a threshold no margin reaches), so the second hop judges every document
+    given none; its threshold between the evidence lifts computed by the scorer itself."""
+    from wim_integrations.reading.hops import EvidenceLift
+
+    lifts = EvidenceLift(tiny_wim.backend, QUESTION).scores([d.page_content for d in SHORT])
+    assert len(set(lifts)) == len(SHORT)
+    return {"classification": "pmi", "relevance_threshold": 1e9, "hops": 2}, lifts, threshold_pick(sorted(lifts))
+
+
+def test_a_second_hop_keeps_the_documents_whose_evidence_lift_reaches_its_threshold(tiny_wim):
+    settings, lifts, threshold = _hop_settings(tiny_wim, lambda s: (s[1] + s[2]) / 2)
+    assert WiMDocumentCompressor(wim=tiny_wim, **{**settings, "hops": 1}).compress_documents(SHORT, QUESTION) == []
+    kept = WiMDocumentCompressor(wim=tiny_wim, hop_threshold=threshold, **settings).compress_documents(SHORT, QUESTION)
+    expected = [d.id for d, v in zip(SHORT, lifts, strict=True) if v >= threshold]
+    assert [d.id for d in kept] == expected and len(expected) == len(SHORT) - 2
+    unset = {k: v for k, v in settings.items() if k != "hops"}  # hops unset: 2 on a backend that scores prompts
+    default = WiMDocumentCompressor(wim=tiny_wim, hop_threshold=threshold, **unset).compress_documents(SHORT, QUESTION)
+    assert [d.metadata for d in default] == [d.metadata for d in kept]
+    for d in kept:
+        assert d.metadata["wim_hop"] == 2 and d.metadata["wim_lift"] == lifts[[s.id for s in SHORT].index(d.id)]
+        assert d.metadata["wim_margin"] == "" and d.metadata["wim_score"] is None and d.metadata["n"] is not None
+
+
+def test_documents_the_margins_kept_are_not_judged_again(tiny_wim):
+    settings = {"classification": "pmi", "relevance_threshold": -1e9}
+    one = WiMDocumentCompressor(wim=tiny_wim, **settings).compress_documents(SHORT, QUESTION)
+    two = WiMDocumentCompressor(wim=tiny_wim, hops=3, hop_threshold=-1e9, **settings).compress_documents(
+        SHORT, QUESTION
+    )
+    assert [d.metadata for d in two] == [d.metadata for d in one] and "wim_hop" not in two[0].metadata
+
+
+def test_hop_settings_are_checked_and_a_backend_without_logprobs_refused_before_reading(tiny_wim, monkeypatch):
+    from dataclasses import replace
+
+    from wim_integrations.errors import SettingsError
+
+    for bad in ({"hops": 0}, {"hops": 9}, {"hop_threshold": float("nan")}):
+        with pytest.raises(SettingsError, match="hop"):
+            WiMDocumentCompressor(wim=tiny_wim, **bad)
+    compressor = WiMDocumentCompressor(wim=tiny_wim, hops=2)
+    no_logprobs = replace(tiny_wim.backend.capabilities, scoring="none")  # as a llama.cpp server
+    monkeypatch.setattr(type(tiny_wim.backend), "capabilities", property(lambda self: no_logprobs))
+    seen = Margins()
+    with pytest.raises(WiMInputError, match="prompt log-probabilities"):
+        compressor.compress_documents(SHORT, QUESTION, callbacks=[seen])
+    assert seen.names == []  # refused before anything was read

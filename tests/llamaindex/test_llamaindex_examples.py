@@ -47,10 +47,12 @@ def test_postprocess_example(capsys):
     retrieved, response = out["retrieved"], out["response"]
     kept = response.source_nodes
     assert {n.node.node_id for n in kept} <= {n.node.node_id for n in retrieved}
-    for n in kept:  # each kept node carries the margin that kept it, with its pmi score at or above the threshold
-        assert (
-            n.node.metadata["wim_margin"]
-            and n.node.metadata["wim_margin_score"] >= out["postprocessor"].config.threshold
-        )
+    post = out["postprocessor"]
+    for n in kept:  # the margin that kept it, its pmi score at or above the threshold; or the second hop's lift
+        meta = n.node.metadata
+        if "wim_hop" in meta:
+            assert meta["wim_hop"] == 2 and meta["wim_lift"] >= post.hop_threshold and meta["wim_margin_score"] is None
+        else:
+            assert meta["wim_margin"] and meta["wim_margin_score"] >= post.config.threshold
     printed = capsys.readouterr().out
     assert printed.count("kept   ") == len(kept) and "Answer (compact synthesizer on WiMLLM):" in printed

@@ -96,7 +96,8 @@ def test_reads_like_the_core_and_stops_before_the_answer(index, tiny_wim):
         rec = Recorder(events=[])
         get_dispatcher().add_event_handler(rec)
         try:
-            kept = WiMNodePostprocessor(tiny_wim, classification=mode).postprocess_nodes(retrieved, query_str=QUESTION)
+            post = WiMNodePostprocessor(tiny_wim, classification=mode, hops=1)  # the margins' judgement alone
+            kept = post.postprocess_nodes(retrieved, query_str=QUESTION)
         finally:
             get_dispatcher().event_handlers.remove(rec)
         assert [n.node.node_id for n in kept] == [n.node.node_id for n in retrieved if n.node.node_id in relevant_ids]
@@ -190,3 +191,24 @@ def test_top_n_keeps_the_best_scored_nodes(tiny_wim, kept_order):
     expected = best if kept_order == "score" else [i for i in scores if i in best]
     assert [n.node.node_id for n in kept] == expected
     assert [n.score for n in kept] == [1.0 - int(i[1]) / 10 for i in expected]  # retrieval scores kept
+
+
+def test_a_second_hop_keeps_nodes_by_evidence_lift_in_retrieval_order(tiny_wim):
+    from wim_integrations.reading.hops import EvidenceLift
+
+    lifts = EvidenceLift(tiny_wim.backend, QUESTION).scores(SHORT)  # node i's text, judged given nothing kept
+    threshold = sorted(lifts)[1] / 2 + sorted(lifts)[2] / 2  # two of the four reach it
+    settings = {"classification": "pmi", "relevance_threshold": 1e9}  # the margins keep nothing
+    one = WiMNodePostprocessor(tiny_wim, hops=1, **settings)
+    assert one.postprocess_nodes(_short_nodes(), query_str=QUESTION) == []
+    post = WiMNodePostprocessor(tiny_wim, hops=2, hop_threshold=threshold, **settings)
+    kept = post.postprocess_nodes(_short_nodes(), query_str=QUESTION)
+    expected = [f"n{i}" for i, v in enumerate(lifts) if v >= threshold]
+    assert [n.node.node_id for n in kept] == expected and len(expected) == 2  # retrieval order, not reading order
+    for n in kept:
+        assert n.node.metadata["wim_hop"] == 2 and n.node.metadata["wim_lift"] == lifts[int(n.node.node_id[1])]
+        assert "wim_hop" in n.node.excluded_llm_metadata_keys and "wim_lift" in n.node.excluded_embed_metadata_keys
+    with pytest.raises(WiMInputError, match="hops"):
+        WiMNodePostprocessor(tiny_wim, hops=0)
+    with pytest.raises(WiMInputError, match="hop_threshold"):
+        WiMNodePostprocessor(tiny_wim, hop_threshold=float("inf"))

@@ -5,11 +5,13 @@ retriever = ContextualCompressionRetriever(base_compressor=WiMDocumentCompressor
 WiM reads the retrieved documents (in order) with every document starting a segment of its own, and writes a margin
 per segment; no final answer is generated. Each document is judged by the margins on it (`filtering.py`): it is kept
 when one is relevant, with its own margin, verdict and score in its metadata. Like LangChain's `LLMChainFilter` (and,
-with `top_n`, LlamaIndex's `LLMRerank`), but one WiM run over all documents, sharing one cache.
+with `top_n`, LlamaIndex's `LLMRerank`), but one WiM run over all documents, sharing one cache. With `hops > 1`, the
+documents the margins dropped are judged again given the kept ones (`filtering.follow_hops`), for multi-hop questions.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -21,7 +23,15 @@ from pydantic import ConfigDict, Field
 from ..engine import WiM, WiMStream
 from ..errors import WiMInputError
 from ..events import Margin
-from ..filtering import judge_documents, kept_documents
+from ..filtering import (
+    DEFAULT_HOP_THRESHOLD,
+    MAX_HOPS,
+    DocumentJudgement,
+    follow_hops,
+    judge_documents,
+    kept_documents,
+)
+from ..reading.hops import check_scoring
 from ..reading.margins import aread_until_answer, read_until_answer
 from .chain import to_engine_context
 from .events import AsyncEventRelay, EventRelay
@@ -42,7 +52,11 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
     Kept documents are copies with metadata ``wim_margin`` (the relevant margins on it, joined by blank lines),
     ``wim_verdict`` (their verdicts), ``wim_score`` (their highest `Margin.score`, None when the classification mode
     computes none) and ``wim_segments`` (segment indices). `top_n` keeps only the best-scored relevant documents;
-    `kept_order` returns them as retrieved or best first. Settings: one optional field per `WiMConfig` field.
+    `kept_order` returns them as retrieved or best first. `hops` > 1 judges the dropped documents again given the
+    kept ones, up to `hops - 1` times (multi-hop questions, `filtering.follow_hops`; unset: 2 where the backend has
+    prompt log-probabilities, 1 on a server without them); a document kept that way has
+    ``wim_hop`` (the hop, 2 or more) and ``wim_lift`` (its evidence lift) in its metadata, no margin and no score,
+    and `top_n` ranks it after the margin-kept ones. Settings: one optional field per `WiMConfig` field.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -53,6 +67,18 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
     )
     kept_order: Literal["retrieval", "score"] = Field(
         "retrieval", description="order of the kept documents: as retrieved, or best score first"
+    )
+    hops: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_HOPS,
+        description="judging passes: 1 the margins only; n > 1 also judges the dropped documents again given the kept "
+        "ones, up to n - 1 times (multi-hop questions); None: 2 where the backend has prompt log-probabilities, else 1",
+    )
+    hop_threshold: float = Field(
+        DEFAULT_HOP_THRESHOLD,
+        allow_inf_nan=False,
+        description="evidence lift (nats per question token) a later hop needs to keep a document",
     )
 
     def compress_documents(
@@ -70,7 +96,7 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
             relay.close(exc)
             run.on_chain_error(exc)
             raise
-        kept = self._keep(documents, margins)
+        kept = self._keep(documents, self._judge(documents, margins, query))
         run.on_chain_end({"documents": kept})
         return kept
 
@@ -89,7 +115,8 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
             await relay.close(exc)
             await run.on_chain_error(exc)
             raise
-        kept = self._keep(documents, margins)
+        # The later hops' scoring passes run off the event loop, as the reading did.
+        kept = self._keep(documents, await asyncio.to_thread(self._judge, documents, margins, query))
         await run.on_chain_end({"documents": kept})
         return kept
 
@@ -103,12 +130,20 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
                     f"documents[{i}] is a {type(d).__name__}, not a Document: the compressor returns the documents it "
                     "keeps, with their metadata; wrap text as Document(page_content=...)."
                 )
+        if self.hops is not None and self.hops > 1:
+            check_scoring(self.wim.backend)  # refused now, not after the whole read
         overrides = {"merge_documents": False, **self.wim_overrides()}
         return self.wim.stream(to_engine_context(list(documents)), query, **overrides)
 
-    def _keep(self, documents: Sequence[Document], margins: list[Margin]) -> list[Document]:
+    def _judge(self, documents: Sequence[Document], margins: list[Margin], query: str) -> list[DocumentJudgement]:
+        """Every document judged: by its margins, then by the later hops (if any)."""
+        judged = judge_documents(margins, len(documents))
+        texts = [d.page_content for d in documents]
+        return follow_hops(judged, texts, self.wim.backend, query, hops=self.hops, hop_threshold=self.hop_threshold)
+
+    def _keep(self, documents: Sequence[Document], judgements: list[DocumentJudgement]) -> list[Document]:
         """The kept documents (relevant, the best `top_n`, in `kept_order`), each with its own margins attached."""
-        judged = kept_documents(judge_documents(margins, len(documents)), top_n=self.top_n, kept_order=self.kept_order)
+        judged = kept_documents(judgements, top_n=self.top_n, kept_order=self.kept_order)
         kept = []
         for j in judged:
             doc, ms = documents[j.index], j.relevant_margins
@@ -119,5 +154,7 @@ class WiMDocumentCompressor(WiMSettings, BaseDocumentCompressor):
                 "wim_score": j.score,
                 "wim_segments": [m.segment_index for m in ms],
             }
+            if j.hop is not None:
+                meta |= {"wim_hop": j.hop, "wim_lift": j.lift}
             kept.append(doc.model_copy(update={"metadata": meta}))
         return kept

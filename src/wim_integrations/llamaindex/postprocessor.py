@@ -2,7 +2,8 @@
 
 It reads the retrieved nodes with WiM margins (no final answer), every node starting a segment of its own, keeps the
 nodes whose margins are relevant (the best `top_n` of them when set, like `LLMRerank`) and attaches each kept node's
-own margins and score to its metadata; any response synthesizer then answers from them:
+own margins and score to its metadata; any response synthesizer then answers from them. `hops > 1` judges the nodes
+the margins dropped again given the kept ones (`filtering.follow_hops`), for multi-hop questions:
 
     engine = index.as_query_engine(llm=WiMLLM(wim), node_postprocessors=[WiMNodePostprocessor(wim)])
 """
@@ -23,7 +24,17 @@ from ..config import WiMConfig
 from ..engine import WiM
 from ..errors import WiMInputError
 from ..events import Margin
-from ..filtering import DocumentJudgement, KeptOrder, check_filter_settings, judge_documents, kept_documents
+from ..filtering import (
+    DEFAULT_HOP_THRESHOLD,
+    DocumentJudgement,
+    KeptOrder,
+    check_filter_settings,
+    follow_hops,
+    judge_documents,
+    kept_documents,
+    resolve_hops,
+)
+from ..reading.hops import check_scoring
 from ..reading.margins import read_until_answer
 from .synthesizer import ReadingOrder, node_documents, reading_order
 from .tracing import RunTracer
@@ -32,6 +43,8 @@ dispatcher = get_dispatcher(__name__)
 
 MARGIN_KEY = "wim_margin"
 SCORE_KEY = "wim_margin_score"
+HOP_KEY = "wim_hop"
+LIFT_KEY = "wim_lift"
 
 
 class WiMNodePostprocessor(BaseNodePostprocessor):
@@ -52,6 +65,12 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         margins_in_prompt: let the next reader see `wim_margin` in the node text (LlamaIndex's LLM metadata mode).
         top_n: keep at most this many relevant nodes, the best-scored (None: every relevant node).
         kept_order: "retrieval" (the order the nodes came in) or "score" (best `wim_margin_score` first).
+        hops: judging passes: 1 the margins only; n > 1 also judges the nodes the margins dropped again given the
+            kept ones (evidence lift, `filtering.follow_hops`), up to n - 1 times; None: 2 where the backend has
+            prompt log-probabilities, else 1. A node kept that way has
+            `wim_hop` (2 or more) and `wim_lift` in its metadata, an empty `wim_margin`, no score, and `top_n` ranks
+            it after the margin-kept nodes.
+        hop_threshold: the evidence lift (nats per question token) a later hop needs to keep a node.
         config, **config_overrides: WiM settings (`classification`, `margin_max_new_tokens`, `merge_documents`, ...).
     """
 
@@ -60,6 +79,8 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
     margins_in_prompt: bool = Field(False, description="show the attached margins to the next reader's LLM")
     top_n: int | None = Field(None, description="keep at most this many relevant nodes, the best-scored")
     kept_order: KeptOrder = Field("retrieval", description="kept nodes as retrieved, or best score first")
+    hops: int | None = Field(None, description="judging passes: 1 the margins only, n > 1 also n - 1 hops given kept")
+    hop_threshold: float = Field(DEFAULT_HOP_THRESHOLD, description="evidence lift a later hop needs to keep a node")
     _wim: WiM = PrivateAttr()
     _config: WiMConfig = PrivateAttr()
 
@@ -72,13 +93,17 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         margins_in_prompt: bool = False,
         top_n: int | None = None,
         kept_order: KeptOrder = "retrieval",
+        hops: int | None = None,
+        hop_threshold: float = DEFAULT_HOP_THRESHOLD,
         config: WiMConfig | None = None,
         callback_manager: CallbackManager | None = None,
         **config_overrides: Any,
     ) -> None:
         reading_order([], order)  # validate now
-        check_filter_settings(top_n, kept_order)
+        check_filter_settings(top_n, kept_order, hops, hop_threshold)
         wim = wim if wim is not None else WiM.default()
+        if hops is not None and hops > 1:
+            check_scoring(wim.backend)
         base = config or wim.config
         # A margin should be about its own node (margin_scope "segment", one node per segment, unless asked
         # otherwise), and no answer is generated, so its budget need not fit the model window.
@@ -91,6 +116,8 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
             margins_in_prompt=margins_in_prompt,
             top_n=top_n,
             kept_order=kept_order,
+            hops=hops,
+            hop_threshold=hop_threshold,
             **kwargs,
         )
         self._wim, self._config = wim, cfg
@@ -137,6 +164,16 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
         judged = judge_documents(margins, len(read))
         retrieved = {n.node.node_id: i for i, n in reversed(list(enumerate(nodes)))}  # first occurrence of each node
         by_retrieval = sorted(judged, key=lambda j: retrieved[read[j.index].node.node_id])
+        if resolve_hops(self.hops, self._wim.backend) > 1:
+            texts = [d.text for d in node_documents(nodes, self.order, self.metadata_mode)]  # as read, same order
+            by_retrieval = follow_hops(
+                by_retrieval,
+                texts,
+                self._wim.backend,
+                query_bundle.query_str,
+                hops=self.hops,
+                hop_threshold=self.hop_threshold,
+            )
         return [
             NodeWithScore(node=self._annotated(read[j.index].node, j), score=read[j.index].score)
             for j in kept_documents(by_retrieval, top_n=self.top_n, kept_order=self.kept_order)
@@ -150,6 +187,9 @@ class WiMNodePostprocessor(BaseNodePostprocessor):
             SCORE_KEY: judged.score,
         }
         keys = [MARGIN_KEY, SCORE_KEY]
+        if judged.hop is not None:
+            copy.metadata |= {HOP_KEY: judged.hop, LIFT_KEY: judged.lift}
+            keys += [HOP_KEY, LIFT_KEY]
         copy.excluded_embed_metadata_keys = [*node.excluded_embed_metadata_keys, *keys]
         if not self.margins_in_prompt:
             copy.excluded_llm_metadata_keys = [*node.excluded_llm_metadata_keys, *keys]
