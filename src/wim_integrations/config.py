@@ -140,7 +140,8 @@ class WiMConfig(_Settings):
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
         "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', "
-        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'pmi', 'calibrated') or "
+        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'judge': question_pmi's "
+        "terms combined with a second small model's numbers (WiM(judge=...)), 'pmi', 'calibrated') or "
         "the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', "
         "'auxiliary', 'inline'); or every margin kept ('none')",
     )
