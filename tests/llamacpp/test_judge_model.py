@@ -138,3 +138,33 @@ def test_gemma_judge_loads_with_its_bos_and_scores_a_run(llamacpp_backend):
     assert wim.judge is not None and bos_ids(wim.judge)  # Gemma wants its BOS first
     r = wim.run(SAMPLE, Q)
     assert r.margins and all(m.score_terms and math.isfinite(m.score_terms["verdict"]) for m in r.margins)
+
+
+def test_judge_rescore_scores_recorded_margins_as_the_engine_does(judge, tmp_path, capsys):
+    import json
+
+    from benchmarks import judge_rescore
+    from wim_integrations.config import DEFAULT_THRESHOLDS
+    from wim_integrations.models import default_gguf_path
+
+    texts = ["The keeper of the lighthouse is Ada.", "Nothing here is about the question."]
+    margins = [
+        {"text": t, "truth": i == 0, "relevant": True, "score": 0.0, "score_terms": {"grounding": 1.0, "question": 0.5}}
+        for i, t in enumerate(texts)
+    ]
+    src = tmp_path / "results.jsonl"
+    rec = {"task_id": "t0", "system": "qp", "question": Q, "score": 1.0, "detail": {"margins": margins}}
+    src.write_text(json.dumps(rec) + "\n")
+    out = tmp_path / "rescored.jsonl"
+    judge_rescore.main([str(src), "qp", "--judge", str(default_gguf_path()), "--out", str(out)])
+    [line] = [json.loads(x) for x in out.read_text().splitlines()]
+    want = JudgeScorer(judge, Q).terms(texts)
+    for m, (verdict, relevance) in zip(line["detail"]["margins"], want, strict=True):
+        terms = JudgeTerms(**m["score_terms"])
+        assert (terms.grounding, terms.question) == (1.0, 0.5)
+        assert terms.verdict == pytest.approx(verdict, abs=ATOL)
+        assert terms.relevance == pytest.approx(relevance, abs=ATOL)
+        assert m["score"] == pytest.approx(terms.combined(JUDGE_WEIGHTS))
+        assert m["relevant"] == (m["score"] >= DEFAULT_THRESHOLDS["judge"])
+    changed = [m["relevant"] for m in line["detail"]["margins"]] != [True, True]
+    assert ("['t0']" in capsys.readouterr().out) == changed
