@@ -46,7 +46,9 @@ def line(weights: Sequence[float], threshold: float, st: RelevanceStats) -> str:
     p = "–" if st.precision is None else f"{st.precision:.2f}"
     auc = "–" if st.auc is None else f"{st.auc:.2f}"
     w = ", ".join(f"{x:g}" for x in weights)
-    return f"| {w} | {threshold:g} | {st.n_kept} | {p} | {st.recall or 0:.2f} | {st.f1 or 0:.2f} | {auc} |"
+    rate = st.hallucinated_kept_rate
+    hk = "–" if rate is None else f"{rate:.0%} ({st.hallucinated_kept})"
+    return f"| {w} | {threshold:g} | {st.n_kept} | {p} | {st.recall or 0:.2f} | {st.f1 or 0:.2f} | {auc} | {hk} |"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for k in TERMS:
         auc = roc_auc([m["score_terms"][k] for m in margins], labels)
         print(f"AUC of {k} alone: {'–' if auc is None else f'{auc:.2f}'}")
-    print("| w_q, w_v, w_r | threshold | kept | precision | recall | F1 | AUC |")
-    print("|---|---|---|---|---|---|---|")
+    print("| w_q, w_v, w_r | threshold | kept | precision | recall | F1 | AUC | hallucinated & kept |")
+    print("|---|---|---|---|---|---|---|---|")
     if args.weights:
         grid: list[tuple[float, ...]] = [tuple(float(x) for x in args.weights.split(","))]
         if len(grid[0]) != 3:
