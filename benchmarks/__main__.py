@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--classifier-model", help="judge model (local dir or HF cache name) for variants with classification=auxiliary"
     )
+    run.add_argument("--judge", help="judge model (a GGUF file) for variants with classification=judge")
     run.add_argument("--out", type=Path, help="results JSONL (default benchmarks/results/<preset>-<model>.jsonl)")
     run.add_argument("--server", help="read through this serving engine's URL instead of in process")
     run.add_argument("--engine", default="vllm", help="with --server: llama.cpp, vllm, sglang or openai")
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if judged and not args.classifier_model:
                 raise ValueError(f"{', '.join(judged)} classify with an auxiliary model: pass --classifier-model PATH")
+            by_judge = [
+                s.name for s in specs if s.reads_with and s.config(preset.wim_config()).classification == "judge"
+            ]
+            if by_judge and not args.judge:
+                raise ValueError(f"{', '.join(by_judge)} are judged by a judge model: pass --judge GGUF_PATH")
             unknown = set(kinds) - set(KINDS)
             if unknown:
                 raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
@@ -150,6 +156,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, preset, kind
             systems=systems,
             progress=not args.no_progress,
             classifier=classifier,
+            judge=args.judge,
         )
     except WiMInputError as e:  # WiM's input checks: their message (with the fix), not a traceback
         parser.error(str(e))

@@ -129,15 +129,16 @@ def run_benchmark(
     systems: Sequence[str | SystemSpec] = SYSTEMS,
     progress: bool = True,
     classifier: Backend | None = None,
+    judge: Any = None,
 ) -> list[dict[str, Any]]:
     """Run what `out` lacks; return all records for these tasks and systems. Results are appended as they come.
 
     `systems` are names such as "wim" or "wim[classification=inline]"; `classifier` is the judge model for variants
-    with classification="auxiliary". Every WiM variant is validated and planned on the first task (WiM's own input
-    checks) before any forward pass."""
+    with classification="auxiliary", `judge` (a GGUF path or a backend) the one of classification="judge". Every
+    WiM variant is validated and planned on the first task (WiM's own input checks) before any forward pass."""
     config = preset.wim_config()
     specs = parse_systems([s.name if isinstance(s, SystemSpec) else s for s in systems], config)
-    reader = Reader(backend, config, classifier)
+    reader = Reader(backend, config, classifier, judge)
     for spec in specs:
         if spec.reads_with and tasks:
             reader.wim.plan(tasks[0].context, tasks[0].question, spec.config(config))
@@ -156,6 +157,7 @@ def run_benchmark(
     if not meta_path.exists():
         meta = {"preset": preset_name, "model": backend.name, "preset_settings": asdict(preset), **machine_facts()}
         meta["classifier_model"] = classifier.name if classifier else None
+        meta["judge_model"] = reader.wim.judge.name if reader.wim.judge else None
         meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     # WiM variants run before the ablations that reuse their margins (parse_systems orders them).

@@ -55,12 +55,15 @@ class Reader:
     """Shared state for one model: the backend, its chat frame, the base WiM settings and each (WiM variant, task)'s
     WiM result."""
 
-    def __init__(self, backend: Backend, config: WiMConfig, classifier: Backend | None = None) -> None:
+    def __init__(
+        self, backend: Backend, config: WiMConfig, classifier: Backend | None = None, judge: Any = None
+    ) -> None:
         self.backend = backend
         self.config = config
         # classifier: for classification="auxiliary". No document cache: every system's time is a first read of its
         # task (with one, the second WiM variant on a task would start from the first one's prefilled document).
-        self.wim = WiM(backend, config=config, classifier=classifier, document_cache=None)
+        # judge: for classification="judge" (a GGUF path or a backend), loaded once.
+        self.wim = WiM(backend, config=config, classifier=classifier, document_cache=None, judge=judge)
         self.frame = backend.chat_frame()
         self.wim_results: dict[tuple[str, str], WiMResult] = {}  # (variant name, e.g. "wim[...]", task id) -> result
 
@@ -105,6 +108,7 @@ def _wim_calls(r: WiMResult, config: WiMConfig) -> int:
         "pmi": 1,
         "segment_pmi": 1,
         "question_pmi": 1,
+        "judge": 2,  # the main model's pass and the judge model's
     }
     return r.n_segments + judge.get(config.classification, 0)
 

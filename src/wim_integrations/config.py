@@ -11,7 +11,16 @@ from typing_extensions import Self
 from .errors import SettingsError
 
 ClassificationMode = Literal[
-    "segment_pmi", "question_pmi", "pmi", "calibrated", "lexical", "same_model", "auxiliary", "inline", "none"
+    "segment_pmi",
+    "question_pmi",
+    "judge",
+    "pmi",
+    "calibrated",
+    "lexical",
+    "same_model",
+    "auxiliary",
+    "inline",
+    "none",
 ]
 MarginScope = Literal["segment", "so_far"]
 MarginStop = Literal["sentence", "line", "eos"]  # see reading/stopping.py
@@ -19,10 +28,11 @@ MarginMode = Literal["free", "quote"]  # see backends/span.py
 
 # Score-based modes (relevance.py) and their default thresholds, chosen on the quick preset (docs/benchmarks.md,
 # "Margin relevance", shows how each separates the ground truth).
-SCORE_MODES = ("segment_pmi", "question_pmi", "pmi", "calibrated", "lexical")
+SCORE_MODES = ("segment_pmi", "question_pmi", "judge", "pmi", "calibrated", "lexical")
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "segment_pmi": 0.15,
     "question_pmi": -0.2,
+    "judge": -0.2,
     "pmi": 0.5,
     "calibrated": 0.0,
     "lexical": 0.5,
@@ -31,6 +41,10 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 # with its threshold on the quick preset for the embedded SmolLM2 (`python -m benchmarks.question_sweep`): the
 # question raises margins that restate it far more than margins that state the fact, so the weight is negative.
 QUESTION_WEIGHT = -0.75
+# judge's score: grounding + w_q * question + w_v * verdict + w_r * relevance (reading/judge_model.py, JudgeTerms):
+# the main model's question_pmi terms and the judge model's two numbers, fitted with the threshold on the quick preset
+# for the embedded SmolLM2 judged by Gemma 3 270M (`python -m benchmarks.judge_sweep`, docs/benchmarks.md).
+JUDGE_WEIGHTS: tuple[float, float, float] = (-0.75, 0.0, -0.15)
 
 
 def _not_bool(value: object) -> object:
@@ -126,7 +140,8 @@ class WiMConfig(_Settings):
         "segment_pmi",
         description="how margins are judged (default 'segment_pmi'; on a model with sliding-window layers, where it "
         "cannot run, the default falls back to 'pmi'): scored from the model's probabilities ('segment_pmi', "
-        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'pmi', 'calibrated') or "
+        "'question_pmi': segment_pmi combined with how much the question raised the margin, 'judge': question_pmi's "
+        "terms combined with a second small model's numbers (WiM(judge=...)), 'pmi', 'calibrated') or "
         "the text ('lexical') and kept at or above relevance_threshold; a parsed YES/NO reply ('same_model', "
         "'auxiliary', 'inline'); or every margin kept ('none')",
     )

@@ -39,8 +39,13 @@ class WiM:
         prompts: PromptSet | None = None,
         classifier: Backend | None = None,
         document_cache: DocumentCache | Literal["auto"] | None = "auto",
+        judge: Any = None,
     ) -> None:
-        """`document_cache`: where prefilled documents are kept for later questions on them. "auto" (the default): a
+        """`judge`: the auxiliary model of classification="judge", loaded once here and reused by every run: a GGUF
+        path, a loaded `llama_cpp.Llama` (or LangChain's / LlamaIndex's wrapper of one), or a backend
+        (docs/benchmarks.md, "An auxiliary judge model").
+
+        `document_cache`: where prefilled documents are kept for later questions on them. "auto" (the default): a
         new `DocumentCache()` of its default size (512 MiB of keys/values, least recently used evicted) where the
         backend keeps keys/values in this process (a server keeps its own prefix cache); a `DocumentCache` of your
         own, shared or sized; None: no document cache, every run prefills its context."""
@@ -51,10 +56,13 @@ class WiM:
         self.config = config or WiMConfig()
         self.prompts = prompts or PromptSet.default()
         self.classifier = classifier
+        self.judge: Backend | None = None if judge is None else _judge_backend(judge)
         self.frame = backend.chat_frame()
-        self.planner = Planner(backend, self.prompts, has_classifier=classifier is not None)
+        self.planner = Planner(
+            backend, self.prompts, has_classifier=classifier is not None, has_judge=self.judge is not None
+        )
         self.planner.check_backend_settings(self.config)  # quoted margins or overlap the backend cannot: refused now
-        self.reader = Reader(backend, self.planner, self.prompts, self.document_cache, classifier)
+        self.reader = Reader(backend, self.planner, self.prompts, self.document_cache, classifier, self.judge)
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -142,13 +150,15 @@ class WiM:
         n_gpu_layers: int = 0,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
+        judge: Any = None,
     ) -> WiM:
         """WiM on a GGUF file run by llama.cpp in this process (the `llamacpp` extra; no torch). `n_ctx`: the window
-        (default the model's, at most 8192), `n_threads`: llama.cpp's threads, `n_gpu_layers`: layers on a GPU."""
+        (default the model's, at most 8192), `n_threads`: llama.cpp's threads, `n_gpu_layers`: layers on a GPU;
+        `judge`: the model of classification="judge" (see `WiM`)."""
         from .llamacpp_models import load_gguf_backend
 
         backend = load_gguf_backend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
-        return cls(backend, config=config, prompts=prompts)
+        return cls(backend, config=config, prompts=prompts, judge=judge)
 
     @classmethod
     def from_llama(
@@ -159,12 +169,14 @@ class WiM:
         n_threads: int | None = None,
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
+        judge: Any = None,
     ) -> WiM:
         """WiM on an already loaded `llama_cpp.Llama` (or LangChain's `LlamaCpp`, LlamaIndex's `LlamaCPP`): its
-        weights are shared, WiM reads in a llama.cpp context of its own."""
+        weights are shared, WiM reads in a llama.cpp context of its own. `judge`: as for `WiM`."""
         from .llamacpp_models import backend_from_llama
 
-        return cls(backend_from_llama(llm, n_ctx=n_ctx, n_threads=n_threads), config=config, prompts=prompts)
+        backend = backend_from_llama(llm, n_ctx=n_ctx, n_threads=n_threads)
+        return cls(backend, config=config, prompts=prompts, judge=judge)
 
     @classmethod
     def from_ollama(
@@ -223,16 +235,19 @@ class WiM:
         config: WiMConfig | None = None,
         prompts: PromptSet | None = None,
         document_cache: DocumentCache | Literal["auto", "keep"] | None = "keep",
+        judge: Any = None,
     ) -> WiM:
         """Another `WiM` on the same loaded model(s), no weights copied: other settings, prompts or document cache
-        (each left out keeps this one's; `document_cache=None` turns it off, "auto" gives a new one). To share a `WiM`
-        itself, pass the same object everywhere (it is thread-safe)."""
+        (each left out keeps this one's; `document_cache=None` turns it off, "auto" gives a new one), or a judge
+        model added (`judge`, as for `WiM`; left out keeps this one's). To share a `WiM` itself, pass the same object
+        everywhere (it is thread-safe)."""
         return type(self)(
             self.backend,
             config=config or self.config,
             prompts=prompts or self.prompts,
             classifier=self.classifier,
             document_cache=self.document_cache if document_cache == "keep" else document_cache,
+            judge=self.judge if judge is None else judge,
         )
 
     @property
@@ -360,3 +375,18 @@ def _shared_default(
                 backend = _default_backends[load_key] = load_default_backend(progress=progress, **load_options)
             wim = _default_wims[key] = cls(backend, config=config, document_cache=document_cache)
         return wim
+
+
+def _judge_backend(judge: Any) -> Backend:
+    """The judge model as a backend (a backend as it is; a path or a `llama_cpp.Llama` loaded by llama.cpp), refused
+    at once where it cannot score token rows (the judge's numbers are log-probabilities of given tokens)."""
+    if not isinstance(judge, Backend):
+        from .llamacpp_models import judge_backend
+
+        judge = judge_backend(judge)
+    if judge.capabilities.scoring != "rows":
+        raise WiMInputError(
+            f"the judge model {judge.name!r} cannot score token rows (its backend's scoring is "
+            f"{judge.capabilities.scoring!r}); load the judge in process (a GGUF path or a llama_cpp.Llama)."
+        )
+    return judge

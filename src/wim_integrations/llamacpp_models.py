@@ -115,6 +115,28 @@ def backend_from_llama(llm: Any, *, n_ctx: int | None = None, n_threads: int | N
     return _backend(lib, llama.model, llama, name, n_ctx or int(llama.n_ctx()), threads)
 
 
+JUDGE_N_CTX = 2048  # a judge reads a question and one margin at a time: a small window keeps its KV cells few
+
+
+def judge_backend(judge: Any, *, n_threads: int | None = None) -> Any:
+    """The auxiliary judge model as a backend: a GGUF path (loaded here with a `JUDGE_N_CTX` window), a loaded
+    `llama_cpp.Llama` (or LangChain's / LlamaIndex's wrapper of one; its weights shared), or a backend as it is."""
+    from .backends.base import Backend
+
+    if isinstance(judge, Backend):
+        return judge
+    if isinstance(judge, (str, os.PathLike)):
+        return load_gguf_backend(judge, n_ctx=JUDGE_N_CTX, n_threads=n_threads)
+    try:
+        llama = llama_of(judge)
+    except WiMInputError:
+        raise WiMInputError(
+            f"judge={type(judge).__name__!r}: pass a GGUF file path, a loaded llama_cpp.Llama, or a WiM backend "
+            "(docs/benchmarks.md, 'An auxiliary judge model', says how to get Gemma 3 270M's GGUF)."
+        ) from None
+    return backend_from_llama(llama, n_ctx=min(JUDGE_N_CTX, int(llama.n_ctx())), n_threads=n_threads)
+
+
 # -- Ollama's local store ----------------------------------------------------------------------------------------
 def ollama_models_dir() -> Path:
     """Ollama's model store: $OLLAMA_MODELS, else ~/.ollama/models (as the Ollama server finds it)."""

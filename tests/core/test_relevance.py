@@ -292,3 +292,62 @@ def test_segment_pmi_needs_packed_rows_and_the_default_falls_back_to_pmi(tiny_ba
     for mode in ("segment_pmi", "question_pmi"):  # asked for explicitly: refused, the alternative named
         with pytest.raises(WiMInputError, match=f"classification='{mode}'.*use classification='pmi'"):
             wim.plan(SAMPLE, QUESTION, WiMConfig(classification=mode))
+
+
+def test_judge_terms_equal_plain_forward_passes_on_the_judge_model(tiny_backends):
+    """classification="judge" with another model as the judge (tiny Qwen2 judging tiny Llama's margins): the main
+    model's terms are question_pmi's, and the judge's verdict and relevance equal log-odds and mean log P recomputed
+    by plain forward passes of the judge model over each whole prompt."""
+    from wim_integrations.config import JUDGE_WEIGHTS
+    from wim_integrations.reading.judge_model import JudgeTerms, bos_ids
+
+    main, judge = tiny_backends["llama"], tiny_backends["qwen2"]
+    cfg = CFG.with_updates(classification="judge")
+    wim = WiM(main, config=cfg, judge=judge)
+    assert wim.judge is judge and wim.with_options().judge is judge
+    result = wim.run(SAMPLE, QUESTION)
+    qp = wim.run(SAMPLE, QUESTION, config=CFG.with_updates(classification="question_pmi"))
+    assert result.margins and [m.text for m in result.margins] == [m.text for m in qp.margins]
+    enc, bos = judge.encode_text, bos_ids(judge)
+    ask = enc("\nDoes the note answer the question? Answer (Yes or No):")
+
+    def log_odds(note: str) -> float:
+        ids = bos + enc(f"Question: {QUESTION}\nNote:") + enc(" " + note) + ask
+        logp = plain_logprobs(judge, ids)[-1]
+        yes, no = (
+            [t for t in _words_first_tokens(judge, w) if t not in _words_first_tokens(judge, o)]
+            for w, o in ((YES, NO), (NO, YES))
+        )
+        return float(torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0))
+
+    def mean_lp(head: str, note: str) -> float:
+        ids = enc(" " + note)
+        return sum(teacher_forced(judge, bos + enc(head), ids)) / len(ids)
+
+    for m, q in zip(result.margins, qp.margins, strict=True):
+        assert m.score_terms is not None and q.score_terms is not None
+        t = JudgeTerms(**m.score_terms)
+        assert (t.grounding, t.question) == pytest.approx((q.score_terms["grounding"], q.score_terms["question"]))
+        if not m.text.strip():
+            assert (t.verdict, t.relevance) == (0.0, 0.0)
+            continue
+        assert t.verdict == pytest.approx(log_odds(m.text) - log_odds(CONTENT_FREE_MARGIN), abs=2e-3)
+        want = mean_lp(f"Question: {QUESTION}\nNote:", m.text) - mean_lp("Note:", m.text)
+        assert t.relevance == pytest.approx(want, abs=2e-3)
+        assert m.score == pytest.approx(t.combined(JUDGE_WEIGHTS))
+        assert m.relevant == (m.score >= cfg.threshold)
+
+
+YES = (" Yes", " yes", " YES", "Yes", "yes")
+NO = (" No", " no", " NO", "No", "no")
+
+
+def _words_first_tokens(backend, words) -> set[int]:
+    return {backend.encode_text(w)[0] for w in words}
+
+
+def test_judge_mode_without_a_judge_is_refused_before_reading(tiny_backend):
+    with pytest.raises(WiMInputError, match="classification='judge' needs a judge model"):
+        WiM(tiny_backend, config=CFG.with_updates(classification="judge")).plan(SAMPLE, QUESTION)
+    with pytest.raises(WiMInputError, match=r"judge='int'"):
+        WiM(tiny_backend, judge=42)

@@ -160,6 +160,28 @@ def test_score_rows_on_prefixes_equal_scores_on_caches_cut_there(b, ids):
     assert b.cache_length(cache) == len(ids)
 
 
+def test_score_rows_with_tails_computes_only_the_asked_for_log_probs(b, ids):
+    """`tails` leaves the log P before each row's tail NaN (no output layer for them) and the rest as computed with
+    every logit; 0 asks for the next-token log P alone."""
+    row = b.encode_text(" The lighthouse keeper wrote in the margin.")
+    cache = b.new_cache()
+    b.prefill(cache, ids[:300])
+    rows = [PackedRow(200, row), row, row]
+    full = b.score_rows(cache, rows, next_ids=[1, 2, 3])
+    tailed = b.score_rows(cache, rows, next_ids=[1, 2, 3], tails=[3, 0, len(row) + 5])
+    for got, want, tail in zip(tailed, full, [3, 0, len(row) - 1], strict=True):
+        n = len(row) - 1
+        assert len(got.token_logprobs) == n
+        assert all(np.isnan(got.token_logprobs[: n - tail]))
+        np.testing.assert_allclose(got.token_logprobs[n - tail :], want.token_logprobs[n - tail :], atol=LOGIT_ATOL)
+        np.testing.assert_allclose(
+            list(got.next_logprobs.values()), list(want.next_logprobs.values()), atol=LOGIT_ATOL, rtol=TAIL_RTOL
+        )
+    with pytest.raises(ValueError, match="2 tails for 3 rows"):
+        b.score_rows(cache, rows, tails=[1, 1])
+    assert b.cache_length(cache) == 300
+
+
 def test_seeded_sampling_repeats_and_differs_from_greedy(b, ids):
     sampling = SamplingConfig(do_sample=True, temperature=1.5, top_k=40, top_p=0.95, seed=7, repetition_penalty=1.1)
     first = reference(b, ids, 100, prompt(b), 12, sampling)

@@ -471,36 +471,53 @@ class LlamaCppBackend(TokenizerMethods):
         cache: LlamaCppCache,
         rows: Sequence[Sequence[int] | PackedRow],
         next_ids: Sequence[int] = (),
-        tails: Sequence[int] | None = None,  # every value is computed here anyway
+        tails: Sequence[int] | None = None,
     ) -> list[RowScores]:
-        """Every row read on its own sequence over its cache prefix, all in one batch with every token's logits.
-        Scores start after the first token computed (after the aside, where a row has one)."""
+        """Every row read on its own sequence over its cache prefix, all in one batch. Scores start after the first
+        token computed (after the aside, where a row has one). With `tails` only the logits of each row's last
+        `tails[i]` tokens (and of its next token) are computed, the earlier log P left NaN: an output row costs a
+        pass through the output layer, most of a small model's compute with a large vocabulary (Gemma 3: 262k)."""
         base = len(cache.tokens)
         packed = [r if isinstance(r, PackedRow) else PackedRow(base, r) for r in rows]
         check_rows(packed, base)
         if not packed:
             return []
+        if tails is not None and len(tails) != len(packed):
+            raise ValueError(f"{len(tails)} tails for {len(packed)} rows")
         aside_len = [len(r.aside.prompt_ids) if r.aside is not None else 0 for r in packed]
         if any(n == len(r.prompt_ids) for n, r in zip(aside_len, packed, strict=True)):
             raise ValueError("a scored row must compute at least one token after its aside")
+        # Per row, how many of its scored tokens need no logits (their log P is not asked for).
+        skips = [
+            0 if tails is None else max(0, len(r.prompt_ids) - n - 1 - max(0, t))
+            for r, n, t in zip(packed, aside_len, tails or [0] * len(packed), strict=True)
+        ]
         seqs, held = self._row_seqs(cache, packed)
         try:
+            starts = [0, *cumsum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))]
+            wanted = [
+                a + k - h
+                for a, r, n, h, skip in zip(starts, packed, aside_len, held, skips, strict=False)
+                for k in range(n + skip, len(r.prompt_ids))
+            ]
             logits = self._decode(
                 [t for r, h in zip(packed, held, strict=True) for t in r.prompt_ids[h:]],
                 [r.prefix_length + k for r, h in zip(packed, held, strict=True) for k in range(h, len(r.prompt_ids))],
                 [s for r, s, h in zip(packed, seqs, held, strict=True) for _ in r.prompt_ids[h:]],
-                range(sum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))),
+                wanted,
             )
         finally:
             for s in seqs:
                 self._release(s)
-        starts = [0, *cumsum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))]
         # A saved aside that found no room was computed here: its extra rows are dropped, so every row is scored
         # from the same token on whatever happened.
-        return [
-            row_scores(logits[a + n - h : b], r.prompt_ids[n:], next_ids)
-            for a, b, r, n, h in zip(starts, starts[1:], packed, aside_len, held, strict=False)
-        ]
+        out, at = [], 0
+        for r, n, skip in zip(packed, aside_len, skips, strict=True):
+            count = len(r.prompt_ids) - n - skip
+            scores = row_scores(logits[at : at + count], r.prompt_ids[n + skip :], next_ids)
+            out.append(RowScores([float("nan")] * skip + scores.token_logprobs, scores.next_logprobs))
+            at += count
+        return out
 
 
 def _free_context(lib: Any, ctx: Any, batch: Any, owner: Any) -> None:

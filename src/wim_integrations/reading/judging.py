@@ -9,11 +9,12 @@ from typing import Any, Protocol
 
 from ..analysis import Analysis
 from ..backends.base import Backend, PromptAside
-from ..config import QUESTION_WEIGHT
+from ..config import JUDGE_WEIGHTS, QUESTION_WEIGHT
 from ..events import ModelCall
 from ..results import Verdict
 from ..verdicts import split_inline
 from .classifier import MarginClassifier
+from .judge_model import JudgeScorer, JudgeTerms
 from .plan import Plan
 from .scoring import MarginDraft, PMIScorer, QuestionPMIScorer, SegmentPMIScorer, lexical_score
 
@@ -152,6 +153,35 @@ class QuestionPMIJudge:
         return judged
 
 
+@dataclass
+class ModelJudge:
+    """classification="judge": `question_pmi`'s two terms from the main model and the judge model's two numbers
+    (`judge_model.JudgeScorer`), combined (`JudgeTerms.combined`). Keeps the margin prompts as `QuestionPMIJudge`."""
+
+    scorer: QuestionPMIScorer
+    model: JudgeScorer
+    threshold: float
+    weights: tuple[float, float, float]
+    generated_tokens: int = 0
+    keeps_prompts: bool = True
+    prompts: dict[int, PromptAside] = field(default_factory=dict)
+
+    def keep_prompt(self, segment_end: int, aside: PromptAside) -> None:
+        self.prompts[segment_end] = aside
+
+    def judge(self, drafts: Sequence[MarginDraft], cache: Any) -> list[Judgement]:
+        main = self.scorer.terms(cache, drafts, self.prompts)
+        last = max(d.segment_start for d in drafts)
+        self.prompts = {k: a for k, a in self.prompts.items() if k > last}
+        judged = []
+        for d, t, (verdict, relevance) in zip(drafts, main, self.model.terms([d.text for d in drafts]), strict=True):
+            terms = JudgeTerms(t.grounding, t.question, verdict, relevance)
+            s = terms.combined(self.weights)
+            kept: Verdict = "yes" if s >= self.threshold else "no"
+            judged.append(Judgement(d.text, kept, score=s, score_terms=terms.as_dict()))
+        return judged
+
+
 class ClassifierJudge:
     """A model's YES/NO reply (same_model / auxiliary), with the call recorded for tracers."""
 
@@ -187,10 +217,16 @@ class ClassifierJudge:
 
 
 def judge_for(
-    plan: Plan, backend: Backend, classifier: Backend | None, template: str, check: Callable[[], None]
+    plan: Plan,
+    backend: Backend,
+    classifier: Backend | None,
+    template: str,
+    check: Callable[[], None],
+    judge: Backend | None = None,
 ) -> Judge:
     """The judge of a run: from its analysis task or classification mode. A model judge (and its prompt cache) is
-    built here, once per run; `classifier` is the auxiliary model."""
+    built here, once per run; `classifier` is the auxiliary model of "auxiliary", `judge` the one of "judge" (both
+    loaded once per `WiM`)."""
     cfg = plan.config
     mode = cfg.classification
     if plan.analysis is not None:
@@ -210,6 +246,12 @@ def judge_for(
             backend, plan.margin_prompt_ids, plan.question_free_prompt_ids, plan.margin_head_length
         )
         return QuestionPMIJudge(free, cfg.threshold, QUESTION_WEIGHT)
+    if mode == "judge":
+        assert judge is not None  # planning refuses "judge" without a judge model
+        free = QuestionPMIScorer(
+            backend, plan.margin_prompt_ids, plan.question_free_prompt_ids, plan.margin_head_length
+        )
+        return ModelJudge(free, JudgeScorer(judge, plan.question), cfg.threshold, JUDGE_WEIGHTS)
     if mode == "pmi":
         pmi = PMIScorer(backend, plan.head_ids, plan.margin_prompt_ids)
         return ScoreJudge(lambda drafts, _: pmi.score(drafts), cfg.threshold)

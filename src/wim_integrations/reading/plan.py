@@ -87,11 +87,12 @@ def as_config(config: object, default: WiMConfig) -> WiMConfig:
 class Planner:
     """Turns (context, question, settings) into a `Plan` for one backend and prompt set."""
 
-    def __init__(self, backend: Backend, prompts: PromptSet, *, has_classifier: bool) -> None:
+    def __init__(self, backend: Backend, prompts: PromptSet, *, has_classifier: bool, has_judge: bool = False) -> None:
         self.backend = backend
         self.prompts = prompts
         self.frame: ChatFrame = backend.chat_frame()
         self.has_classifier = has_classifier
+        self.has_judge = has_judge
 
     def plan(self, context: object, question: object, config: WiMConfig) -> Plan:
         """Validate inputs and settings, tokenize and segment. Raises `WiMInputError` with the fix.
@@ -135,6 +136,11 @@ class Planner:
             raise WiMInputError(
                 "classification='auxiliary' needs a classifier model; build WiM with classifier=... or "
                 "WiM.from_pretrained(..., classifier_model=...), or pick 'same_model', 'inline' or 'none'."
+            )
+        if cfg.classification == "judge" and not self.has_judge:
+            raise WiMInputError(
+                "classification='judge' needs a judge model; build WiM with judge=<GGUF path, llama_cpp.Llama or "
+                "backend> (e.g. WiM.from_gguf(path, judge=...) or wim.with_options(judge=...)), or pick another mode."
             )
         docs = as_documents(context)  # type and text checks before any tokenization
         b = self.backend
@@ -284,7 +290,7 @@ class Planner:
     def _scoring_problem(self, mode: str) -> str | None:
         """Why this backend cannot score margins in `mode` (None: it can)."""
         caps, name = self.backend.capabilities, self.backend.name
-        if mode in ("segment_pmi", "question_pmi") and (not caps.packed_rows or caps.scoring != "rows"):
+        if mode in ("segment_pmi", "question_pmi", "judge") and (not caps.packed_rows or caps.scoring != "rows"):
             why = "sliding-window layers" if caps.scoring == "plain" else "no prompt log-probabilities for such rows"
             return (
                 f"classification={mode!r} scores each margin on the cache cut before its segment, which backend "
@@ -297,7 +303,7 @@ class Planner:
                 f"classification={mode!r} needs the log-probabilities of given tokens, which backend {name!r} does not "
                 "offer; use classification='lexical' (no model call) or 'same_model' (the model's reply) instead."
             )
-        if mode in ("pmi", "segment_pmi", "question_pmi") and not caps.generation_logprobs:
+        if mode in ("pmi", "segment_pmi", "question_pmi", "judge") and not caps.generation_logprobs:
             return (
                 f"classification={mode!r} needs the log-probabilities of generated tokens, which backend {name!r} "
                 "does not report; use classification='lexical' or 'same_model' instead."

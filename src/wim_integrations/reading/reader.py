@@ -18,8 +18,9 @@ class Reader:
     planner: Planner
     prompts: PromptSet
     document_cache: DocumentCache | None = None  # prefilled documents kept for later questions (in-process keys/values)
-    classifier: Backend | None = None  # the auxiliary judge's model (classification="auxiliary")
+    classifier: Backend | None = None  # the auxiliary classifier's model (classification="auxiliary")
+    judge: Backend | None = None  # the auxiliary judge's model (classification="judge")
 
     def judge_for(self, plan: Plan, check: Callable[[], None]) -> Judge:
         """A new judge for one run (judges hold per-run state)."""
-        return judge_for(plan, self.backend, self.classifier, self.prompts.classification, check)
+        return judge_for(plan, self.backend, self.classifier, self.prompts.classification, check, self.judge)
