@@ -421,6 +421,11 @@ class LlamaCppBackend(TokenizerMethods):
                 raise
         return seqs, held
 
+    def _open_row(self, cache: LlamaCppCache, row: PackedRow) -> tuple[int, int]:
+        """A sequence for one row (as `_row_seqs`): its id and how many prompt tokens it already holds."""
+        seqs, held = self._row_seqs(cache, [row])
+        return seqs[0], held[0]
+
     def _install(self, row: PackedRow, seq: int) -> int:
         """Put the row's aside into `seq` (empty); the prompt tokens it holds (0 where a saved one finds no room)."""
         a = row.aside

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,8 +20,27 @@ from .base import PackedRow, check_rows
 from .np_sampling import Sampler, logprob, masked
 from .span import SpanConstraint, SpanMatcher
 
-if TYPE_CHECKING:
-    from .llamacpp import LlamaCppBackend, LlamaCppCache
+
+class _Cache(Protocol):
+    seq_id: int
+    tokens: list[int]
+
+
+class _Sequences(Protocol):
+    """What the rows need of `LlamaCppBackend` (named here, not imported: that module imports this one)."""
+
+    stop_ids: frozenset[int]
+    max_context_tokens: int | None
+
+    def window_error(self, n_tokens: int) -> Exception: ...
+
+    def _open_row(self, cache: Any, row: PackedRow) -> tuple[int, int]: ...
+
+    def _release(self, seq_id: int) -> None: ...
+
+    def _decode(
+        self, ids: Sequence[int], pos: Sequence[int], seqs: Sequence[int], outputs: Sequence[int]
+    ) -> np.ndarray: ...
 
 
 @dataclass
@@ -46,8 +65,8 @@ class LlamaCppRows:
 
     def __init__(
         self,
-        backend: LlamaCppBackend,
-        cache: LlamaCppCache,
+        backend: _Sequences,
+        cache: _Cache,
         max_new_tokens: int,
         sampling: SamplingConfig,
         done: Callable[[int, list[int]], bool] | None = None,
@@ -63,20 +82,11 @@ class LlamaCppRows:
         return any(not r.finished for r in self.rows)
 
     def add(self, row: PackedRow, logprobs: list[float] | None = None, span: SpanConstraint | None = None) -> int:
-        b = self.backend
         check_rows([row], len(self.cache.tokens))
         a = row.aside
         if a is not None and len(a.prompt_ids) == len(row.prompt_ids) and a.last_logits is None:
             raise ValueError("a row's prompt is all aside but its last logits were not kept (aside_head)")
-        with b.lock:
-            seq = b._acquire()
-            try:
-                held = b._install(row, seq)
-                if row.prefix_length:
-                    b._lib.llama_memory_seq_cp(b._mem, self.cache.seq_id, seq, 0, row.prefix_length)
-            except BaseException:
-                b._release(seq)
-                raise
+        seq, held = self.backend._open_row(self.cache, row)
         n = len(row.prompt_ids)
         r = _Row(
             seq=seq,
