@@ -11,8 +11,9 @@ and values; computing them again costs far more (a prompt token's forward pass a
 Correctness never depends on the keeper's picture of the slot: the server matches each prompt against the slot token
 by token and computes whatever differs. A wrong picture (another client used the slot, the server restarted, a file
 was removed) costs time only, and is corrected from what the server reports (saved/restored token counts, the cached
-tokens of the next request). A server without `--slot-save-path` refuses the actions: the keeper turns itself off at
-the first refusal and requests go as before.
+tokens of the next request). A server without `--slot-save-path` refuses the actions (HTTP 501): the keeper turns
+itself off at the first refusal of any kind and requests go as before. A server that cannot be reached or does not
+answer in time raises as any request would.
 
 Files: at most `max_states` per keeper (one per backend), named `wim-<random>-<n>.bin` and overwritten in turn, so the
 directory holds at most `max_states` files of a backend's (each the slot's keys/values: about 23 KB a token on the
@@ -149,11 +150,9 @@ class SlotKeeper:
     def _action(self, slot: int, action: str, name: str) -> dict[str, Any] | None:
         try:
             reply = self.post(f"/slots/{slot}?action={action}", {"filename": name})
-        except ServerResponseError as e:
-            text = str(e)
-            if "501" in text or "not support" in text.lower():  # no --slot-save-path: off for good
-                self.enabled = False
-                self.disabled_because = text[:300]
+        except ServerResponseError as e:  # no --slot-save-path (HTTP 501), no such endpoint, a reply of another shape
+            self.enabled = False  # off for good: the requests go as without the keeper
+            self.disabled_because = str(e)[:300]
             return None
         return reply if isinstance(reply, dict) else None
 
