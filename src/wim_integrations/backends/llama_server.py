@@ -57,7 +57,10 @@ class LlamaServer:
         threads: int | None = None,
         extra_args: tuple[str, ...] = (),
         startup_timeout: float = 120.0,
+        slot_files: bool = True,
     ) -> None:
+        """`slot_files`: start with `--slot-save-path` (a temporary directory, removed on stop), which enables the
+        slot actions: `erase_slots` and the serving backend's document files (backends/slot_states.py)."""
         found = find_llama_server(binary)
         if found is None:
             raise FileNotFoundError(
@@ -86,8 +89,7 @@ class LlamaServer:
             "-np",
             str(slots),
             "--no-webui",
-            "--slot-save-path",  # enables the slot actions (erase_slots)
-            str(self.slot_dir) + os.sep,
+            *(["--slot-save-path", str(self.slot_dir) + os.sep] if slot_files else []),
             *(["-t", str(threads)] if threads else []),
             *extra_args,
         ]

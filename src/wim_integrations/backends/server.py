@@ -35,6 +35,7 @@ from ..errors import (
 from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, RowScores, refuse_constraints
 from .http import HTTPClient, check_base_url
 from .server_profiles import PROFILES, LlamaCppProfile, Profile, Usage
+from .slot_states import Prepared, SlotKeeper
 from .tokenizer import HFTokenizer, TokenizerMethods
 
 # Text whose tokens must be the same on both sides: plain words, digits, accents, CJK, an emoji.
@@ -91,6 +92,7 @@ class ServerBackend(TokenizerMethods):
         route_header: str | None = None,
         stop_ids: Sequence[int] | None = None,
         reuse_prefix: bool = True,
+        save_slots: bool = True,
         check: bool = True,
         name: str | None = None,
     ) -> None:
@@ -127,6 +129,11 @@ class ServerBackend(TokenizerMethods):
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="wim-server")
         self.n_slots = 1
         self.max_context_tokens: int | None = context_window
+        # llama.cpp: a document the slot held is saved on the server before a request discards it, and restored when
+        # a later request needs it (a second question); see slot_states.py. Off without prefix reuse.
+        self.slot_keeper: SlotKeeper | None = None
+        if save_slots and reuse_prefix and isinstance(self.profile, LlamaCppProfile):
+            self.slot_keeper = SlotKeeper(self.client.post_json)
         if check:
             self.check()
 
@@ -357,9 +364,13 @@ class ServerBackend(TokenizerMethods):
             return
         prompt = cache.tokens[:upto]
         self._check_fits(len(prompt) + 1)
-        path, body = self.profile.warm(prompt, self._slot(cache))
+        slot = self._slot(cache)
+        prepared = self._prepare_slot(slot, prompt)
+        path, body = self.profile.warm(prompt, slot)
         reply = self.client.post_json(path, body, self._headers(cache))
-        self._record("warm", prompt, cache.warm, self._parsed(path, self.profile.usage, reply))
+        usage = self._parsed(path, self.profile.usage, reply)
+        self._record("warm", prompt, cache.warm, usage)
+        self._slot_sent(slot, prompt, prepared, usage)
         cache.warm = upto
 
     def _stream(
@@ -380,6 +391,8 @@ class ServerBackend(TokenizerMethods):
         usage report) and the stream is closed, so a server that streams on past the budget cannot hold the run."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
         n, usage, finished, final, after = 0, None, False, False, 0
+        prepared = self._prepare_slot(slot, prompt)
+        generated: list[int] = []
         events = self.client.stream_events(path, body, cancel, headers)
         try:
             for event in events:
@@ -396,6 +409,7 @@ class ServerBackend(TokenizerMethods):
                         finished = True
                         break
                     n += 1
+                    generated.append(token)
                     yield token, logprob
                     if n >= max_tokens:
                         finished = True
@@ -405,6 +419,7 @@ class ServerBackend(TokenizerMethods):
                 raise  # with every token in, a server slow to end the stream costs only its usage report
         except GeneratorExit:  # closed by the caller (a margin complete by its stop rule): recorded as far as it went
             self._record(kind, prompt, prefix, usage)
+            self._slot_sent(slot, [*prompt, *generated], prepared, usage)
             raise
         finally:
             events.close()  # closes the connection: the server stops generating for it
@@ -414,6 +429,7 @@ class ServerBackend(TokenizerMethods):
                 "off?); the run was stopped, nothing partial was kept. Check the server's log."
             )
         self._record(kind, prompt, prefix, usage)
+        self._slot_sent(slot, [*prompt, *generated], prepared, usage)
 
     def _parsed(self, path: str, read: Callable[..., Any], *args: Any) -> Any:
         """`read(*args)`: a profile reading a reply; a reply of the wrong shape is a `ServerResponseError`."""
@@ -428,6 +444,18 @@ class ServerBackend(TokenizerMethods):
     def _record(self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None) -> None:
         u = usage or Usage()
         self.requests.append(RequestRecord(kind, len(prompt), prefix, u.cached, u.computed))
+
+    def _prepare_slot(self, slot: int | None, prompt: Sequence[int]) -> Prepared | None:
+        """llama.cpp: before `prompt` goes to `slot`, restore a saved document it needs or save one it discards."""
+        if self.slot_keeper is None or slot is None:
+            return None
+        return self.slot_keeper.prepare(slot, prompt)
+
+    def _slot_sent(
+        self, slot: int | None, tokens: Sequence[int], prepared: Prepared | None, usage: Usage | None
+    ) -> None:
+        if self.slot_keeper is not None and slot is not None and prepared is not None:
+            self.slot_keeper.sent(slot, tokens, prepared, usage.cached if usage is not None else None)
 
     def _slot(self, cache: ServerCache) -> int | None:
         """llama.cpp: the document's slot, fixed by its first tokens, so a second question lands where the first
