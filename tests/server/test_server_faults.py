@@ -54,6 +54,9 @@ def proxy(served):
 
 
 def _wim(url: str, served: Served, **options) -> WiM:
+    # No llama.cpp slot files: their save/restore requests would shift the scripted faults, and a restored file would
+    # bring back a prefix a test erased on purpose (tests/server/test_llama_server_slots.py covers them).
+    options.setdefault("save_slots", False)
     backend = ServerBackend(url, tokenizer=served.tokenizer, engine=served.engine, model=served.model, **options)
     # One request at a time in reading order (warm-up, margin, warm-up, margin, ...) and no scoring requests, on
     # every engine, so a scripted fault hits the same request on each.
