@@ -91,14 +91,21 @@ def _backend(lib: Any, model: Any, owner: Any, name: str, n_ctx: int | None, n_t
 
 def llama_of(obj: Any) -> Any:
     """The `llama_cpp.Llama` in `obj`: itself, LangChain's `LlamaCpp(...).client`, or LlamaIndex's `LlamaCPP`'s."""
-    lib = _llama_cpp()
-    for candidate in (obj, getattr(obj, "client", None), getattr(obj, "_model", None)):
-        if isinstance(candidate, lib.Llama):
-            return candidate
+    candidates = [obj, getattr(obj, "client", None), getattr(obj, "_model", None)]
+    # An object none of whose classes come from llama_cpp cannot be a Llama: say so without asking for the extra.
+    if any(_from_llama_cpp(c) for c in candidates):
+        lib = _llama_cpp()
+        for candidate in candidates:
+            if isinstance(candidate, lib.Llama):
+                return candidate
     raise WiMInputError(
         f"{type(obj).__name__} holds no llama_cpp.Llama: pass a loaded Llama, LangChain's LlamaCpp/ChatLlamaCpp or "
         "LlamaIndex's LlamaCPP (or a GGUF path to WiM.from_gguf)."
     )
+
+
+def _from_llama_cpp(obj: Any) -> bool:
+    return any(cls.__module__.split(".")[0] == "llama_cpp" for cls in type(obj).__mro__)
 
 
 def backend_from_llama(llm: Any, *, n_ctx: int | None = None, n_threads: int | None = None) -> Any:
