@@ -297,6 +297,7 @@ def measure(
     erase: Callable[[], None] | None,
     last_first: bool = False,
     vllm: Any = None,
+    overlap: bool = False,
 ) -> dict[str, dict[str, Any]]:
     q1, q2 = doc.questions
     out: dict[str, dict[str, Any]] = {}
@@ -321,12 +322,22 @@ def measure(
     cold()
     out["wim"] = counted(lambda: wim_run(wim, doc, q1, cfg))
     out["wim_2nd"] = counted(lambda: wim_run(wim, doc, q2, cfg))
+    if overlap:  # the first question again from an emptied cache, with the paper's overlap
+        cold()
+        out["wim_overlap"] = counted(lambda: wim_run(wim, doc, q1, cfg.with_updates(overlap=True)))
     if last_first:
         out["wim_2nd_margins_last_first"] = margins_last_first(wim, doc, q2, cfg)
     if cold_wim is not None:
         cold()
         out["wim_cold_client"] = wim_run(cold_wim, doc, q1, cfg)
-    for name, answers in (("plain", 0), ("plain_2nd", 1), ("wim", 0), ("wim_2nd", 1), ("wim_cold_client", 0)):
+    for name, answers in (
+        ("plain", 0),
+        ("plain_2nd", 1),
+        ("wim", 0),
+        ("wim_2nd", 1),
+        ("wim_overlap", 0),
+        ("wim_cold_client", 0),
+    ):
         if name in out:
             out[name]["correct"] = mentions(out[name]["answer"], doc.answers[answers])
     if "wim_2nd_margins_last_first" in out:
@@ -374,6 +385,7 @@ def report(summary: dict[str, Any]) -> str:
         "plain_2nd": "plain, 2nd question",
         "wim": "WiM, cold",
         "wim_2nd": "WiM, 2nd question",
+        "wim_overlap": "WiM, cold, overlap=True",
         "wim_2nd_margins_last_first": "2nd question's margins only, last segment first",
         "wim_cold_client": "WiM, client without prefix reuse",
     }
@@ -477,6 +489,9 @@ def main() -> None:
         "slot's own prefix cache is in play; -1: no limit)",
     )
     ap.add_argument("--cold-client", action="store_true", help="also run WiM with reuse_prefix=False")
+    ap.add_argument(
+        "--overlap", action="store_true", help="also run the first question cold with overlap=True (vLLM, SGLang)"
+    )
     ap.add_argument(
         "--margins-last-first",
         action="store_true",
@@ -592,6 +607,7 @@ def main() -> None:
                         erase if empty is not None else None,
                         args.margins_last_first and last,
                         vllm,
+                        args.overlap and last,
                     )
                 )
             print(f"# repeat {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
@@ -656,6 +672,8 @@ def ratios_of(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         # Over the last repeat's two questions (greedy: every repeat gives the same margins).
         "margin_relevance": margin_f1([*first["margin_verdicts"], *second["margin_verdicts"]]),
     }
+    if "wim_overlap" in modes:
+        ratios["overlap_over_grouped"] = modes["wim_overlap"]["seconds"] / first["seconds"]
     if "wim_cold_client" in modes:
         ratios["wim_over_cold_client"] = first["seconds"] / modes["wim_cold_client"]["seconds"]
     if "wim_2nd_margins_last_first" in modes:  # against the 2nd question's own margins, read in WiM's order

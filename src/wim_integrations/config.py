@@ -194,9 +194,11 @@ class WiMConfig(_Settings):
     )
     overlap: bool | None = Field(
         None,
-        description="decode the margins of the segments already read while the next segment is prefilled, in the "
-        "same batches (the paper's overlap; llama.cpp in process). None: the backend's default (off: grouped decoding "
-        "measured faster, docs/benchmarks.md 'Overlap'); True where the backend cannot is refused",
+        description="decode the margins of the segments already read while the next segment is prefilled (the "
+        "paper's overlap): in the same batches on llama.cpp in process; on vLLM and SGLang each margin request is sent "
+        "once its own prefix is cached, and the engine batches it with the rest's prefill. None: the backend's default "
+        "(off everywhere: grouped decoding measured faster on this CPU, docs/benchmarks.md 'The paper's overlap'); "
+        "True where the backend cannot is refused",
     )
     overlap_chunk_tokens: Annotated[int, Count] = Field(
         64,

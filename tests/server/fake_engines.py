@@ -26,6 +26,7 @@ from wim_integrations.backends.tokenizer import HFTokenizer, TokenizerMethods
 from wim_integrations.config import SamplingConfig
 
 FLAG = "wim_read_prefix_cache"  # vllm_xargs key of scripts/vllm_plugin
+UPTO = "wim_read_prefix_cache_upto"  # and its cap: read at most this many tokens from the cache
 
 # Real models give every token a finite log P; the toy model gives the ids it never writes -inf, which JSON cannot
 # carry. vLLM clamps -inf prompt log-probabilities to this value; the fakes do so for both engines.
@@ -418,10 +419,12 @@ class FakeVLLM(FakeEngine):
         prompt_tokens_details: bool = True,
         tokens_per_chunk: int = 1,
         wim_plugin: bool = False,
+        plugin_cap: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(tokenizer, **{"block_size": 16, **options})
         self.wim_plugin = wim_plugin  # scripts/vllm_plugin installed: a scoring request may read the prefix cache
+        self.plugin_cap = plugin_cap  # ... at most up to its cap (False: the plugin before the cap existed)
         self.tokens_per_chunk = tokens_per_chunk
         self.token_ids = token_ids
         self.logprobs = logprobs
@@ -478,8 +481,12 @@ class FakeVLLM(FakeEngine):
         sampling = _sampling(body.get("temperature"), body.get("top_p"), body.get("top_k"), body.get("seed"))
         stop_ids = {int(t) for t in body.get("stop_token_ids") or []}
         ends = stop_ids | (set() if body.get("ignore_eos") else {self.model.stop_id})
-        reads_cache = not want_prompt_lps or (self.wim_plugin and (body.get("vllm_xargs") or {}).get(FLAG))
-        cached = self.cached_tokens(prompt, salt=body.get("cache_salt"), limit=None if reads_cache else 0)
+        xargs = body.get("vllm_xargs") or {}
+        reads_cache = not want_prompt_lps or (self.wim_plugin and xargs.get(FLAG))
+        limit = None if reads_cache else 0
+        if reads_cache and want_prompt_lps and self.plugin_cap and isinstance(xargs.get(UPTO), int):
+            limit = xargs[UPTO]
+        cached = self.cached_tokens(prompt, salt=body.get("cache_salt"), limit=limit)
         out = self.model.complete(prompt, max_tokens, sampling, ends)
         last = out[-1][0]
         finish = "stop" if last in ends else "length"

@@ -128,6 +128,34 @@ def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cac
             assert r.cached_tokens is not None and r.cached_tokens >= _whole_blocks(engine, r.prefix_tokens) > 0, r
 
 
+def test_overlap_warms_each_margin_prefix_in_turn_and_equals_the_run_in_process(
+    engine: FakeEngine, tokenizer, connect
+) -> None:
+    """overlap=True (vLLM, SGLang): a warm-up per segment instead of one per group, each margin request sent once its
+    own prefix is warm; the margins and answer are the in-process run's."""
+    backend = connect(engine)
+    result = WiM(backend, config=CFG).run(HARBOR, QUESTION, margin_batch_size=3, overlap=True)
+    expected = _reference(tokenizer, engine.kind, margin_batch_size=3)
+    assert _texts(result) == _texts(expected) and result.answer == expected.answer
+    warms = [r for r in backend.requests if r.kind == "warm"]
+    rows = [r for r in backend.requests if r.kind == "row"]
+    assert len(warms) == len(rows) == result.n_segments
+    assert [w.prompt_tokens for w in warms] == sorted({r.prefix_tokens for r in rows})
+    for r in rows:
+        assert r.cached_tokens is not None and r.cached_tokens >= _whole_blocks(engine, r.prefix_tokens) > 0, r
+
+
+def test_overlap_is_refused_on_a_server_that_does_not_declare_it(tokenizer) -> None:
+    backend = ServerBackend("http://127.0.0.1:9", tokenizer=tokenizer, engine="openai", check=False)
+    try:
+        with pytest.raises(WiMInputError, match="overlap=True needs a backend"):
+            WiM(backend, config=CFG.with_updates(overlap=True))
+        with pytest.raises(WiMInputError, match="overlap=True needs a backend"):
+            WiM(backend, config=CFG).run(HARBOR, QUESTION, overlap=True)
+    finally:
+        backend.close()
+
+
 def _whole_blocks(engine: FakeEngine, n_tokens: int) -> int:
     return n_tokens // engine.block_size * engine.block_size
 
@@ -164,23 +192,29 @@ def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
     assert len(asks) == len(scored)
 
 
-@pytest.mark.parametrize("plugin", [False, True])
-def test_vllm_scoring_requests_read_the_prefix_cache_with_wims_plugin(tokenizer, connect, plugin: bool) -> None:
+@pytest.mark.parametrize("plugin", ["none", "uncapped", "capped"])
+def test_vllm_scoring_requests_read_the_prefix_cache_with_wims_plugin(tokenizer, connect, plugin: str) -> None:
     """vLLM never reads its prefix cache for prompt log-probabilities; with scripts/vllm_plugin a scoring request that
-    asks for it does (its cached positions then carry zeros). A row whose needed positions (the margin's) came from
-    the cache is sent again without it. The scores are the in-process ones either way."""
-    with FakeVLLM(tokenizer, wim_plugin=plugin) as engine:
+    asks for it does (its cached positions then carry zeros), up to the token before the first one it scores. Without
+    that cap (an older plugin) a row whose needed positions came from the cache is sent again without it. The scores
+    are the in-process ones either way."""
+    with FakeVLLM(tokenizer, wim_plugin=plugin != "none", plugin_cap=plugin == "capped") as engine:
         backend = connect(engine)
         result = WiM(backend, config=WiMConfig(**BUDGETS)).run(HARBOR, QUESTION, margin_batch_size=3)
         asks = [b for b in engine.bodies("/v1/completions") if "prompt_logprobs" in b]
     expected = _reference(tokenizer, "vllm", WiMConfig(**BUDGETS, classification="segment_pmi"), margin_batch_size=3)
     assert [m.score for m in result.margins] == pytest.approx([m.score for m in expected.margins], abs=1e-9, rel=0)
     rows = sum(bool(m.text) for m in result.margins)
-    flagged = [b for b in asks if b.get("vllm_xargs") == {"wim_read_prefix_cache": 1}]
-    assert len(flagged) == rows  # each row asks first
+    flagged = [b for b in asks if (b.get("vllm_xargs") or {}).get("wim_read_prefix_cache") == 1]
+    assert len(flagged) == rows  # each row asks first...
+    for b in flagged:  # ...to read the cache up to the token before the margin's first (the prompt's last `needed`)
+        assert 0 < b["vllm_xargs"]["wim_read_prefix_cache_upto"] < len(b["prompt"]) - 1
     resent = len(asks) - rows  # without the flag
     read = [r for r in backend.requests if r.kind == "score" and r.cached_tokens]
-    if plugin:  # every first try read all of its prefix but the last partial block from the cache
+    if plugin == "capped":  # every request read its prefix but a last partial block, and none was sent again
+        assert len(read) == rows and resent == 0
+        assert all(r.cached_tokens >= r.prefix_tokens // engine.block_size * engine.block_size for r in read)
+    elif plugin == "uncapped":  # every first try read all of its prefix but the last partial block from the cache
         assert len(read) == rows and resent < rows
         assert all(r.cached_tokens >= r.prefix_tokens // engine.block_size * engine.block_size for r in read)
     else:

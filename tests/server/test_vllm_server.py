@@ -8,12 +8,14 @@ so those runs are compared up to a near-tie of the server's own top two."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from conftest import HARBOR, QUESTION, SERVER_CFG, assert_same_greedy_text, assert_same_run
 
 from wim_integrations import WiM
-from wim_integrations.backends.base import PackedRow
+from wim_integrations.backends.base import GenerationRequest, PackedRow
 from wim_integrations.backends.server import ServerBackend
 from wim_integrations.events import AnswerToken, Finished, MarginToken, MarginWritten, SegmentRead
 from wim_integrations.textstream import TextDeltas
@@ -46,10 +48,10 @@ def test_answers_with_events_in_reading_order_and_scores_relevance_on_the_server
         assert m.score is not None
     assert "".join(e.text for e in events if isinstance(e, AnswerToken)).strip() == result.answer
     assert "Marlowe" in result.answer
-    # A scoring request per written margin, each on the text before its own segment (one sent again where the plugin
-    # served a needed position from the cache: same prefix).
+    # One scoring request per written margin, each on the text before its own segment: none sent again (WiM's plugin
+    # computes the positions whose log P is read even where a cached block holds them).
     scored = [r for r in vllm_wim.backend.requests if r.kind == "score"]
-    assert len({r.prefix_tokens for r in scored}) == sum(bool(m.text) for m in result.margins)
+    assert len(scored) == len({r.prefix_tokens for r in scored}) == sum(bool(m.text) for m in result.margins)
 
 
 def test_margin_requests_find_their_prefix_in_the_servers_cache(vllm_wim, vllm_server):
@@ -145,6 +147,32 @@ def test_rows_scored_on_the_server_equal_the_in_process_scores(vllm_server, serv
         assert s.token_logprobs == pytest.approx(ref.token_logprobs, abs=2e-3)
 
 
+def test_a_scoring_request_computes_its_scored_tokens_even_where_a_cached_block_holds_them(vllm_server, served_model):
+    """A scored row whose tokens another request has put in the prefix cache (a margin beginning as another did):
+    the plugin reads the cache only up to the token before the first scored one, so one request gives every log P,
+    equal to a request that reads nothing from the cache (before the cap it came back without them and was sent
+    again whole)."""
+    vllm_server.reset_prefix_cache()
+    warm, cold = _backend(vllm_server, served_model[1]), _backend(vllm_server, served_model[1], reuse_prefix=False)
+    doc = warm.encode_text(HARBOR)[:400]
+    cache = warm.new_cache()
+    warm.prefill(cache, doc)
+    list(warm.generate(cache, GenerationRequest(doc[-1:], 1)))  # doc[:400] in the prefix cache: 3 blocks of 128
+    warm.rollback(cache, 300)
+    before = len(warm.requests)
+    [got] = warm.score_rows(cache, [PackedRow(300, doc[300:400])])
+    sent = [r for r in list(warm.requests)[before:] if r.kind == "score"]
+    cold_cache = cold.new_cache()
+    cold.prefill(cold_cache, doc[:300])
+    [ref] = cold.score_rows(cold_cache, [PackedRow(300, doc[300:400])])
+    warm.close()
+    cold.close()
+    assert len(sent) == 1, "the scoring request was sent again"
+    assert sent[0].cached_tokens is not None and 0 < sent[0].cached_tokens <= 300  # the cache read, up to the cap
+    assert len(got.token_logprobs) == 99
+    assert got.token_logprobs == pytest.approx(ref.token_logprobs, abs=2e-3)
+
+
 def test_a_second_question_finds_the_document_in_the_prefix_cache(vllm_wim, vllm_server):
     vllm_server.reset_prefix_cache()
     first = vllm_wim.run(HARBOR, QUESTION)
@@ -170,3 +198,48 @@ def test_cancel_and_answer_now_over_the_server(vllm_wim):
             stream.answer_now()
     assert stream.result is not None and stream.result.segments_read == 1 and stream.result.answer
     assert vllm_wim.run(HARBOR, QUESTION).segments_read > 1  # the backend is usable after both
+
+
+def test_overlap_sends_each_margin_once_its_prefix_is_cached_and_agrees_with_grouped_reading(
+    vllm_wim, vllm_server, monkeypatch
+):
+    """overlap=True on vLLM: one warm-up per segment, in order, each segment's margin request sent as soon as its
+    own warm-up has returned, so vLLM decodes the first margins while it computes the rest of the document. The run
+    agrees with the grouped one (up to near-ties) and its events keep their order."""
+    backend = vllm_wim.backend
+    grouped = vllm_wim.run(HARBOR, QUESTION)
+    sent: list[tuple[str, int, float, float]] = []  # kind, prompt length, start, end (monotonic)
+    post, stream = backend.client.post_json, backend.client.stream_events
+
+    def timed_post(path, body, headers=None):
+        t = time.monotonic()
+        reply = post(path, body, headers)
+        kind = "score" if body.get("prompt_logprobs") is not None else "warm" if body.get("max_tokens") == 1 else "post"
+        sent.append((kind, len(body["prompt"]), t, time.monotonic()))
+        return reply
+
+    def timed_stream(path, body, cancel, headers=None):
+        t = time.monotonic()
+        yield from stream(path, body, cancel, headers)
+        sent.append(("stream", len(body["prompt"]), t, time.monotonic()))
+
+    monkeypatch.setattr(backend.client, "post_json", timed_post)
+    monkeypatch.setattr(backend.client, "stream_events", timed_stream)
+    wim = WiM(backend, config=SERVER_CFG.with_updates(overlap=True))
+    events = list(wim.stream(HARBOR, QUESTION))
+    overlapped = events[-1].result
+    n = overlapped.n_segments
+    reads = [e.segment_index for e in events if isinstance(e, SegmentRead)]
+    written = [e.segment_index for e in events if isinstance(e, MarginWritten)]
+    assert reads == written == list(range(n))
+    assert_same_run(vllm_server.url, wim, wim.plan(HARBOR, QUESTION), grouped, overlapped)
+    warms = sorted((s for s in sent if s[0] == "warm"), key=lambda s: s[2])
+    judged = min(s[2] for s in sent if s[0] == "score")  # margin requests: the streams before the judging
+    rows = sorted((s for s in sent if s[0] == "stream" and s[2] < judged), key=lambda s: s[1])  # by prefix
+    assert len(warms) == len(rows) == n
+    assert [w[1] for w in warms] == sorted(w[1] for w in warms)  # one warm-up per segment, in reading order...
+    for k in range(1, n):
+        assert warms[k][2] >= warms[k - 1][3]  # ...each sent once the one before it returned
+    for k, row in enumerate(rows):
+        assert row[2] >= warms[k][3]  # a margin request goes once its own prefix's warm-up returned...
+    assert rows[0][2] < warms[-1][2]  # ...the first before the last warm-up was even sent

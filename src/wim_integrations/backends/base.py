@@ -38,8 +38,9 @@ class Capabilities:
     # Margins decoded under a `SpanConstraint` (`GenerationRequest.span`, `PackedRequest.spans`): quoted margins,
     # `WiMConfig.margin_mode="quote"`. A backend without it refuses a request that carries one.
     constrained_margins: bool = False
-    # `open_rows`: margin rows that go on decoding while the cache they read is prefilled further, one batch per
-    # step (`OverlapBackend`, the paper's overlap).
+    # The paper's overlap: margins decode while the text after them is prefilled. In process, `open_rows` decodes
+    # them in the prefill's own batches (`OverlapBackend`); on a server, `PackedRequest.overlap` sends each row as
+    # soon as its prefix is cached, and the engine's scheduler batches it with the prefill of the rest.
     overlap: bool = False
 
 
@@ -103,6 +104,9 @@ class PackedRequest:
     done: Callable[[int, list[int]], bool] | None = None
     logprobs: Sequence[list[float]] | None = None
     spans: Sequence[SpanConstraint | None] | None = None
+    # A server that declares `overlap`: send each row as soon as its own prefix is cached, while the server computes
+    # the text after it (see `ServerBackend.generate_packed`). In process, rows overlap through `open_rows` instead.
+    overlap: bool = False
 
     def span_matchers(self) -> list[SpanMatcher | None]:
         """A fresh matcher per constrained row (None for a free row)."""

@@ -228,7 +228,10 @@ class ServerBackend(TokenizerMethods):
         self, cache: ServerCache, request: PackedRequest
     ) -> Generator[list[tuple[int, int]], None, None]:
         """Each row is its own streamed request (at most `max_concurrency` at once; the server batches them), sent
-        after one warm-up request for the longest prefix, so every row's prefix is a prefix-cache hit."""
+        once its prefix is in the server's prefix cache. Grouped: one warm-up request for the longest prefix, then
+        every row. With `request.overlap` (engines that batch prefill and decode together): one warm-up per row
+        prefix, in order, each row sent as soon as its own prefix is warm, so the engine decodes the first margins
+        while it computes the text after them (the paper's overlap, done by the engine's scheduler)."""
         refuse_constraints(self, request)
         rows = request.rows
         if not rows:
@@ -236,9 +239,12 @@ class ServerBackend(TokenizerMethods):
         for r in rows:
             if not r.prompt_ids or not 0 <= r.prefix_length <= len(cache.tokens):
                 raise ValueError(f"row prefix {r.prefix_length} is outside the cache or its prompt is empty")
-        self._warm(cache, max(r.prefix_length for r in rows))
+        staged = request.overlap and self.capabilities.overlap and self.profile.reuse_prefix
+        if not staged:
+            self._warm(cache, max(r.prefix_length for r in rows))
         events: queue.Queue[tuple[int, int | None, float | None, BaseException | None]] = queue.Queue()
         cancels = [threading.Event() for _ in rows]
+        stopped = threading.Event()  # the consumer left: no more warm-ups or rows
         slot, headers = self._slot(cache), self._headers(cache)
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
         want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
@@ -264,8 +270,31 @@ class ServerBackend(TokenizerMethods):
                 return
             events.put((i, None, None, None))
 
-        for i in range(len(rows)):
-            self._pool.submit(run, i)
+        def stages() -> None:
+            """Warm each row prefix in turn (a snapshot of the tokens: the consumer owns the cache), then send its
+            rows. Runs on a thread of its own; an error is handed to the consumer like a row's."""
+            try:
+                for upto in sorted({r.prefix_length for r in rows}):
+                    if upto > cache.warm and not stopped.is_set():
+                        self._send_warm(cache, prompts_upto(upto), slot, headers)
+                    if stopped.is_set():
+                        return
+                    cache.warm = max(cache.warm, upto)
+                    for i, r in enumerate(rows):
+                        if r.prefix_length == upto:
+                            self._pool.submit(run, i)
+            except BaseException as e:
+                events.put((-1, None, None, e))
+
+        def prompts_upto(upto: int) -> list[int]:
+            return next(p[:upto] for p, r in zip(prompts, rows, strict=True) if r.prefix_length >= upto)
+
+        if staged:
+            # Its own thread, not the pool's: rows queued behind it on a full pool must not wait for the warm-ups.
+            threading.Thread(target=stages, name="wim-server-stages", daemon=True).start()
+        else:
+            for i in range(len(rows)):
+                self._pool.submit(run, i)
         outputs: list[list[int]] = [[] for _ in rows]
         pending: list[deque[tuple[int, float | None] | None]] = [deque() for _ in rows]  # None: the row ended
         running = set(range(len(rows)))
@@ -301,6 +330,7 @@ class ServerBackend(TokenizerMethods):
                     if step:
                         yield step
         finally:
+            stopped.set()
             for c in cancels:
                 c.set()
 
@@ -334,7 +364,7 @@ class ServerBackend(TokenizerMethods):
 
         def lp(prompt: list[int], prefix: int, tail: int, needed: int) -> list[float]:
             for read_cache in (True, False):
-                path, body = self.profile.score(prompt, slot, read_cache)
+                path, body = self.profile.score(prompt, slot, read_cache, needed)
                 reply = self.client.post_json(path, body, headers)
                 self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
                 values = self._parsed(path, self.profile.prompt_logprobs, reply, prompt, tail)
@@ -362,16 +392,19 @@ class ServerBackend(TokenizerMethods):
         """Put `cache.tokens[:upto]` into the server's prefix cache with one request, unless it is there already."""
         if upto <= cache.warm or upto == 0 or not self.profile.reuse_prefix:
             return
-        prompt = cache.tokens[:upto]
+        self._send_warm(cache, cache.tokens[:upto], self._slot(cache), self._headers(cache))
+        cache.warm = upto
+
+    def _send_warm(
+        self, cache: ServerCache, prompt: list[int], slot: int | None, headers: dict[str, str] | None
+    ) -> None:
         self._check_fits(len(prompt) + 1)
-        slot = self._slot(cache)
         prepared = self._prepare_slot(slot, prompt)
         path, body = self.profile.warm(prompt, slot)
-        reply = self.client.post_json(path, body, self._headers(cache))
+        reply = self.client.post_json(path, body, headers)
         usage = self._parsed(path, self.profile.usage, reply)
         self._record("warm", prompt, cache.warm, usage)
         self._slot_sent(slot, prompt, prepared, usage)
-        cache.warm = upto
 
     def _stream(
         self,

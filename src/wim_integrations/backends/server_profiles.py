@@ -65,8 +65,12 @@ class Profile:
         """A request that only puts `prompt` into the server's prefix cache."""
         return "/v1/completions", self._with_model({"prompt": list(prompt), "max_tokens": 1, "temperature": 0})
 
-    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
-        """A request for the prompt's log-probabilities; `read_cache=False`: computed whole, none read from a cache."""
+    def score(
+        self, prompt: Sequence[int], slot: int | None, read_cache: bool = True, needed: int = 0
+    ) -> tuple[str, Body]:
+        """A request for the prompt's log-probabilities; `read_cache=False`: computed whole, none read from a cache.
+        `needed`: the log-probabilities of the last `needed` tokens are read, so a cache may serve only what is
+        before them (and the token before them, whose logits give the first)."""
         raise NotImplementedError(f"the {self.name} profile offers no prompt log-probabilities")
 
     def tokenize(self, text: str) -> tuple[str, Body] | None:
@@ -132,7 +136,9 @@ class VLLMProfile(Profile):
     health_path = "/health"
     # "rows": a scoring request is any token prompt, so a row that sees only the text before its segment is the
     # cache cut there plus the row (what `segment_pmi` needs).
-    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
+    capabilities = Capabilities(
+        packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True, overlap=True
+    )
 
     def generate(
         self,
@@ -166,16 +172,20 @@ class VLLMProfile(Profile):
         body = {"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "cache_salt": self._salt()}
         return "/v1/completions", self._with_model(body)
 
-    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
+    def score(
+        self, prompt: Sequence[int], slot: int | None, read_cache: bool = True, needed: int = 0
+    ) -> tuple[str, Body]:
+        # vLLM does not read its prefix cache for prompt log-probabilities; with WiM's plugin (scripts/vllm_plugin)
+        # this request may, up to the tokens whose log P is read: a cached block can hold them too (another
+        # request's margin that began with the same tokens), and cached positions get no log P. Ignored without it.
+        xargs = {"wim_read_prefix_cache": 1, "wim_read_prefix_cache_upto": max(0, len(prompt) - needed - 1)}
         body = {
             "prompt": list(prompt),
             "max_tokens": 1,
             "temperature": 0,
             "prompt_logprobs": 0,
             "cache_salt": self._salt(),
-            # vLLM does not read its prefix cache for prompt log-probabilities; with WiM's plugin
-            # (scripts/vllm_plugin) this request may, since only its last tokens are read. Ignored without it.
-            "vllm_xargs": {"wim_read_prefix_cache": 1} if self.reuse_prefix and read_cache else None,
+            "vllm_xargs": xargs if self.reuse_prefix and read_cache else None,
         }
         return "/v1/completions", self._with_model(body)
 
@@ -203,7 +213,9 @@ class SGLangProfile(Profile):
 
     name = "sglang"
     health_path = "/health"
-    capabilities = Capabilities(packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True)
+    capabilities = Capabilities(
+        packed_rows=True, scoring="rows", generation_logprobs=True, concurrent_requests=True, overlap=True
+    )
 
     def generate(
         self,
@@ -237,7 +249,9 @@ class SGLangProfile(Profile):
     def warm(self, prompt: Sequence[int], slot: int | None) -> tuple[str, Body]:
         return "/generate", {"input_ids": list(prompt), "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
 
-    def score(self, prompt: Sequence[int], slot: int | None, read_cache: bool = True) -> tuple[str, Body]:
+    def score(
+        self, prompt: Sequence[int], slot: int | None, read_cache: bool = True, needed: int = 0
+    ) -> tuple[str, Body]:
         params = {"max_new_tokens": 1, "temperature": 0}
         return "/generate", {
             "input_ids": list(prompt),

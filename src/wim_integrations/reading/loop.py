@@ -236,7 +236,13 @@ class Run:
         written = [Written(s, TextDeltas.for_backend(packed), []) for s in segments]
         spans = [self.quote_of(s) for s in segments] if self.cfg.margin_mode == "quote" else None
         request = PackedRequest(
-            rows, self.cfg.margin_max_new_tokens, self.cfg.sampling, done, [w.logprobs for w in written], spans
+            rows,
+            self.cfg.margin_max_new_tokens,
+            self.cfg.sampling,
+            done,
+            [w.logprobs for w in written],
+            spans,
+            overlap=self.kv is None and bool(self.cfg.overlap),  # a server's overlap (in process: read_overlapped)
         )
         with lap() as t:
             steps = packed.generate_packed(cache, request)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..analysis import Analysis
-from ..backends.base import Backend, overlap_view, quote_refusal
+from ..backends.base import Backend, local_kv_view, overlap_view, quote_refusal
 from ..config import WiMConfig
 from ..errors import ContextTooLongError, WiMInputError
 from ..events import Margin
@@ -191,11 +191,11 @@ class Planner:
         prefill's batches), naming the fix."""
         if cfg.margin_mode == "quote" and not self.backend.capabilities.constrained_margins:
             raise WiMInputError(quote_refusal(self.backend.name))
-        if cfg.overlap and overlap_view(self.backend) is None:
+        if cfg.overlap and not (overlap_view(self.backend) is not None or _server_overlap(self.backend)):
             raise WiMInputError(
-                f"overlap=True needs a backend that decodes margins in the same batches as the prefill (llama.cpp in "
-                f"process: WiM.from_gguf / from_llama / from_ollama); {self.backend.name!r} cannot. Leave overlap "
-                "unset (None) to let the backend choose."
+                f"overlap=True needs a backend that decodes margins while it prefills the text after them (llama.cpp "
+                f"in process: WiM.from_gguf / from_llama / from_ollama; vLLM or SGLang servers); "
+                f"{self.backend.name!r} cannot. Leave overlap unset (None) to let the backend choose."
             )
 
     def _check_note_budget(self, analysis: Analysis, cfg: WiMConfig) -> None:
@@ -313,3 +313,9 @@ class Planner:
     def _fallback(self) -> str:
         """The default relevance mode where `segment_pmi` is not available: `pmi` if the backend can, else `lexical`."""
         return "pmi" if self._scoring_problem("pmi") is None else "lexical"
+
+
+def _server_overlap(backend: Backend) -> bool:
+    """A server that overlaps margins with the prefill through its scheduler (`PackedRequest.overlap`)."""
+    caps = backend.capabilities
+    return caps.overlap and caps.concurrent_requests and local_kv_view(backend) is None
