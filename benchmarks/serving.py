@@ -586,10 +586,11 @@ def main() -> None:
             if empty is None:
                 return
             empty()
-            for w in wims.values():  # the slots were emptied behind the backends' backs
+            for w in wims.values():  # the slots were emptied behind the backends' backs; a cold run restores nothing
                 keeper = w.backend.slot_keeper  # type: ignore[attr-defined]
                 if keeper is not None:
                     keeper.forget_slots()
+                    keeper.forget_saved()
 
         wim = wims[save_modes[-1]]
         doc = make_document(wim, args.segments, cfg, args.seed)

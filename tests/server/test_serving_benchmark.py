@@ -48,3 +48,26 @@ def test_f1_of_hand_made_verdicts() -> None:
     assert got["margin_recall"] == pytest.approx(2 / 3)
     assert got["margin_f1"] == pytest.approx(2 / 3)
     assert got["margin_auc"] is None  # no scores
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_request_timeline_logs_every_request_of_a_run_in_its_order(tiny_backends, overlap: bool) -> None:
+    from benchmarks.request_timeline import timed
+
+    tokenizer = tiny_backends["llama"].tokenizer
+    with FakeVLLM(tokenizer, token_delay=0.002) as engine:
+        wim = WiM.from_server(engine.url, tokenizer=tokenizer, engine="vllm", config=CFG)
+        try:
+            cfg = CFG.with_updates(classification="segment_pmi", overlap=overlap or None)
+            doc = make_document(wim, 4, cfg, seed=1)
+            log = timed(wim.backend)  # type: ignore[arg-type]
+            result = wim.run(doc.text, doc.questions[0], config=cfg)
+        finally:
+            wim.backend.close()  # type: ignore[attr-defined]
+    kinds = [k for k, *_ in sorted(log, key=lambda e: e[2])]
+    assert len(log) == len(wim.backend.requests)  # type: ignore[attr-defined]
+    assert kinds.count("warm") == (result.n_segments if overlap else 1)
+    assert kinds.count("stream") == result.n_segments + 1  # the margins and the answer
+    assert kinds.count("score") == sum(bool(m.text) for m in result.margins)
+    assert kinds[0] == "warm" and kinds[-1] == "stream"
+    assert all(0 <= start <= end for _, _, start, end in log)

@@ -110,3 +110,20 @@ def test_at_most_max_states_files_are_written():
     for doc in range(4):  # four documents in turn, each given up for the next
         slots.request(keeper, [doc, *DOC])
     assert keeper.saves == 3 and len(slots.files) == 2 and [s.tokens[0] for s in keeper.saved] == [1, 2]
+
+
+def test_after_forget_saved_nothing_saved_is_restored_and_the_names_are_reused():
+    slots = Slots()
+    keeper = SlotKeeper(slots.post)
+    read_in_order(slots, keeper, 1)
+    read_in_order(slots, keeper, 2)  # saves the document at segment 1 (one file)
+    names = set(slots.files)
+    slots.held = []  # the slot emptied from outside (a benchmark's cold run)
+    keeper.forget_slots()
+    keeper.forget_saved()
+    calls = len(slots.calls)
+    cold = read_in_order(slots, keeper, 3)
+    assert "restore" not in slots.calls[calls:]  # the document is computed again: nothing restored
+    assert cold[0::2][:3] == [0, 200, 400]
+    read_in_order(slots, keeper, 4)  # saves again: over the old file, not beside it
+    assert set(slots.files) == names

@@ -117,6 +117,13 @@ class SlotKeeper:
         with self._lock:
             self.held.clear()
 
+    def forget_saved(self) -> None:
+        """Restore none of the files saved so far (a benchmark's cold run). They stay on the server; the next saves
+        overwrite them, name by name."""
+        with self._lock:
+            self.saved.clear()
+            self._next_name = 0
+
     # -- actions (under the lock) ---------------------------------------------------------------------------------
     def _save(self, slot: int, held: list[int]) -> None:
         if len(self.saved) >= self.max_states:
