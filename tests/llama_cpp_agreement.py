@@ -169,3 +169,23 @@ def assert_same_run_inproc(backend: Any, wim: Any, plan: Any, a: Any, b: Any) ->
     if [(m.text, m.relevant) for m in a.margins] == [(m.text, m.relevant) for m in b.margins]:
         prompt = answer_prompt(wim, plan, a)
         assert_same_greedy_text_inproc(backend, prompt, a.answer, b.answer, cfg.answer_max_new_tokens)
+
+
+def plain_text_inproc(backend: Any, ids: Sequence[int], budget: int) -> str:
+    """Greedy text of `ids` on a fresh cache of their own (the in-process llama.cpp backend's plain recomputation)."""
+    from wim_integrations.backends.base import GenerationRequest
+
+    return backend.decode(list(backend.generate(backend.new_cache(), GenerationRequest(ids, budget)))).strip()
+
+
+def assert_run_equals_plain_generation_inproc(wim: Any, plan: Any, result: Any) -> None:
+    """Each margin and the answer of `result` equal greedy generation on their own tokens from a fresh cache, up to
+    near-ties (`assert_same_greedy_text_inproc`)."""
+    b, cfg = wim.backend, plan.config
+    for k, margin in enumerate(result.margins):
+        ids = margin_prompt(plan, k)
+        budget = cfg.margin_max_new_tokens
+        assert_same_greedy_text_inproc(b, ids, margin.text, plain_text_inproc(b, ids, budget), budget)
+    ids = answer_prompt(wim, plan, result)
+    budget = cfg.answer_max_new_tokens
+    assert_same_greedy_text_inproc(b, ids, result.answer, plain_text_inproc(b, ids, budget), budget)

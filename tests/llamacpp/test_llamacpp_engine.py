@@ -8,12 +8,7 @@ import math
 
 import pytest
 from helpers import SAMPLE
-from llama_cpp_agreement import (
-    answer_prompt,
-    assert_same_greedy_text_inproc,
-    assert_same_run_inproc,
-    margin_prompt,
-)
+from llama_cpp_agreement import assert_run_equals_plain_generation_inproc, assert_same_run_inproc
 
 from wim_integrations import WiM, WiMConfig
 
@@ -33,24 +28,12 @@ def wim(llamacpp_backend):
     )  # each run reads (cache hits: test_llamacpp_doc_cache)
 
 
-def plain(backend, ids, budget) -> str:
-    """Greedy text of `ids` on a fresh cache of their own."""
-    from wim_integrations.backends.base import GenerationRequest
-
-    return backend.decode(list(backend.generate(backend.new_cache(), GenerationRequest(ids, budget)))).strip()
-
-
 @pytest.mark.parametrize("batch", [1, 4])
 def test_every_margin_and_the_answer_equal_plain_generation_on_the_same_tokens(wim, batch):
     plan = wim.plan(SAMPLE, Q)
     assert plan.n_segments >= 3
     result = wim.run(SAMPLE, Q, margin_batch_size=batch)
-    b = wim.backend
-    for k, margin in enumerate(result.margins):
-        ids = margin_prompt(plan, k)
-        assert_same_greedy_text_inproc(b, ids, margin.text, plain(b, ids, 16), 16)
-    ids = answer_prompt(wim, plan, result)
-    assert_same_greedy_text_inproc(b, ids, result.answer, plain(b, ids, 16), 16)
+    assert_run_equals_plain_generation_inproc(wim, plan, result)
 
 
 def test_grouped_margins_equal_step_by_step_ones(wim):

@@ -10,7 +10,11 @@ import gc
 
 import pytest
 from helpers import SAMPLE
-from llama_cpp_agreement import answer_prompt, assert_same_greedy_text_inproc, assert_same_run_inproc, margin_prompt
+from llama_cpp_agreement import (
+    assert_run_equals_plain_generation_inproc,
+    assert_same_greedy_text_inproc,
+    assert_same_run_inproc,
+)
 
 from wim_integrations import WiM, WiMConfig, WiMInputError
 from wim_integrations.backends.base import GenerationRequest, PackedRequest, PackedRow
@@ -29,22 +33,13 @@ def wim(llamacpp_backend):
     return WiM(llamacpp_backend, config=CFG, document_cache=None)
 
 
-def plain(backend, ids, budget) -> str:
-    return backend.decode(list(backend.generate(backend.new_cache(), GenerationRequest(ids, budget)))).strip()
-
-
 @pytest.mark.parametrize("chunk", [16, 64])
 def test_overlapped_margins_and_answer_equal_plain_generation(wim, chunk):
     plan = wim.plan(SAMPLE, Q)
     assert plan.n_segments >= 3
     result = wim.run(SAMPLE, Q, overlap=True, overlap_chunk_tokens=chunk)
-    b = wim.backend
     assert len(result.margins) == plan.n_segments
-    for k, margin in enumerate(result.margins):
-        ids = margin_prompt(plan, k)
-        assert_same_greedy_text_inproc(b, ids, margin.text, plain(b, ids, 16), 16)
-    ids = answer_prompt(wim, plan, result)
-    assert_same_greedy_text_inproc(b, ids, result.answer, plain(b, ids, 16), 16)
+    assert_run_equals_plain_generation_inproc(wim, plan, result)
 
 
 def test_overlapped_run_equals_the_grouped_one_with_judging(llamacpp_backend):
