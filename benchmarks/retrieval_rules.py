@@ -90,7 +90,10 @@ def rules() -> Iterator[tuple[str, Rule]]:
         yield f">= mean + {c} sd", above_mean(c)
 
 
-def evaluate(tasks: Sequence[dict[str, Any]], rule: Rule) -> dict[tuple[Any, str], tuple[float, float, int]]:
+Cells = dict[tuple[Any, str], tuple[float, float, int]]  # (k, kind) -> all holding kept, share kept, tasks
+
+
+def evaluate(tasks: Sequence[dict[str, Any]], rule: Rule) -> Cells:
     """(all holding kept, share kept, tasks) per (k, kind), k and kind also pooled as "all"."""
     cells: dict[tuple[Any, str], list[tuple[bool, float]]] = {}
     for t in tasks:
@@ -117,24 +120,31 @@ def load(path: Path, field: str, seeds: range) -> list[dict[str, Any]]:
     return tasks
 
 
-def rule_table(fit: Sequence[dict[str, Any]], held: Sequence[dict[str, Any]]) -> str:
+def _fit_held_table(
+    title: str,
+    column: str,
+    fit: Sequence[dict[str, Any]],
+    held: Sequence[dict[str, Any]],
+    rows: Sequence[tuple[str, Cells, Cells]],
+) -> str:
+    """One row per (name, fit cells, held-out cells): all holding kept / share kept, per (k, kind) and pooled."""
     keys = [*sorted({(t["k"], t["kind"]) for t in [*fit, *held]}), ("all", "all")]
     head = " | ".join(f"k {k} {kind}" if k != "all" else "all" for k, kind in keys)
-    lines = [
-        "all holding pieces kept / share of pieces kept (fit seeds ; held-out seeds)",
-        f"| rule | {head} |",
-        "|---|" + "---|" * len(keys),
-    ]
-    for name, rule in rules():
-        a, b = evaluate(fit, rule), evaluate(held, rule)
+    lines = [title, f"| {column} | {head} |", "|---|" + "---|" * len(keys)]
+    for name, a, b in rows:
         cells = []
         for key in keys:
             fa, fb, _ = a.get(key, (float("nan"),) * 3)
             ha, hb, _ = b.get(key, (float("nan"),) * 3)
             cells.append(f"{fa:.2f}/{fb:.2f} ; {ha:.2f}/{hb:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    counts = f"tasks: fit {len(fit)}, held-out {len(held)}"
-    return "\n".join([*lines, counts])
+    return "\n".join([*lines, f"tasks: fit {len(fit)}, held-out {len(held)}"])
+
+
+def rule_table(fit: Sequence[dict[str, Any]], held: Sequence[dict[str, Any]]) -> str:
+    rows = [(name, evaluate(fit, rule), evaluate(held, rule)) for name, rule in rules()]
+    title = "all holding pieces kept / share of pieces kept (fit seeds ; held-out seeds)"
+    return _fit_held_table(title, "rule", fit, held, rows)
 
 
 def _kept_by_margins(index: int) -> Margin:
@@ -190,33 +200,23 @@ def load_hops(path: Path, seeds: range) -> list[dict[str, Any]]:
 
 
 def hop_rule_table(fit: Sequence[dict[str, Any]], held: Sequence[dict[str, Any]], thresholds: Sequence[float]) -> str:
-    keys = [*sorted({(t["k"], t["kind"]) for t in [*fit, *held]}), ("all", "all")]
-    head = " | ".join(f"k {k} {kind}" if k != "all" else "all" for k, kind in keys)
-    lines = [
-        "all holding pieces kept / share of pieces kept (fit seeds ; held-out seeds); 'margins' = hops=1",
-        f"| hop threshold | {head} |",
-        "|---|" + "---|" * len(keys),
-    ]
-    for t in [math.inf, *thresholds]:
-
-        def as_task(r: dict[str, Any], t: float = t) -> dict[str, Any]:
+    def cells(records: Sequence[dict[str, Any]], t: float) -> Cells:
+        tasks = []
+        for r in records:
             kept = set(hop_kept(r, t))
-            return {
-                "k": r["k"],
-                "kind": r["kind"],
-                "holding": r["holding"],
-                "scores": [float(i in kept) for i in range(r["k"])],
-            }
+            tasks.append(
+                {
+                    "k": r["k"],
+                    "kind": r["kind"],
+                    "holding": r["holding"],
+                    "scores": [float(i in kept) for i in range(r["k"])],
+                }
+            )
+        return evaluate(tasks, lambda s: {i for i, v in enumerate(s) if v})
 
-        a = evaluate([as_task(r) for r in fit], lambda s: {i for i, v in enumerate(s) if v})
-        b = evaluate([as_task(r) for r in held], lambda s: {i for i, v in enumerate(s) if v})
-        cells = []
-        for key in keys:
-            fa, fb, _ = a.get(key, (float("nan"),) * 3)
-            ha, hb, _ = b.get(key, (float("nan"),) * 3)
-            cells.append(f"{fa:.2f}/{fb:.2f} ; {ha:.2f}/{hb:.2f}")
-        lines.append(f"| {'margins' if t == math.inf else f'>= {t}'} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, f"tasks: fit {len(fit)}, held-out {len(held)}"])
+    rows = [("margins" if t == math.inf else f">= {t}", cells(fit, t), cells(held, t)) for t in [math.inf, *thresholds]]
+    title = "all holding pieces kept / share of pieces kept (fit seeds ; held-out seeds); 'margins' = hops=1"
+    return _fit_held_table(title, "hop threshold", fit, held, rows)
 
 
 def hop_answers(
