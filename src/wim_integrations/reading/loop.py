@@ -250,14 +250,10 @@ class Run:
                 for step in steps:
                     self.controls.check()
                     self.progress()
-                    for i, tok in step:
-                        if delta := written[i].deltas.push(tok):
-                            yield MarginToken(segment_index=segments[i].index, text=delta)
+                    yield from self.margin_tokens(written, step)
             finally:
                 steps.close()
-            for w in written:  # text held back as a possibly partial character
-                if delta := w.deltas.flush():
-                    yield MarginToken(segment_index=w.segment.index, text=delta)
+            yield from self.flush_margins(written)
         self.add_margin_time(t.seconds)
         self.count_rows(written, asides)
         return written
@@ -323,9 +319,7 @@ class Run:
             self.add_margin_time(t.seconds)
         finally:
             rows.close()
-        for w in written:  # text held back as a possibly partial character
-            if delta := w.deltas.flush():
-                yield MarginToken(segment_index=w.segment.index, text=delta)
+        yield from self.flush_margins(written)
         self.count_rows(written, asides)
         return written
 
@@ -336,9 +330,16 @@ class Run:
             yield from self.margin_tokens(written, rows.step())
 
     def margin_tokens(self, written: list[Written], step: list[tuple[int, int]]) -> Events:
+        """One decoding step of packed rows: each row's new text as a `MarginToken`."""
         for i, tok in step:
             if delta := written[i].deltas.push(tok):
                 yield MarginToken(segment_index=written[i].segment.index, text=delta)
+
+    def flush_margins(self, written: list[Written]) -> Events:
+        """Text held back as a possibly partial character, once the rows have ended."""
+        for w in written:
+            if delta := w.deltas.flush():
+                yield MarginToken(segment_index=w.segment.index, text=delta)
 
     def quote_of(self, seg: Segment) -> SpanConstraint | None:
         """With quoted margins, the constraint a margin is decoded under: a span of its own segment's tokens."""
