@@ -21,7 +21,7 @@ from typing import Literal
 from .backends.base import Backend
 from .errors import WiMInputError
 from .events import Margin
-from .reading.hops import EvidenceLift, check_scoring
+from .reading.hops import EvidenceLift
 
 # The order of the kept documents: as retrieved (the default) or best score first.
 KeptOrder = Literal["retrieval", "score"]
@@ -133,8 +133,7 @@ def follow_hops(
     result = list(judgements)
     if hops == 1:
         return result
-    check_scoring(backend)
-    evidence = EvidenceLift(backend, question)
+    evidence = EvidenceLift(backend, question)  # refuses a backend without prompt log-probabilities
     evidence.keep([texts[j.index] for j in result if j.relevant])
     for hop in range(2, hops + 1):
         # An empty document has nothing to be kept for (as judge_documents never keeps one).
