@@ -162,10 +162,7 @@ class LlamaCppRows:
 
     def close(self) -> None:
         for r in self.rows:
-            r.finished = True
-            if not r.released:
-                r.released = True
-                self.backend._release(r.seq)
+            self._finish(r)
 
     def __enter__(self) -> LlamaCppRows:
         return self
