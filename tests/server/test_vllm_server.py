@@ -8,12 +8,11 @@ so those runs are compared up to a near-tie of the server's own top two."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from conftest import HARBOR, QUESTION, SERVER_CFG, assert_same_greedy_text, assert_same_run
 
+from benchmarks.request_timeline import timed
 from wim_integrations import WiM
 from wim_integrations.backends.base import GenerationRequest, PackedRow
 from wim_integrations.backends.server import ServerBackend
@@ -208,23 +207,11 @@ def test_overlap_sends_each_margin_once_its_prefix_is_cached_and_agrees_with_gro
     agrees with the grouped one (up to near-ties) and its events keep their order."""
     backend = vllm_wim.backend
     grouped = vllm_wim.run(HARBOR, QUESTION)
-    sent: list[tuple[str, int, float, float]] = []  # kind, prompt length, start, end (monotonic)
-    post, stream = backend.client.post_json, backend.client.stream_events
-
-    def timed_post(path, body, headers=None):
-        t = time.monotonic()
-        reply = post(path, body, headers)
-        kind = "score" if body.get("prompt_logprobs") is not None else "warm" if body.get("max_tokens") == 1 else "post"
-        sent.append((kind, len(body["prompt"]), t, time.monotonic()))
-        return reply
-
-    def timed_stream(path, body, cancel, headers=None):
-        t = time.monotonic()
-        yield from stream(path, body, cancel, headers)
-        sent.append(("stream", len(body["prompt"]), t, time.monotonic()))
-
-    monkeypatch.setattr(backend.client, "post_json", timed_post)
-    monkeypatch.setattr(backend.client, "stream_events", timed_stream)
+    # Every request logged as (kind, prompt length, start, end) by the request-timeline benchmark's wrapper; the
+    # monkeypatch puts the client's own methods back afterwards.
+    monkeypatch.setattr(backend.client, "post_json", backend.client.post_json)
+    monkeypatch.setattr(backend.client, "stream_events", backend.client.stream_events)
+    sent = timed(backend)
     wim = WiM(backend, config=SERVER_CFG.with_updates(overlap=True))
     events = list(wim.stream(HARBOR, QUESTION))
     overlapped = events[-1].result
