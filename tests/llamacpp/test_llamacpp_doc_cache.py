@@ -1,7 +1,7 @@
-"""The llama.cpp backend's document cache: a read document saved to host memory (a sequence state), restored into a
-fresh sequence for the next question, with the margin heads; results as a run that reads the document again (near-
-ties aside, tests/llama_cpp_agreement.py), bytes charged as saved, and prompt asides equal to prompts computed in the
-rows."""
+"""The llama.cpp backend's document cache: a read document kept in its KV cells on a sequence of its own (forked
+by cell membership for the next question), spilled to host memory when a decode needs its cells and loaded again by
+the next fork; results as a run that reads the document again (near-ties aside, tests/llama_cpp_agreement.py), bytes
+charged as a saved copy, and prompt asides equal to prompts computed in the rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from llama_cpp_agreement import assert_same_greedy_tokens, assert_same_run_inpro
 
 from wim_integrations import DocumentCache, WiM, WiMConfig
 from wim_integrations.backends.base import PackedRequest, PackedRow, local_kv_view
-from wim_integrations.backends.llamacpp import SavedCache
+from wim_integrations.backends.llamacpp import KeptCache
 
 pytestmark = pytest.mark.slow
 
@@ -34,28 +34,65 @@ def test_declares_a_local_document_cache(llamacpp_backend):
     assert caps.kv_asides and caps.local_document_cache and local_kv_view(llamacpp_backend) is llamacpp_backend
 
 
-def test_saved_cache_restores_to_the_same_logits_and_is_charged_its_bytes(llamacpp_backend):
+def _probe_scores(b, cache, probe):
+    [x] = b.score_rows(cache, [probe], next_ids=range(20))
+    return x.token_logprobs + list(x.next_logprobs.values())
+
+
+def test_kept_cache_shares_cells_and_is_charged_a_saved_copy(llamacpp_backend):
     b = llamacpp_backend
     ids = b.encode_text(SAMPLE * 2)[:500]
     cache = b.new_cache()
     b.prefill(cache, ids)
-    saved = b.compact_cache(cache)
-    assert isinstance(saved, SavedCache) and b.cache_length(saved) == 500
-    assert b.filled_nbytes(cache) == b.filled_nbytes(saved) == saved.nbytes > 500 * 1000  # keys+values, 30 layers
+    kept = b.compact_cache(cache)
+    assert isinstance(kept, KeptCache) and not kept.spilled and b.cache_length(kept) == 500
+    assert b.filled_nbytes(cache) == b.filled_nbytes(kept) > 500 * 1000  # keys+values, 30 layers
     half = b.new_cache()
     b.prefill(half, ids[:250])
-    assert b.filled_nbytes(half) < saved.nbytes * 0.6
-    del cache  # the live sequence is gone; the saved state stands alone
-    restored = b.fork_cache(saved)
+    assert b.filled_nbytes(half) < b.filled_nbytes(kept) * 0.6
+    del cache  # the run's sequence is gone; the kept one still holds the cells
+    restored = b.fork_cache(kept)
     fresh = b.new_cache()
     b.prefill(fresh, ids)
     probe = b.encode_text(" The keeper of the lighthouse is")
-    [x], [y] = b.score_rows(restored, [probe], next_ids=range(20)), b.score_rows(fresh, [probe], next_ids=range(20))
-    np.testing.assert_allclose(x.token_logprobs, y.token_logprobs, atol=ATOL)
+    np.testing.assert_allclose(_probe_scores(b, restored, probe), _probe_scores(b, fresh, probe), atol=ATOL)
     # a fork of a live cache shares its cells and goes its own way
     fork = b.fork_cache(fresh)
     b.rollback(fork, 100)
     assert b.cache_length(fresh) == 500 and b.cache_length(fork) == 100
+
+
+def test_a_kept_document_is_spilled_when_cells_run_out_and_loaded_again():
+    """A context of 1,536 cells keeps a 500-token document; a 1,000-token read fits beside it, and a second read of
+    100 tokens then needs its cells: the document is saved to host memory and its cells freed (the read succeeds),
+    and the next fork loads it back, scoring as a fresh read does."""
+    from wim_integrations.llamacpp_models import load_gguf_backend
+    from wim_integrations.models import default_gguf_path
+
+    b = load_gguf_backend(default_gguf_path(), n_ctx=1024, n_threads=2)
+    try:
+        ids = b.encode_text(SAMPLE * 8)
+        assert len(ids) >= 1000 and b.n_cells == 1536
+        cache = b.new_cache()
+        b.prefill(cache, ids[:500])
+        kept = b.compact_cache(cache)
+        charged = b.filled_nbytes(kept)
+        del cache
+        big = b.new_cache()
+        b.prefill(big, ids[:1000])  # 500 kept + 1,000: nothing spilled
+        assert not kept.spilled
+        small = b.new_cache()
+        b.prefill(small, ids[:100])  # 1,600 cells asked for: the kept document makes room
+        assert kept.spilled and b.filled_nbytes(kept) == charged and b.cache_length(kept) == 500
+        del big, small
+        restored = b.fork_cache(kept)
+        assert not kept.spilled  # loaded back into its cells: the next fork shares them again
+        fresh = b.new_cache()
+        b.prefill(fresh, ids[:500])
+        probe = b.encode_text(" The keeper of the lighthouse is")
+        np.testing.assert_allclose(_probe_scores(b, restored, probe), _probe_scores(b, fresh, probe), atol=ATOL)
+    finally:
+        b.close()
 
 
 def test_rows_with_asides_equal_rows_computed_in_the_batch(llamacpp_backend):
@@ -94,9 +131,9 @@ def test_a_second_question_reads_the_document_from_the_cache(llamacpp_backend):
         assert again.timings.context_cache == "hit"
         assert again.tokens.prompt < first.tokens.prompt  # the document was not prefilled again
         assert_same_run_inproc(b, cached, cached.plan(SAMPLE, q), again, plain.run(SAMPLE, q))
-    # the entry holds host memory only: its bytes are the saved states'
+    # the entry is charged what its saved copy would take: the document's keys/values and the margin heads
     [entry] = [e.cache for e in cached.document_cache._entries.values()]
-    assert cached.document_cache.nbytes == entry.cache.nbytes + sum(
+    assert cached.document_cache.nbytes == b.filled_nbytes(entry.cache) + sum(
         b.aside_nbytes(h) for h in entry.margin_heads.values()
     )
 

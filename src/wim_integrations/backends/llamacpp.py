@@ -6,9 +6,12 @@ KV cells up to its segment's end (`llama_memory_seq_cp` copies cell membership, 
 together in one `llama_decode` batch per step and each attends to its prefix and itself only; the rows' sequences are
 removed when the iterator ends, which leaves the document's sequence as it was (docs/architecture.md).
 
-Keys/values kept beyond a run (a document cache entry, a margin head) are saved sequence states in host memory
-(`llama_state_seq_get_data`), so they take no KV cells and their bytes are what the `DocumentCache` charges; a fork of
-one restores it into a fresh sequence. Prompt asides within a run stay in KV cells, on a sequence of their own."""
+A document kept beyond a run (a document cache entry) stays in its KV cells, on a sequence of its own: the context's
+KV buffer is allocated once, so keeping it costs no memory, and the next question forks it by cell membership. Only
+when a decode finds no free cells are kept documents spilled: saved to host memory (`llama_state_seq_get_data`) and
+their cells freed, to be loaded again by the next fork that finds room. Margin heads kept with a document are saved
+states from the start (a few dozen tokens each); prompt asides within a run stay in cells, on a sequence of their
+own."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ..errors import LlamaCppError, WiMInputError
 from .base import Capabilities, GenerationRequest, PackedRequest, PackedRow, PromptAside, RowScores, check_rows
 from .gguf_tokenizer import GGUFTokenizer
 from .llamacpp_rows import LlamaCppRows
-from .np_sampling import Sampler, cumsum, logprob, masked, row_scores
+from .np_sampling import Sampler, cumsum, logprob, logprobs_at, masked, row_picks, row_scores
 from .tokenizer import TokenizerMethods
 
 
@@ -43,16 +46,20 @@ class LlamaCppCache:
         self.tokens: list[int] = []
 
 
-@dataclass(frozen=True)
-class SavedCache:
-    """A cache saved to host memory (a document cache entry): its tokens and its sequence state."""
+class KeptCache:
+    """A document cache entry: its tokens on a sequence of its own, in KV cells, or spilled (`state`: the sequence
+    saved to host memory, its cells freed). Its sequence is freed when the entry is garbage-collected."""
 
-    tokens: tuple[int, ...]
-    state: Any  # a ctypes uint8 array
+    __slots__ = ("__weakref__", "seq_id", "state", "tokens")
+
+    def __init__(self, seq_id: int, tokens: tuple[int, ...]) -> None:
+        self.seq_id = seq_id
+        self.tokens = tokens
+        self.state: Any = None  # a ctypes uint8 array while spilled
 
     @property
-    def nbytes(self) -> int:
-        return len(self.state)
+    def spilled(self) -> bool:
+        return self.state is not None
 
 
 class _SeqKV:
@@ -69,6 +76,9 @@ class _SavedKV:
     """An aside's keys/values saved to host memory."""
 
     state: Any
+
+
+MAX_OUTPUTS = 64  # logits rows per llama_decode (llama.cpp keeps its output buffer at the largest batch's size)
 
 
 def default_threads() -> int:
@@ -137,6 +147,7 @@ class LlamaCppBackend(TokenizerMethods):
         self.n_cells = int(llama_cpp.llama_n_ctx(ctx))
         self._free_seqs = list(range(n_seq_max - 1, -1, -1))
         self._released: list[int] = []  # sequences of collected caches, freed at the next call (no lock in a finalizer)
+        self._kept: weakref.WeakSet[KeptCache] = weakref.WeakSet()  # spilled when a decode finds no free cells
         # The finalizer holds the owner: the model outlives the context made on it.
         self._close = weakref.finalize(self, _free_context, llama_cpp, ctx, self._batch, owner)
 
@@ -169,7 +180,7 @@ class LlamaCppBackend(TokenizerMethods):
                 )
             return self._free_seqs.pop()
 
-    def _owned_seq(self, holder: LlamaCppCache | _SeqKV) -> None:
+    def _owned_seq(self, holder: LlamaCppCache | KeptCache | _SeqKV) -> None:
         weakref.finalize(holder, self._released.append, holder.seq_id)
 
     def _release(self, seq_id: int) -> None:
@@ -192,7 +203,7 @@ class LlamaCppBackend(TokenizerMethods):
         self._owned_seq(cache)
         return cache
 
-    def cache_length(self, cache: LlamaCppCache | SavedCache) -> int:
+    def cache_length(self, cache: LlamaCppCache | KeptCache) -> int:
         return len(cache.tokens)
 
     def rollback(self, cache: LlamaCppCache, length: int) -> None:
@@ -220,36 +231,53 @@ class LlamaCppBackend(TokenizerMethods):
             self._check_open()
             return bool(self._lib.llama_state_seq_set_data(self._ctx, state, len(state), seq_id))
 
-    def fork_cache(self, cache: LlamaCppCache | SavedCache) -> LlamaCppCache:
-        """A new sequence with the same cells (no keys/values copied), or a saved cache loaded into one. A saved
-        state that finds no room is computed again from its tokens: correct, only slower."""
+    def fork_cache(self, cache: LlamaCppCache | KeptCache) -> LlamaCppCache:
+        """A new sequence with the same cells (no keys/values copied). A spilled document is loaded into its cells
+        again first; one that finds no room is computed again from its tokens: correct, only slower."""
         fork = self.new_cache()
         with self.lock:
-            if isinstance(cache, LlamaCppCache):
+            if isinstance(cache, KeptCache) and cache.spilled and self._restore(cache.state, cache.seq_id):
+                cache.state = None
+            if isinstance(cache, KeptCache) and cache.spilled:
+                self.prefill(fork, cache.tokens)
+            else:
                 if cache.tokens:
                     self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, fork.seq_id, 0, len(cache.tokens))
                 fork.tokens = list(cache.tokens)
-            elif self._restore(cache.state, fork.seq_id):
-                fork.tokens = list(cache.tokens)
-            else:
-                self.prefill(fork, cache.tokens)
         return fork
 
-    def compact_cache(self, cache: LlamaCppCache | SavedCache) -> SavedCache:
-        if isinstance(cache, SavedCache):
+    def compact_cache(self, cache: LlamaCppCache | KeptCache) -> KeptCache:
+        """The document kept on a sequence of its own, sharing the cache's cells (the run's sequence may go)."""
+        if isinstance(cache, KeptCache):
             return cache
-        return SavedCache(tuple(cache.tokens), self._save(cache.seq_id))
+        with self.lock:
+            kept = KeptCache(self._acquire(), tuple(cache.tokens))
+            self._owned_seq(kept)
+            if kept.tokens:
+                self._lib.llama_memory_seq_cp(self._mem, cache.seq_id, kept.seq_id, 0, len(kept.tokens))
+            self._kept.add(kept)
+        return kept
 
-    def filled_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
-        """Bytes a saved copy of the cache takes (what a document cache entry holds)."""
-        if isinstance(cache, SavedCache):
-            return cache.nbytes
+    def _spill(self) -> bool:
+        """Save every kept document still in cells to host memory and free its cells; False if there was none."""
+        with self.lock:
+            live = [k for k in self._kept if not k.spilled and k.tokens]
+            for k in live:
+                k.state = self._save(k.seq_id)
+                self._lib.llama_memory_seq_rm(self._mem, k.seq_id, -1, -1)
+        return bool(live)
+
+    def filled_nbytes(self, cache: LlamaCppCache | KeptCache) -> int:
+        """Bytes a saved copy of the cache takes: what a kept document takes in host memory once spilled, and what
+        the `DocumentCache` charges for it (in cells it takes none beyond the context's KV buffer)."""
+        if isinstance(cache, KeptCache) and cache.spilled:
+            return len(cache.state)
         with self.lock:
             self._check_open()
             return int(self._lib.llama_state_seq_get_size(self._ctx, cache.seq_id))
 
-    def cache_nbytes(self, cache: LlamaCppCache | SavedCache) -> int:
-        # Live cells sit in the context's preallocated KV buffer: only a saved copy takes memory of its own.
+    def cache_nbytes(self, cache: LlamaCppCache | KeptCache) -> int:
+        # Live cells sit in the context's preallocated KV buffer: charged as the saved copy they may become.
         return self.filled_nbytes(cache)
 
     def reserve(self, cache: LlamaCppCache, n_tokens: int) -> None:
@@ -257,18 +285,31 @@ class LlamaCppBackend(TokenizerMethods):
 
     # -- compute -----------------------------------------------------------------------------------------
     def _decode(
-        self, ids: Sequence[int], pos: Sequence[int], seqs: Sequence[int], outputs: Sequence[int]
-    ) -> np.ndarray:
-        """Decode tokens (each at its position in its sequence) in batches of `n_batch`; return the logits of the
-        tokens at indices `outputs` (ascending), one row each. On a failure the tokens' cells are removed again."""
+        self,
+        ids: Sequence[int],
+        pos: Sequence[int],
+        seqs: Sequence[int],
+        outputs: Sequence[int],
+        take: Callable[[int, np.ndarray], Any] | None = None,
+    ) -> list[Any]:
+        """Decode tokens (each at its position in its sequence) in batches; return, per index in `outputs`
+        (ascending), a copy of that token's logits, or `take(k, logits)` for the k-th output where given (`logits` is
+        a view into llama.cpp's buffer, valid during the call only: reduce it there, and a long scored row never
+        holds every vocabulary-wide row at once). A batch asks for at most `MAX_OUTPUTS` logits, so llama.cpp's
+        output buffer stays within what the context reserved for its sequences. On a failure the tokens' cells are
+        removed again."""
         lib, batch, n = self._lib, self._batch, len(ids)
         want = set(outputs)
-        rows: list[np.ndarray] = []
+        out: list[Any] = []
         with self.lock:
             self._check_open()
             self._reclaim()
-            for start in range(0, n, self.n_batch):
-                end = min(n, start + self.n_batch)
+            start = 0
+            while start < n:
+                end, asked = start, 0
+                while end < n and end - start < self.n_batch and asked < MAX_OUTPUTS:
+                    asked += end in want
+                    end += 1
                 for j, i in enumerate(range(start, end)):
                     batch.token[j] = ids[i]
                     batch.pos[j] = pos[i]
@@ -279,12 +320,15 @@ class LlamaCppBackend(TokenizerMethods):
                 rc = lib.llama_decode(self._ctx, batch)
                 if rc != 0:
                     self._undo(pos[:end], seqs[:end])
+                    if rc == 1 and self._spill():  # no free cells: kept documents make room, then all again
+                        return self._decode(ids, pos, seqs, outputs, take)
                     raise LlamaCppError(self._decode_problem(rc))
                 for j, i in enumerate(range(start, end)):
                     if i in want:
-                        ptr = lib.llama_get_logits_ith(self._ctx, j)
-                        rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
-        return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
+                        view = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, j), shape=(self.n_vocab,))
+                        out.append(view.copy() if take is None else take(len(out), view))
+                start = end
+        return out
 
     def _undo(self, pos: Sequence[int], seqs: Sequence[int]) -> None:
         first: dict[int, int] = {}
@@ -302,8 +346,8 @@ class LlamaCppBackend(TokenizerMethods):
             )
         return f"llama_decode failed with status {rc} on {self.name!r}."
 
-    def _append(self, cache: LlamaCppCache, ids: Sequence[int], *, logits: bool) -> np.ndarray:
-        """Append `ids` to the cache's sequence; the last token's logits (shape (1, vocab)) when asked."""
+    def _append(self, cache: LlamaCppCache, ids: Sequence[int], *, logits: bool) -> list[np.ndarray]:
+        """Append `ids` to the cache's sequence; the last token's logits (a list of one) when asked."""
         base = len(cache.tokens)
         if base + len(ids) > (self.max_context_tokens or 0):
             raise self.window_error(base + len(ids))
@@ -500,26 +544,32 @@ class LlamaCppBackend(TokenizerMethods):
         seqs, held = self._row_seqs(cache, packed)
         try:
             starts = [0, *cumsum(len(r.prompt_ids) - h for r, h in zip(packed, held, strict=True))]
+            # A saved aside that found no room is computed here: its positions are not read, so every row is
+            # scored from the same token on whatever happened.
             wanted = [
                 a + k - h
                 for a, r, n, h, skip in zip(starts, packed, aside_len, held, skips, strict=False)
                 for k in range(n + skip, len(r.prompt_ids))
             ]
-            logits = self._decode(
+            picks = [
+                p
+                for r, n, skip in zip(packed, aside_len, skips, strict=True)
+                for p in row_picks(r.prompt_ids[n + skip :], next_ids)
+            ]
+            picked = self._decode(
                 [t for r, h in zip(packed, held, strict=True) for t in r.prompt_ids[h:]],
                 [r.prefix_length + k for r, h in zip(packed, held, strict=True) for k in range(h, len(r.prompt_ids))],
                 [s for r, s, h in zip(packed, seqs, held, strict=True) for _ in r.prompt_ids[h:]],
                 wanted,
+                take=lambda k, logits: logprobs_at(logits, picks[k]),  # a few floats kept per position
             )
         finally:
             for s in seqs:
                 self._release(s)
-        # A saved aside that found no room was computed here: its extra rows are dropped, so every row is scored
-        # from the same token on whatever happened.
         out, at = [], 0
         for r, n, skip in zip(packed, aside_len, skips, strict=True):
             count = len(r.prompt_ids) - n - skip
-            scores = row_scores(logits[at : at + count], r.prompt_ids[n + skip :], next_ids)
+            scores = row_scores(picked[at : at + count], next_ids)
             out.append(RowScores([float("nan")] * skip + scores.token_logprobs, scores.next_logprobs))
             at += count
         return out

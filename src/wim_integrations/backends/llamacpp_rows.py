@@ -40,7 +40,7 @@ class _Sequences(Protocol):
 
     def _decode(
         self, ids: Sequence[int], pos: Sequence[int], seqs: Sequence[int], outputs: Sequence[int]
-    ) -> np.ndarray: ...
+    ) -> list[np.ndarray]: ...
 
 
 @dataclass

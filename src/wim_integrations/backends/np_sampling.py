@@ -30,11 +30,21 @@ def logprob(logits: np.ndarray, token: int) -> float:
     return float(_log_softmax(logits)[token])
 
 
-def row_scores(logits: np.ndarray, row: Sequence[int], next_ids: Sequence[int]) -> RowScores:
-    """`logits[j]` predicts the token after `row[j]`."""
-    logp = _log_softmax(logits)
-    token_lp = [float(logp[j, row[j + 1]]) for j in range(len(row) - 1)]
-    return RowScores(token_lp, {int(t): float(logp[-1, t]) for t in next_ids})
+def logprobs_at(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """log P of `ids` under one row of logits (vocab,), by `_log_softmax`'s arithmetic."""
+    return _log_softmax(logits)[np.asarray(ids, dtype=np.intp)]
+
+
+def row_picks(row: Sequence[int], next_ids: Sequence[int]) -> list[list[int]]:
+    """What `logits[j]` of a scored row is read for: the row's next token, and for its last position `next_ids`."""
+    return [[row[j + 1]] for j in range(len(row) - 1)] + [list(next_ids)]
+
+
+def row_scores(picked: Sequence[np.ndarray], next_ids: Sequence[int]) -> RowScores:
+    """A scored row from `logprobs_at` of each position, in `row_picks`' order."""
+    return RowScores(
+        [float(p[0]) for p in picked[:-1]], {int(t): float(v) for t, v in zip(next_ids, picked[-1], strict=True)}
+    )
 
 
 def masked(logits: np.ndarray, allowed: Sequence[int]) -> np.ndarray:
