@@ -192,6 +192,65 @@ def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
     assert len(asks) == len(scored)
 
 
+def test_each_row_end_is_reported_while_the_other_rows_still_decode(engine: FakeEngine, tokenizer, connect) -> None:
+    """`PackedRequest.row_ended` (servers): called once per row, with the row's tokens, as soon as it ends (here row 0
+    by its stop rule after 2 tokens, the others at their budget), before the steps that carry the other rows' later
+    tokens."""
+    from wim_integrations.backends.base import PackedRequest, PackedRow
+
+    backend = connect(engine)
+    cache = backend.new_cache()
+    backend.prefill(cache, tokenizer(HARBOR)["input_ids"][:300])
+    prompt = tokenizer(" Note:")["input_ids"]
+    rows = [PackedRow(n, prompt) for n in (100, 200, 300)]
+    log: list[tuple[str, int, list[int]]] = []
+    request = PackedRequest(
+        rows,
+        6,
+        done=lambda i, ids: i == 0 and len(ids) == 2,
+        row_ended=lambda i, ids: log.append(("end", i, ids)),
+    )
+    tokens: list[list[int]] = [[], [], []]
+    for step in backend.generate_packed(cache, request):
+        for i, tok in step:
+            tokens[i].append(tok)
+            log.append(("token", i, [tok]))
+    ends = [e for e in log if e[0] == "end"]
+    assert sorted(i for _, i, _ in ends) == [0, 1, 2]
+    assert all(ids == tokens[i] for _, i, ids in ends)  # each row's whole output
+    assert len(tokens[0]) == 2 and len(tokens[1]) == len(tokens[2]) == 6
+    row0_end = log.index(("end", 0, tokens[0]))
+    assert any(kind == "token" and i != 0 for kind, i, _ in log[row0_end:])  # others went on decoding after it
+
+
+def test_segment_pmi_sends_each_scoring_request_as_its_margin_ends(tokenizer, connect, monkeypatch) -> None:
+    """On a server the loop hands each finished margin row to the judge: `segment_pmi` sends its scoring request then,
+    on a thread of its own, and takes the result when the group is judged. Every margin is prefetched, none is sent
+    twice, and the scores equal a run that sends them all at judging time (prefetch turned off)."""
+    from wim_integrations.reading.scoring import SegmentPMIScorer
+
+    real = SegmentPMIScorer.prefetch
+    calls: list[int] = []
+
+    def spy(self, cache, segment_start, token_ids, asides):
+        calls.append(segment_start)
+        return real(self, cache, segment_start, token_ids, asides)
+
+    config = WiMConfig(**BUDGETS)
+    with FakeVLLM(tokenizer, token_delay=0.002) as engine:
+        backend = connect(engine)
+        monkeypatch.setattr(SegmentPMIScorer, "prefetch", spy)
+        ahead = WiM(backend, config=config).run(HARBOR, QUESTION, margin_batch_size=3)
+        scored = [r for r in backend.requests if r.kind == "score"]
+        monkeypatch.setattr(SegmentPMIScorer, "prefetch", lambda *a: None)
+        backend.requests.clear()
+        inline = WiM(backend, config=config).run(HARBOR, QUESTION, margin_batch_size=3)
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == ahead.n_segments
+    assert len(scored) == sum(bool(m.text) for m in ahead.margins)
+    assert _texts(ahead) == _texts(inline) and ahead.answer == inline.answer
+    assert [m.score for m in ahead.margins] == pytest.approx([m.score for m in inline.margins], abs=1e-12, rel=0)
+
+
 @pytest.mark.parametrize("plugin", ["none", "uncapped", "capped"])
 def test_vllm_scoring_requests_read_the_prefix_cache_with_wims_plugin(tokenizer, connect, plugin: str) -> None:
     """vLLM never reads its prefix cache for prompt log-probabilities; with scripts/vllm_plugin a scoring request that

@@ -107,6 +107,10 @@ class PackedRequest:
     # A server that declares `overlap`: send each row as soon as its own prefix is cached, while the server computes
     # the text after it (see `ServerBackend.generate_packed`). In process, rows overlap through `open_rows` instead.
     overlap: bool = False
+    # Called by a server backend with (row index, its tokens) as each row ends, before the step with its last token
+    # is yielded: work on that row can go to the server while other rows still decode. In process not called (one
+    # engine computes one thing at a time: nothing to gain).
+    row_ended: Callable[[int, list[int]], None] | None = None
 
     def span_matchers(self) -> list[SpanMatcher | None]:
         """A fresh matcher per constrained row (None for a free row)."""

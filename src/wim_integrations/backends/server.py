@@ -299,6 +299,11 @@ class ServerBackend(TokenizerMethods):
         pending: list[deque[tuple[int, float | None] | None]] = [deque() for _ in rows]  # None: the row ended
         running = set(range(len(rows)))
 
+        def end_row(j: int) -> None:
+            running.discard(j)
+            if request.row_ended is not None:
+                request.row_ended(j, list(outputs[j]))
+
         def absorb(item: tuple[int, int | None, float | None, BaseException | None]) -> None:
             i, token, lp, error = item
             if error is not None:
@@ -317,7 +322,7 @@ class ServerBackend(TokenizerMethods):
                             continue
                         item = pending[j].popleft()
                         if item is None:
-                            running.discard(j)
+                            end_row(j)
                             continue
                         token, lp = item
                         outputs[j].append(token)
@@ -326,7 +331,7 @@ class ServerBackend(TokenizerMethods):
                         step.append((j, token))
                         if request.done is not None and request.done(j, outputs[j]):
                             cancels[j].set()
-                            running.discard(j)
+                            end_row(j)
                     if step:
                         yield step
         finally:

@@ -48,8 +48,17 @@ class Judge(Protocol):
         """The margin prompt computed at a segment's end, offered for later scoring (`segment_pmi` and `question_pmi`
         keep it)."""
 
+    def prefetch(self, cache: Any, segment_start: int, token_ids: Sequence[int]) -> None:
+        """A server's margin row has ended while others still decode: work on it may start now (`segment_pmi`
+        sends its scoring request). `judge` gives the same result whether or not this was called."""
 
-class _Stateless:
+
+class _NoPrefetch:
+    def prefetch(self, cache: Any, segment_start: int, token_ids: Sequence[int]) -> None:
+        pass
+
+
+class _Stateless(_NoPrefetch):
     generated_tokens = 0
     keeps_prompts = False
 
@@ -117,6 +126,9 @@ class SegmentPMIJudge:
     def keep_prompt(self, segment_end: int, aside: PromptAside) -> None:
         self.prompts[segment_end] = aside
 
+    def prefetch(self, cache: Any, segment_start: int, token_ids: Sequence[int]) -> None:
+        self.scorer.prefetch(cache, segment_start, token_ids, self.prompts)
+
     def judge(self, drafts: Sequence[MarginDraft], cache: Any) -> list[Judgement]:
         scores = self.scorer.score(cache, drafts, self.prompts)
         last = max(d.segment_start for d in drafts)  # only the newest prompt is needed again (the next segment's)
@@ -125,7 +137,7 @@ class SegmentPMIJudge:
 
 
 @dataclass
-class QuestionPMIJudge:
+class QuestionPMIJudge(_NoPrefetch):
     """classification="question_pmi": `segment_pmi` and how much the question raised the margin, combined
     (`QuestionPMITerms.combined`: grounding + weight * question). Keeps the margin prompts computed at segment ends,
     as `SegmentPMIJudge` does: the one at a margin's segment start for its grounding row, the one at its segment end
@@ -154,7 +166,7 @@ class QuestionPMIJudge:
 
 
 @dataclass
-class ModelJudge:
+class ModelJudge(_NoPrefetch):
     """classification="judge": `question_pmi`'s two terms from the main model and the judge model's two numbers
     (`judge_model.JudgeScorer`), combined (`JudgeTerms.combined`). Keeps the margin prompts as `QuestionPMIJudge`."""
 
@@ -182,7 +194,7 @@ class ModelJudge:
         return judged
 
 
-class ClassifierJudge:
+class ClassifierJudge(_NoPrefetch):
     """A model's YES/NO reply (same_model / auxiliary), with the call recorded for tracers."""
 
     keeps_prompts = False

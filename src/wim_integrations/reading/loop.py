@@ -235,6 +235,11 @@ class Run:
         rows = [PackedRow(ends[s.index], plan.margin_prompt_ids, a) for s, a in zip(segments, asides, strict=True)]
         written = [Written(s, TextDeltas.for_backend(packed), []) for s in segments]
         spans = [self.quote_of(s) for s in segments] if self.cfg.margin_mode == "quote" else None
+        server = self.kv is None
+
+        def row_ended(i: int, ids: list[int]) -> None:  # on a server: its scoring request goes while others decode
+            self.judge.prefetch(cache, plan.segment_start(segments[i].index), ids)
+
         request = PackedRequest(
             rows,
             self.cfg.margin_max_new_tokens,
@@ -242,7 +247,8 @@ class Run:
             done,
             [w.logprobs for w in written],
             spans,
-            overlap=self.kv is None and bool(self.cfg.overlap),  # a server's overlap (in process: read_overlapped)
+            overlap=server and bool(self.cfg.overlap),  # a server's overlap (in process: read_overlapped)
+            row_ended=row_ended if server else None,
         )
         with lap() as t:
             steps = packed.generate_packed(cache, request)
@@ -406,7 +412,7 @@ class Run:
         plan, cfg, b = self.plan, self.cfg, self.backend
         n, read = plan.n_segments, self.n_read
         if read < n:  # a reused cache holds the whole document: answer from the segments actually read
-            b.rollback(cache, plan.segment_ends[read - 1] if read else len(plan.head_ids))
+            b.rollback(cache, plan.segment_start(read))
         self.controls.check()
         relevant = [m for m in self.margins if m.relevant]
         final_ids = self.reader.planner.final_prompt_ids(plan.analysis or plan.question, relevant, n)

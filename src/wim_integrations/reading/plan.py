@@ -72,6 +72,10 @@ class Plan:
             ends.append(pos)
         return ends
 
+    def segment_start(self, index: int) -> int:
+        """Cache length before segment `index` (the end of the one before, or of the chat head)."""
+        return self.segment_ends[index - 1] if index else len(self.head_ids)
+
 
 def as_config(config: object, default: WiMConfig) -> WiMConfig:
     """`config` as a `WiMConfig`: None is the WiM's own, a mapping is validated into one."""

@@ -38,8 +38,7 @@ def segment_read(plan: Plan, seg: Segment, seconds: float) -> SegmentRead:
 
 def draft(plan: Plan, w: Written) -> MarginDraft:
     seg = w.segment
-    start = plan.segment_ends[seg.index - 1] if seg.index else len(plan.head_ids)
-    end = plan.segment_ends[seg.index]
+    start, end = plan.segment_start(seg.index), plan.segment_ends[seg.index]
     return MarginDraft(w.deltas.text.strip(), list(w.deltas.ids), w.logprobs, seg.text, start, end)
 
 

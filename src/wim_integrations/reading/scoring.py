@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,14 +86,45 @@ class SegmentPMIScorer:
     def __init__(self, backend: Backend, margin_prompt_ids: Sequence[int]) -> None:
         self.backend = backend
         self.prompt = list(margin_prompt_ids)
+        self._ahead: dict[tuple[int, tuple[int, ...]], Future[list[RowScores]]] = {}
 
     def score(self, cache: Any, drafts: Sequence[MarginDraft], asides: Mapping[int, PromptAside]) -> list[float]:
         """`cache` holds at least every draft's segment start; `asides` maps a cache length to the margin prompt
-        computed there (reused, but for its last token, so each row's logits start inside the row)."""
+        computed there (reused, but for its last token, so each row's logits start inside the row). A margin
+        prefetched as written takes its scores from there; the others are scored here, in one batch."""
         scored = [d for d in drafts if d.token_ids]
-        rows = [self.before_row(d, asides) for d in scored]
-        before = self.backend.score_rows(cache, rows, tails=[len(d.token_ids) for d in scored])
+        ahead = [self._ahead.pop((d.segment_start, tuple(d.token_ids)), None) for d in scored]
+        rest = [d for d, f in zip(scored, ahead, strict=True) if f is None]
+        computed = iter(
+            self.backend.score_rows(
+                cache, [self.before_row(d, asides) for d in rest], tails=[len(d.token_ids) for d in rest]
+            )
+            if rest
+            else []
+        )
+        # A prefetched request ends within the server client's timeout, like one sent here.
+        before = [f.result()[0] if f is not None else next(computed) for f in ahead]
         return _lift(drafts, _margin_logprobs(before, scored))
+
+    def prefetch(
+        self, cache: Any, segment_start: int, token_ids: Sequence[int], asides: Mapping[int, PromptAside]
+    ) -> None:
+        """Send one margin's baseline row now, on a thread of its own (a server scores it while other margins
+        still decode); `score` takes the result for the same margin. A failure is raised there."""
+        key = (segment_start, tuple(token_ids))
+        if not token_ids or key in self._ahead:
+            return
+        row = self.before_row(MarginDraft("", list(token_ids), [], "", segment_start), asides)
+        future: Future[list[RowScores]] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.backend.score_rows(cache, [row], tails=[len(token_ids)]))
+            except BaseException as e:  # handed to `score`
+                future.set_exception(e)
+
+        self._ahead[key] = future
+        threading.Thread(target=run, name="wim-score-ahead", daemon=True).start()
 
     def before_row(self, d: MarginDraft, asides: Mapping[int, PromptAside]) -> PackedRow:
         """The margin after the text before its segment and the margin prompt (taken from `asides` where there)."""
