@@ -1,4 +1,4 @@
-"""`python -m benchmarks run --preset quick [--model PATH] [--systems ...] [--ids ...]`, `... report`.
+"""`python -m benchmarks run --preset quick [--model PATH | --gguf PATH] [--systems ...] [--ids ...]`, `... report`.
 
 Through a serving engine instead of in process: `--server URL --engine vllm --tokenizer DIR [--served-model NAME]`,
 or `--start-vllm` (starts vLLM's CPU build from .venv-vllm on the embedded model, scripts/setup_vllm.sh, and stops it
@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--served-model", help="with --server: the model name the server expects")
     run.add_argument("--start-vllm", action="store_true", help="start vLLM (CPU, .venv-vllm) on the embedded model")
+    run.add_argument(
+        "--gguf",
+        help="read on llama.cpp in process (the [llamacpp] extra) from this GGUF file; 'default' = the embedded one",
+    )
+    run.add_argument("--threads", type=int, help="with --gguf: llama.cpp threads (default: half the cores)")
     run.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="markdown table + PNG plots from a results file")
     rep.add_argument("results", nargs="?", type=Path, help="results JSONL (default: every file in benchmarks/results)")
@@ -105,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(str(e))
         with contextlib.ExitStack() as stack:
-            backend = _server_backend(args, stack) if args.server or args.start_vllm else _load_backend(args.model)
+            if args.server or args.start_vllm:
+                backend = _server_backend(args, stack)
+            elif args.gguf:
+                backend = _gguf_backend(args.gguf, args.threads)
+            else:
+                backend = _load_backend(args.model)
             return _run(args, parser, preset, kinds, systems, backend)
 
     from .report import write_report
@@ -117,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         md = write_report(path, args.img_dir, args.md)
         print(md)
     return 0
+
+
+def _gguf_backend(path: str, threads: int | None):
+    from wim_integrations.llamacpp_models import load_gguf_backend
+    from wim_integrations.models import default_gguf_path
+
+    return load_gguf_backend(default_gguf_path() if path == "default" else path, n_threads=threads)
 
 
 def _server_backend(args: argparse.Namespace, stack: contextlib.ExitStack):

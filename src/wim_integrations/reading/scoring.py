@@ -97,7 +97,9 @@ class SegmentPMIScorer:
         rest = [d for d, f in zip(scored, ahead, strict=True) if f is None]
         computed = iter(
             self.backend.score_rows(
-                cache, [self.before_row(d, asides) for d in rest], tails=[len(d.token_ids) for d in rest]
+                cache,
+                [self.before_row(d.segment_start, d.token_ids, asides) for d in rest],
+                tails=[len(d.token_ids) for d in rest],
             )
             if rest
             else []
@@ -114,7 +116,7 @@ class SegmentPMIScorer:
         key = (segment_start, tuple(token_ids))
         if not token_ids or key in self._ahead:
             return
-        row = self.before_row(MarginDraft("", list(token_ids), [], "", segment_start), asides)
+        row = self.before_row(segment_start, token_ids, asides)
         future: Future[list[RowScores]] = Future()
 
         def run() -> None:
@@ -126,12 +128,12 @@ class SegmentPMIScorer:
         self._ahead[key] = future
         threading.Thread(target=run, name="wim-score-ahead", daemon=True).start()
 
-    def before_row(self, d: MarginDraft, asides: Mapping[int, PromptAside]) -> PackedRow:
+    def before_row(self, segment_start: int, token_ids: Sequence[int], asides: Mapping[int, PromptAside]) -> PackedRow:
         """The margin after the text before its segment and the margin prompt (taken from `asides` where there)."""
         return PackedRow(
-            d.segment_start,
-            [*self.prompt, *d.token_ids],
-            _head(self.backend, asides.get(d.segment_start), len(self.prompt) - 1),
+            segment_start,
+            [*self.prompt, *token_ids],
+            _head(self.backend, asides.get(segment_start), len(self.prompt) - 1),
         )
 
 
@@ -172,7 +174,7 @@ class QuestionPMIScorer:
         """`cache` holds at least every draft's segment end; `asides` as for `SegmentPMIScorer.score`, and the margin
         prompts computed at the drafts' segment ends (their question-free heads are reused)."""
         scored = [d for d in drafts if d.token_ids]
-        before = [self.segment.before_row(d, asides) for d in scored]
+        before = [self.segment.before_row(d.segment_start, d.token_ids, asides) for d in scored]
         free = [
             PackedRow(
                 d.segment_end,
