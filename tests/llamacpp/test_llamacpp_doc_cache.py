@@ -62,7 +62,7 @@ def test_kept_cache_shares_cells_and_is_charged_a_saved_copy(llamacpp_backend):
     assert b.cache_length(fresh) == 500 and b.cache_length(fork) == 100
 
 
-def test_a_kept_document_is_spilled_when_cells_run_out_and_loaded_again():
+def test_a_kept_document_is_spilled_when_cells_run_out_and_loaded_again(llamacpp_backend):  # its skip rule
     """A context of 1,536 cells keeps a 500-token document; a 1,000-token read fits beside it, and a second read of
     100 tokens then needs its cells: the document is saved to host memory and its cells freed (the read succeeds),
     and the next fork loads it back, scoring as a fresh read does."""
