@@ -236,7 +236,8 @@ class LocalKVBackend(PackedBackend, Protocol):
         """Bytes of the keys/values the cache holds (what a compact copy of it takes)."""
 
     def compact_cache(self, cache: Any) -> Any:
-        """A copy of `cache` that keeps alive only its own keys/values (no spare room, nothing shared)."""
+        """A cache to keep (a document cache entry) holding only `cache`'s own keys/values: no spare room, and
+        nothing the run goes on to write (transformers: a copy; llama.cpp: the same cells on a sequence of its own)."""
 
     def reserve(self, cache: Any, n_tokens: int) -> None:
         """Hint: `cache` will hold up to about `n_tokens`; room may be allocated for them at once."""
