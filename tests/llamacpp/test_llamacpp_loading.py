@@ -166,6 +166,18 @@ def test_cli_reads_with_a_gguf_and_with_an_ollama_model(tmp_path, gguf, monkeypa
     assert "--model and --gguf each name the model; use one" in err.getvalue()
 
 
+def test_the_quality_suite_reads_on_llama_cpp_with_gguf(tmp_path, gguf):
+    """`python -m benchmarks run --gguf`: the suite's tasks read by WiM on llama.cpp in process, recorded as usual."""
+    from benchmarks.__main__ import main as bench
+
+    out = tmp_path / "results.jsonl"
+    args = ["run", "--preset", "quick", "--systems", "wim", "--ids", "needle-L768-d0.1-s0", "--no-progress"]
+    assert bench([*args, "--gguf", str(gguf), "--threads", "2", "--out", str(out)]) == 0
+    [rec] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["model"] == gguf.name and rec["system"] == "wim"
+    assert rec["detail"]["margins"] and all(m["score"] is not None for m in rec["detail"]["margins"])
+
+
 def test_langchain_chain_from_gguf(gguf):
     pytest.importorskip("langchain_core")
     from wim_integrations.langchain import WiMChain
