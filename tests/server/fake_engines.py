@@ -197,7 +197,8 @@ class FakeEngine:
 
     `token_delay` seconds pass after each streamed event (so concurrent streams overlap); `block_size` rounds cached
     tokens down to whole KV-cache blocks (vLLM: 16 tokens; SGLang's radix cache: 1); `tokenize` replaces the engine's
-    tokenizer (to serve "another model")."""
+    tokenizer (to serve "another model"). `before_event(body, n)`, when set, is called before a stream's n-th event
+    (from 0) is sent, on the request's thread: a test holds a stream there to fix the order streams interleave."""
 
     kind = ""
     generation_paths: tuple[str, ...] = ()
@@ -224,6 +225,7 @@ class FakeEngine:
         self.unknown: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.before_event: Callable[[dict[str, Any], int], None] | None = None
         self._prompts: list[tuple[str | None, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         engine = self
@@ -337,7 +339,7 @@ class FakeEngine:
                 finished()
                 self._send_json(h, *reply)
             else:
-                self._send_events(h, reply, finished)
+                self._send_events(h, body, reply, finished)
         except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (a cancelled stream)
             return
         finally:
@@ -353,12 +355,18 @@ class FakeEngine:
         h.wfile.write(data)
 
     def _send_events(
-        self, h: BaseHTTPRequestHandler, events: Iterator[dict[str, Any]], finished: Callable[[], None]
+        self,
+        h: BaseHTTPRequestHandler,
+        body: dict[str, Any],
+        events: Iterator[dict[str, Any]],
+        finished: Callable[[], None],
     ) -> None:
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.end_headers()
-        for event in events:
+        for n, event in enumerate(events):
+            if self.before_event is not None:
+                self.before_event(body, n)
             h.wfile.write(b"data: " + json.dumps(event, allow_nan=False).encode() + b"\n\n")
             h.wfile.flush()
             if self.token_delay:

@@ -195,7 +195,10 @@ def test_scored_relevance_from_prompt_logprobs_equals_the_in_process_scores(
 def test_each_row_end_is_reported_while_the_other_rows_still_decode(engine: FakeEngine, tokenizer, connect) -> None:
     """`PackedRequest.row_ended` (servers): called once per row, with the row's tokens, as soon as it ends (here row 0
     by its stop rule after 2 tokens, the others at their budget), before the steps that carry the other rows' later
-    tokens."""
+    tokens. The engine holds rows 1 and 2 after their second token until row 0's end is reported (bounded), so the
+    streams interleave the same way however the machine schedules their threads."""
+    import threading
+
     from wim_integrations.backends.base import PackedRequest, PackedRow
 
     backend = connect(engine)
@@ -203,24 +206,38 @@ def test_each_row_end_is_reported_while_the_other_rows_still_decode(engine: Fake
     backend.prefill(cache, tokenizer(HARBOR)["input_ids"][:300])
     prompt = tokenizer(" Note:")["input_ids"]
     rows = [PackedRow(n, prompt) for n in (100, 200, 300)]
+    row0_ended = threading.Event()
+    held: list[bool] = []
+
+    def hold_others(body: dict[str, Any], n: int) -> None:
+        ids = body.get("prompt", body.get("input_ids"))
+        if isinstance(ids, list) and len(ids) != 100 + len(prompt) and n == 2:
+            held.append(row0_ended.wait(timeout=20))
+
     log: list[tuple[str, int, list[int]]] = []
-    request = PackedRequest(
-        rows,
-        6,
-        done=lambda i, ids: i == 0 and len(ids) == 2,
-        row_ended=lambda i, ids: log.append(("end", i, ids)),
-    )
+
+    def ended(i: int, ids: list[int]) -> None:
+        log.append(("end", i, ids))
+        if i == 0:
+            row0_ended.set()
+
+    engine.before_event = hold_others
+    request = PackedRequest(rows, 6, done=lambda i, ids: i == 0 and len(ids) == 2, row_ended=ended)
     tokens: list[list[int]] = [[], [], []]
     for step in backend.generate_packed(cache, request):
         for i, tok in step:
             tokens[i].append(tok)
             log.append(("token", i, [tok]))
+    assert held == [True, True]  # both other rows were held, and released by row 0's end (not by the timeout)
     ends = [e for e in log if e[0] == "end"]
     assert sorted(i for _, i, _ in ends) == [0, 1, 2]
     assert all(ids == tokens[i] for _, i, ids in ends)  # each row's whole output
     assert len(tokens[0]) == 2 and len(tokens[1]) == len(tokens[2]) == 6
     row0_end = log.index(("end", 0, tokens[0]))
-    assert any(kind == "token" and i != 0 for kind, i, _ in log[row0_end:])  # others went on decoding after it
+    # reported while building the step that ends it, before that step is yielded: row 0's first token only before it
+    assert [i for kind, i, _ in log[:row0_end] if kind == "token" and i == 0] == [0]
+    later = [i for kind, i, _ in log[row0_end:] if kind == "token" and i != 0]
+    assert len(later) >= 8  # rows 1 and 2 went on decoding after it (their tokens 3-6)
 
 
 def test_segment_pmi_sends_each_scoring_request_as_its_margin_ends(tokenizer, connect, monkeypatch) -> None:
