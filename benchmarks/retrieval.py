@@ -55,6 +55,7 @@ from .tasks import _COLORS, _ITEMS, _NAMES, _VAULTS, TokenCounter, filler_senten
 
 SYSTEMS = (
     "none",
+    "holding_only",  # not a filter: exactly the pieces that hold the facts, what a perfect filter would keep
     "chain_filter",
     "chain_filter_prob",
     "compressor",
@@ -280,6 +281,7 @@ def run(
 
     filters: dict[str, Callable[[RetrievalTask], Filtered]] = {
         "none": lambda task: Filtered(list(range(len(task.pieces)))),
+        "holding_only": lambda task: Filtered(sorted(task.holding)),
         "chain_filter": lambda task: _chain_filter(b, task, by_probability=False),
         "chain_filter_prob": lambda task: _chain_filter(b, task, by_probability=True),
         "compressor": lambda task: _compressor(wim, task),

@@ -29,6 +29,8 @@ def test_a_tiny_run_reports_every_system(tiny_wim, tmp_path, capsys):
     assert {(r["kind"], r["system"]) for r in records} == {(k, s) for k in KINDS for s in SYSTEMS}
     none = [r for r in records if r["system"] == "none"]
     assert all(r["recall"] == 1.0 and r["kept_share"] == 1.0 for r in none)
+    perfect = [r for r in records if r["system"] == "holding_only"]
+    assert perfect and all(r["kept"] == sorted(r["holding"]) and r["recall"] == 1.0 for r in perfect)
     assert all(0.0 <= r["recall"] <= 1.0 and set(r["kept"]) <= {0, 1} for r in records)
     assert main(["--report", str(out)]) == 0
     assert capsys.readouterr().out.strip() == table(records)
