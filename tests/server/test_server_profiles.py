@@ -6,6 +6,7 @@ llama-server, no embedded model (the llama.cpp profile is tested against a real 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,12 +105,22 @@ def test_a_run_over_the_server_equals_the_run_in_process(engine: FakeEngine, tok
 def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cached(
     kind: str, tokenizer, connect
 ) -> None:
-    # A few milliseconds per streamed token, so that requests sent together are seen in flight together.
+    # A few milliseconds per streamed token, so that requests sent together are seen in flight together; and, so that
+    # a busy machine cannot finish one before the next connects, a stream waits after its first token (at most 5 s)
+    # until a second request is in flight, until that has been seen once. Requests sent one after another never are.
     with ENGINES[kind](tokenizer, token_delay=0.004) as engine:
+
+        def wait_for_company(body: dict[str, Any], n: int) -> None:
+            deadline = time.monotonic() + 5
+            while n == 1 and engine.max_in_flight < 2 and time.monotonic() < deadline:
+                time.sleep(0.002)
+
+        engine.before_event = wait_for_company
         backend = connect(engine)
         wim = WiM(backend, config=CFG)
         result = wim.run(HARBOR, QUESTION, margin_batch_size=3)
         assert engine.max_in_flight > 1
+        engine.before_event = None
         rows = [r for r in backend.requests if r.kind == "row"]
         assert len(rows) == result.n_segments
         for r in rows:  # the whole prefix, but for a last partial block (vLLM caches whole blocks of 16 tokens)
