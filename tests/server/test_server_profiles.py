@@ -6,6 +6,7 @@ llama-server, no embedded model (the llama.cpp profile is tested against a real 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -111,8 +112,10 @@ def test_the_margins_of_a_group_are_requested_together_and_find_their_prefix_cac
     with ENGINES[kind](tokenizer, token_delay=0.004) as engine:
 
         def wait_for_company(body: dict[str, Any], n: int) -> None:
+            if n != 1:
+                return
             deadline = time.monotonic() + 5
-            while n == 1 and engine.max_in_flight < 2 and time.monotonic() < deadline:
+            while engine.max_in_flight < 2 and time.monotonic() < deadline:
                 time.sleep(0.002)
 
         engine.before_event = wait_for_company
@@ -208,8 +211,6 @@ def test_each_row_end_is_reported_while_the_other_rows_still_decode(engine: Fake
     by its stop rule after 2 tokens, the others at their budget), before the steps that carry the other rows' later
     tokens. The engine holds rows 1 and 2 after their second token until row 0's end is reported (bounded), so the
     streams interleave the same way however the machine schedules their threads."""
-    import threading
-
     from wim_integrations.backends.base import PackedRequest, PackedRow
 
     backend = connect(engine)
