@@ -3,6 +3,7 @@
     flock /tmp/wim-heavy.lock python benchmarks/serving.py                 # starts llama-server on the embedded model
     flock /tmp/wim-heavy.lock python benchmarks/serving.py --repeat 3 --cold-client --margins-last-first
     flock /tmp/wim-heavy.lock python benchmarks/serving.py --repeat 3 --save-slots both  # docs' llama.cpp run
+    flock /tmp/wim-heavy.lock python benchmarks/serving.py --repeat 3 --slots 8 --margin-slots both  # 8 slots
     python -m benchmarks.serving --segments 8 --segment-tokens 512 --repeat 3
     python benchmarks/serving.py --url http://127.0.0.1:8080 --engine llama.cpp --tokenizer /path/to/tokenizer
     flock /tmp/wim-heavy.lock python benchmarks/serving.py --engine vllm [--block-size 32] [--classification lexical]
@@ -23,7 +24,10 @@ tokens, with two planted codes (one per question), each repeat measures in order
 llama.cpp: `--save-slots on` (the default) measures the backend as shipped, which saves a document the slot is about
 to give up to a file on the server and restores it when a later request needs it (backends/slot_states.py); `off`
 measures `ServerBackend(save_slots=False)`; `both` measures both on the same server and document, alternating within
-each repeat (before / after, side by side).
+each repeat (before / after, side by side). `--slots N` starts llama-server with N slots (`-np N`, each of the same
+context); `--margin-slots all` (the default) lets a document's margins use every slot at once (the backend gives each
+slot the document from a slot file), `1` keeps them on the document's own slot, one after another, `both` measures
+both side by side as `--save-slots both` does.
 
 From the backend's request log (`ServerBackend.requests`; cached/computed are what the server reported): prompt
 tokens the server computed, prompt tokens a client without prefix caching would send (every non-warm-up request
@@ -366,6 +370,7 @@ def report(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['engine']} ({summary['server_version']}"
         + (f", save_slots={summary['save_slots']}" if summary["engine"] == "llama.cpp" else "")
+        + (f", -np {n}, margin_slots={summary.get('margin_slots')}" if (n := summary.get("llama_server_slots")) else "")
         + (f", --cache-ram {c}" if (c := summary["llama_server_cache_ram_mib"]) is not None else "")
         + (f", block size {b}" if (b := summary.get("vllm_block_size")) else "")
         + f"); {summary['machine']}",
@@ -503,6 +508,15 @@ def main() -> None:
         default="on",
         help="llama.cpp: ServerBackend(save_slots=...) as shipped (on), without slot files (off), or both side by side",
     )
+    ap.add_argument(
+        "--slots", type=int, default=1, help="llama-server started here: -np (slots), each with the context"
+    )
+    ap.add_argument(
+        "--margin-slots",
+        choices=["all", "1", "both"],
+        default="all",
+        help="llama.cpp: ServerBackend(margin_slots=None) (all of the server's slots), 1, or both side by side",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the JSON summary here")
     args = ap.parse_args()
     # Terminated (timeout, kill): leave through the `with` blocks below, so the llama-server started here stops too.
@@ -550,20 +564,28 @@ def main() -> None:
             server = LlamaServer(
                 default_gguf_path(),
                 context=context,
-                slots=1,
+                slots=args.slots,
                 threads=args.threads,
                 extra_args=("--cache-ram", str(args.cache_ram)),
             )
             stack.enter_context(server)
             url, engine, model, binary = server.url, "llama.cpp", DEFAULT_MODEL_NAME, server.binary
-        save_modes = {"on": [True], "off": [False], "both": [False, True]}[args.save_slots]
+        saves = {"on": [True], "off": [False], "both": [False, True]}[args.save_slots]
+        spreads: list[int | None] = {"all": [None], "1": [1], "both": [1, None]}[args.margin_slots]
         if engine != "llama.cpp":
-            save_modes = [True]  # slot files are llama.cpp's; elsewhere the option changes nothing
-        wims: dict[bool, WiM] = {}
-        for save in save_modes:
-            backend = ServerBackend(url, tokenizer=tokenizer, engine=engine, model=args.served_model, save_slots=save)
+            saves, spreads = [True], [None]  # slot files and slots are llama.cpp's; elsewhere they change nothing
+        # Each variant is one backend (its label: the ServerBackend options it was built with), measured in turn.
+        variants = {
+            variant_label(save, spread): {"save_slots": save, "margin_slots": spread}
+            for save in saves
+            for spread in spreads
+        }
+        labels = list(variants)
+        wims: dict[str, WiM] = {}
+        for label, options in variants.items():
+            backend = ServerBackend(url, tokenizer=tokenizer, engine=engine, model=args.served_model, **options)
             stack.callback(backend.close)
-            wims[save] = WiM(backend, config=cfg)
+            wims[label] = WiM(backend, config=cfg)
         cold_wim = None
         if args.cold_client:
             if "reuse_prefix" not in inspect.signature(ServerBackend).parameters:
@@ -592,16 +614,16 @@ def main() -> None:
                     keeper.forget_slots()
                     keeper.forget_saved()
 
-        wim = wims[save_modes[-1]]
+        wim = wims[labels[-1]]
         doc = make_document(wim, args.segments, cfg, args.seed)
         plan = wim.plan(doc.text, doc.questions[0], cfg)
-        runs: dict[bool, list[dict[str, dict[str, Any]]]] = {save: [] for save in save_modes}
+        runs: dict[str, list[dict[str, dict[str, Any]]]] = {label: [] for label in labels}
         for i in range(args.repeat):
-            for save in save_modes:  # before / after alternate within a repeat: the same machine state for both
-                last = save == save_modes[-1]
-                runs[save].append(
+            for label in labels:  # before / after alternate within a repeat: the same machine state for both
+                last = label == labels[-1]
+                runs[label].append(
                     measure(
-                        wims[save],
+                        wims[label],
                         cold_wim if last else None,
                         doc,
                         cfg,
@@ -624,6 +646,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "llama_server_threads": args.threads,
         "llama_server_cache_ram_mib": None if args.url or engine != "llama.cpp" else args.cache_ram,
+        "llama_server_slots": None if args.url or engine != "llama.cpp" else args.slots,
         "vllm_block_size": block,
         "segments": plan.n_segments,
         "segment_tokens": args.segment_tokens,
@@ -639,20 +662,25 @@ def main() -> None:
         "targets": {**TARGETS, "wim_over_plain_bound": WIM_OVER_PLAIN_BOUND.get(engine, 1.5)},
     }
     summaries = {}
-    for save in save_modes:
-        modes = summarize(runs[save])
-        summaries[save] = {**common, "save_slots": save, "ratios": ratios_of(modes), "modes": modes}
-    for save in save_modes:
-        if len(save_modes) > 1:
-            print(f"## save_slots={save}")
-        print(report(summaries[save]))
+    for label in labels:
+        modes = summarize(runs[label])
+        summaries[label] = {**common, **variants[label], "ratios": ratios_of(modes), "modes": modes}
+    for label in labels:
+        if len(labels) > 1:
+            print(f"## {label}")
+        print(report(summaries[label]))
         print()
-    out: dict[str, Any] = summaries[save_modes[0]]
-    if len(save_modes) > 1:
-        out = {f"save_slots_{'on' if save else 'off'}": summaries[save] for save in save_modes}
+    out: dict[str, Any] = summaries[labels[0]]
+    if len(labels) > 1:
+        out = {label: summaries[label] for label in labels}
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def variant_label(save: bool, spread: int | None) -> str:
+    """The JSON key of a variant: `save_slots_on` / `save_slots_off` as before, `margin_slots_1` / `_all` added."""
+    return f"save_slots_{'on' if save else 'off'}" + ("" if spread is None else f"_margin_slots_{spread}")
 
 
 def ratios_of(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def assert_same_greedy_text(
     max_tokens: int,
     engine: str = "llama.cpp",
     model: str | None = None,
+    near_tie: float = NEAR_TIE,
 ) -> None:
     """`a` and `b` (stripped greedy texts for `prompt`) are equal, or part at a near-tie of the server's top two."""
     if a == b:
@@ -73,7 +74,7 @@ def assert_same_greedy_text(
         if len(text.lstrip()) > parted:  # this step wrote the first character where a and b differ
             break
     smallest = min(gaps, default=math.inf)
-    assert smallest < NEAR_TIE, (
+    assert smallest < near_tie, (
         f"greedy texts differ at character {parted} with no near-tie before it (smallest top-two gap "
         f"{smallest:.3f} nats):\n{a!r}\n{b!r}"
     )
@@ -91,16 +92,17 @@ def answer_prompt(wim: Any, plan: Any, result: Any) -> list[int]:
     return plan.head_ids + context + wim.final_prompt_ids(plan.question, kept, result.n_segments)
 
 
-def assert_same_run(url: str, wim: Any, plan: Any, a: Any, b: Any) -> None:
+def assert_same_run(url: str, wim: Any, plan: Any, a: Any, b: Any, near_tie: float = NEAR_TIE) -> None:
     """Two runs of `plan` agree as far as the server promises (see `assert_same_greedy_text`): each margin equal or
     parted at a near-tie; the answers too where every margin was equal (else their prompts differ)."""
     cfg, engine, model = plan.config, wim.backend.engine, wim.backend.profile.model
     assert a.segments_read == b.segments_read and len(a.margins) == len(b.margins)
     for k, (x, y) in enumerate(zip(a.margins, b.margins, strict=True)):
-        assert_same_greedy_text(url, margin_prompt(plan, k), x.text, y.text, cfg.margin_max_new_tokens, engine, model)
+        steps = cfg.margin_max_new_tokens
+        assert_same_greedy_text(url, margin_prompt(plan, k), x.text, y.text, steps, engine, model, near_tie)
     if [(m.text, m.relevant) for m in a.margins] == [(m.text, m.relevant) for m in b.margins]:
         prompt = answer_prompt(wim, plan, a)
-        assert_same_greedy_text(url, prompt, a.answer, b.answer, cfg.answer_max_new_tokens, engine, model)
+        assert_same_greedy_text(url, prompt, a.answer, b.answer, cfg.answer_max_new_tokens, engine, model, near_tie)
 
 
 # -- the same comparison on llama.cpp in process (the llama.cpp backend): the same kernels, the same promise. Its

@@ -225,3 +225,9 @@ def test_a_connection_refused_is_still_retried_then_reported() -> None:
     with pytest.raises(Exception, match="could not reach") as info:
         client.get_json("/health")
     assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+@pytest.mark.parametrize("slots", [0, -1, 2.0, True, "4"])
+def test_a_bad_margin_slots_is_an_input_error_before_anything_loads(slots: object) -> None:
+    with pytest.raises(WiMInputError, match=r"margin_slots must be None .* or a whole number of at least 1"):
+        WiM.from_server("http://127.0.0.1:9", tokenizer="/nonexistent/tokenizer", margin_slots=slots)

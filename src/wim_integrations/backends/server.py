@@ -20,7 +20,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import SamplingConfig
@@ -44,6 +44,9 @@ _PROBE_TEXT = "WiM checks the tokenizer: 4417 keepers, naïve café, 東京, �
 # stream is read (its usage report, which vLLM sends in a chunk of its own, and its end, so the connection can be
 # reused), but at most this many more events; then the stream is closed.
 _EVENTS_AFTER_END = 4
+# llama.cpp: margin rows go to several slots only when their longest prefix is at least this long (a document), after
+# it was saved to a file that each slot restores; rows on a shorter prefix (a judge prompt) stay on their own slot.
+_SPREAD_SAVE_MIN = 256
 # What a reply of the wrong shape raises inside a profile's parsing (a missing key, a string for a number, ...).
 _SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
 
@@ -69,6 +72,7 @@ class RequestRecord:
     prefix_tokens: int
     cached_tokens: int | None
     computed_tokens: int | None
+    slot: int | None = None  # llama.cpp: the slot it went to
 
 
 class ServerBackend(TokenizerMethods):
@@ -93,6 +97,7 @@ class ServerBackend(TokenizerMethods):
         stop_ids: Sequence[int] | None = None,
         reuse_prefix: bool = True,
         save_slots: bool = True,
+        margin_slots: int | None = None,
         check: bool = True,
         name: str | None = None,
     ) -> None:
@@ -101,6 +106,13 @@ class ServerBackend(TokenizerMethods):
             raise WiMInputError(f"engine={engine!r} is not known; use one of {sorted(PROFILES)}.")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise WiMInputError(f"max_concurrency must be a whole number of at least 1, not {max_concurrency!r}.")
+        if margin_slots is not None and (
+            not isinstance(margin_slots, int) or isinstance(margin_slots, bool) or margin_slots < 1
+        ):
+            raise WiMInputError(
+                f"margin_slots must be None (every slot of the server) or a whole number of at least 1, not "
+                f"{margin_slots!r}; 1 decodes a document's margins one after another on its own slot."
+            )
         # reuse_prefix=False sends every request cold (no warm-ups; llama.cpp: cache_prompt off): for comparisons.
         self.profile: Profile = PROFILES[engine](model, cache_salt, reuse_prefix)
         # Several replicas behind a router: every request of a document carries this header with the document's key,
@@ -128,6 +140,8 @@ class ServerBackend(TokenizerMethods):
         self.requests: deque[RequestRecord] = deque(maxlen=100_000)  # newest last; for tests and benchmarks
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="wim-server")
         self.n_slots = 1
+        # llama.cpp: how many of the server's slots one document's margins may use at once (None: all of them).
+        self.margin_slots = margin_slots
         self.max_context_tokens: int | None = context_window
         # llama.cpp: a document the slot held is saved on the server before a request discards it, and restored when
         # a later request needs it (a second question); see slot_states.py. Off without prefix reuse.
@@ -139,7 +153,18 @@ class ServerBackend(TokenizerMethods):
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.profile.capabilities
+        caps = self.profile.capabilities
+        if isinstance(self.profile, LlamaCppProfile) and self._spread() > 1:
+            # Margins on several slots at once: the reader groups segments and sends their rows together.
+            return replace(caps, packed_rows=True, concurrent_requests=True)
+        return caps
+
+    def _spread(self) -> int:
+        """llama.cpp: how many slots a group's margin rows go to. More than one needs slot files (each slot is given
+        the document by a restore) and prefix reuse; the pool bounds the requests in flight."""
+        if self.slot_keeper is None or not self.slot_keeper.enabled:
+            return 1
+        return max(1, min(self.n_slots, self.margin_slots or self.n_slots, self.max_concurrency))
 
     def check(self) -> None:
         """Reach the server, read its context window, and compare its tokenizer with ours (raises on mismatch)."""
@@ -248,8 +273,10 @@ class ServerBackend(TokenizerMethods):
         slot, headers = self._slot(cache), self._headers(cache)
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
         want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
+        # llama.cpp: rows in lanes, one lane per slot, each lane's rows one after another (a slot runs one sequence).
+        lanes = self._lanes(cache, rows, slot) if slot is not None and not staged else None
 
-        def run(i: int) -> None:
+        def run(i: int, slot: int | None = slot, save_slot: bool = True) -> None:
             r, prompt = rows[i], prompts[i]
             try:
                 self._check_fits(len(prompt) + request.max_new_tokens)
@@ -263,6 +290,7 @@ class ServerBackend(TokenizerMethods):
                     slot,
                     cancels[i],
                     headers,
+                    save_slot,
                 ):
                     events.put((i, token, lp, None))
             except BaseException as e:  # handed to the consumer, raised there
@@ -289,9 +317,18 @@ class ServerBackend(TokenizerMethods):
         def prompts_upto(upto: int) -> list[int]:
             return next(p[:upto] for p, r in zip(prompts, rows, strict=True) if r.prefix_length >= upto)
 
+        def lane(lane_slot: int, indices: list[int], save_slot: bool) -> None:
+            for i in indices:
+                if stopped.is_set():
+                    return
+                run(i, lane_slot, save_slot)
+
         if staged:
             # Its own thread, not the pool's: rows queued behind it on a full pool must not wait for the warm-ups.
             threading.Thread(target=stages, name="wim-server-stages", daemon=True).start()
+        elif lanes is not None:
+            for lane_slot, indices, save_slot in lanes:
+                self._pool.submit(lane, lane_slot, indices, save_slot)
         else:
             for i in range(len(rows)):
                 self._pool.submit(run, i)
@@ -371,7 +408,7 @@ class ServerBackend(TokenizerMethods):
             for read_cache in (True, False):
                 path, body = self.profile.score(prompt, slot, read_cache, needed)
                 reply = self.client.post_json(path, body, headers)
-                self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply))
+                self._record("score", prompt, prefix, self._parsed(path, self.profile.usage, reply), slot)
                 values = self._parsed(path, self.profile.prompt_logprobs, reply, prompt, tail)
                 if not any(math.isnan(v) for v in values[len(values) - needed :]):
                     return values
@@ -393,6 +430,28 @@ class ServerBackend(TokenizerMethods):
         ]
 
     # -- internals ---------------------------------------------------------------------------------------------
+    def _lanes(self, cache: ServerCache, rows: Sequence[PackedRow], slot: int) -> list[tuple[int, list[int], bool]]:
+        """llama.cpp: (slot, row indices, whether a request there may save the slot) per lane. A slot holds one
+        sequence, so rows go longest prefix first (each later one cuts the slot back; nothing is computed again).
+        With several slots (`margin_slots`) and a document's prefix, the document is saved to a file first; the
+        longest row alone stays on the document's slot (which so still holds the whole document for the answer), the
+        others go round the next slots, which restore the file once each (and on a second question find their rows'
+        own prefixes, the margin instruction's shared start included, where the first question left them).
+        Those requests never save (the file holds what matters); otherwise the slot keeper's rule applies."""
+        order = sorted(range(len(rows)), key=lambda i: -rows[i].prefix_length)
+        spread = min(self._spread(), len(rows))
+        longest = rows[order[0]].prefix_length
+        keeper = self.slot_keeper  # not None where spread > 1 (`_spread`)
+        if (
+            keeper is not None
+            and spread > 1
+            and longest >= _SPREAD_SAVE_MIN
+            and keeper.ensure_saved(slot, cache.tokens[:longest])
+        ):
+            others = [(slot + k) % self.n_slots for k in range(1, spread)]
+            return [(slot, order[:1], False)] + [(s, order[1 + k :: len(others)], False) for k, s in enumerate(others)]
+        return [(slot, order, True)]
+
     def _warm(self, cache: ServerCache, upto: int) -> None:
         """Put `cache.tokens[:upto]` into the server's prefix cache with one request, unless it is there already."""
         if upto <= cache.warm or upto == 0 or not self.profile.reuse_prefix:
@@ -408,7 +467,7 @@ class ServerBackend(TokenizerMethods):
         path, body = self.profile.warm(prompt, slot)
         reply = self.client.post_json(path, body, headers)
         usage = self._parsed(path, self.profile.usage, reply)
-        self._record("warm", prompt, cache.warm, usage)
+        self._record("warm", prompt, cache.warm, usage, slot)
         self._slot_sent(slot, prompt, prepared, usage)
 
     def _stream(
@@ -422,6 +481,7 @@ class ServerBackend(TokenizerMethods):
         slot: int | None,
         cancel: threading.Event,
         headers: dict[str, str] | None = None,
+        save_slot: bool = True,
     ) -> Generator[tuple[int, float | None], None, None]:
         """(token, log P) of one streamed completion, up to a stop id (not yielded) or the budget.
 
@@ -429,7 +489,7 @@ class ServerBackend(TokenizerMethods):
         usage report) and the stream is closed, so a server that streams on past the budget cannot hold the run."""
         path, body = self.profile.generate(prompt, max_tokens, sampling, sorted(self.stop_ids), want_logprobs, slot)
         n, usage, finished, final, after = 0, None, False, False, 0
-        prepared = self._prepare_slot(slot, prompt)
+        prepared = self._prepare_slot(slot, prompt, save_slot)
         generated: list[int] = []
         events = self.client.stream_events(path, body, cancel, headers)
         try:
@@ -456,7 +516,7 @@ class ServerBackend(TokenizerMethods):
             if not finished:
                 raise  # with every token in, a server slow to end the stream costs only its usage report
         except GeneratorExit:  # closed by the caller (a margin complete by its stop rule): recorded as far as it went
-            self._record(kind, prompt, prefix, usage)
+            self._record(kind, prompt, prefix, usage, slot)
             self._slot_sent(slot, [*prompt, *generated], prepared, usage)
             raise
         finally:
@@ -466,7 +526,7 @@ class ServerBackend(TokenizerMethods):
                 f"the {self.engine} server's stream ended after {n} tokens without its final event (connection cut "
                 "off?); the run was stopped, nothing partial was kept. Check the server's log."
             )
-        self._record(kind, prompt, prefix, usage)
+        self._record(kind, prompt, prefix, usage, slot)
         self._slot_sent(slot, [*prompt, *generated], prepared, usage)
 
     def _parsed(self, path: str, read: Callable[..., Any], *args: Any) -> Any:
@@ -479,15 +539,18 @@ class ServerBackend(TokenizerMethods):
                 f"({type(e).__name__}: {str(e)[:200]}); is engine={self.engine!r} the engine serving there?"
             ) from e
 
-    def _record(self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None) -> None:
+    def _record(
+        self, kind: str, prompt: Sequence[int], prefix: int, usage: Usage | None, slot: int | None = None
+    ) -> None:
         u = usage or Usage()
-        self.requests.append(RequestRecord(kind, len(prompt), prefix, u.cached, u.computed))
+        self.requests.append(RequestRecord(kind, len(prompt), prefix, u.cached, u.computed, slot))
 
-    def _prepare_slot(self, slot: int | None, prompt: Sequence[int]) -> Prepared | None:
-        """llama.cpp: before `prompt` goes to `slot`, restore a saved document it needs or save one it discards."""
+    def _prepare_slot(self, slot: int | None, prompt: Sequence[int], save: bool = True) -> Prepared | None:
+        """llama.cpp: before `prompt` goes to `slot`, restore a saved document it needs or (with `save`) save one it
+        discards."""
         if self.slot_keeper is None or slot is None:
             return None
-        return self.slot_keeper.prepare(slot, prompt)
+        return self.slot_keeper.prepare(slot, prompt, save)
 
     def _slot_sent(
         self, slot: int | None, tokens: Sequence[int], prepared: Prepared | None, usage: Usage | None

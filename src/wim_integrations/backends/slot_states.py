@@ -15,6 +15,9 @@ tokens of the next request). A server without `--slot-save-path` refuses the act
 itself off at the first refusal of any kind and requests go as before. A server that cannot be reached or does not
 answer in time raises as any request would.
 
+Several slots (`ServerBackend(margin_slots=...)`): before a group's margin requests go to other slots, `ensure_saved`
+saves the document's slot once; each other slot's first request then restores that file like any other.
+
 Files: at most `max_states` per keeper (one per backend), named `wim-<random>-<n>.bin` and overwritten in turn, so the
 directory holds at most `max_states` files of a backend's (each the slot's keys/values: about 23 KB a token on the
 embedded SmolLM2-135M). The server has no delete action: the files stay after the backend is closed."""
@@ -80,9 +83,9 @@ class SlotKeeper:
         self._next_name = 0
         self._lock = threading.Lock()
 
-    def prepare(self, slot: int, prompt: Sequence[int]) -> Prepared:
+    def prepare(self, slot: int, prompt: Sequence[int], save: bool = True) -> Prepared:
         """Before `prompt` goes to `slot`: restore a saved sequence that covers more of it than the slot holds, or
-        save what the slot holds if the request would discard much of it. One action at most."""
+        (with `save`) save what the slot holds if the request would discard much of it. One action at most."""
         with self._lock:
             held = self.held.get(slot, [])
             have = common_prefix(held, prompt)
@@ -99,9 +102,26 @@ class SlotKeeper:
                 return Prepared(0, None)  # the slot is empty after a failed restore
             lost = len(held) - have
             known = any(common_prefix(s.tokens, held) >= len(held) - MIN_TOKENS for s in self.saved)
-            if lost >= MIN_TOKENS and have < SAVE_BELOW_KEPT * len(held) and not known:
+            if save and lost >= MIN_TOKENS and have < SAVE_BELOW_KEPT * len(held) and not known:
                 self._save(slot, held)
             return Prepared(have, None)
+
+    def ensure_saved(self, slot: int, tokens: Sequence[int]) -> bool:
+        """Make sure a file holds `tokens` (the document read so far), so other slots can be given it: true if one
+        does, or the slot holds them and was saved now. Margin rows spread over several slots restore it there."""
+        with self._lock:
+            if not self.enabled:
+                return False
+            state = self._covering(tokens)
+            if state is not None:
+                self.saved.remove(state)
+                self.saved.append(state)  # most recently used: the next save must not overwrite it
+                return True
+            held = self.held.get(slot, [])
+            if common_prefix(held, tokens) < len(tokens):
+                return False  # the slot does not hold them (as far as the keeper knows): nothing to save
+            self._save(slot, held)
+            return self._covering(tokens) is not None  # not if the save was refused or the slot held something else
 
     def sent(self, slot: int, tokens: Sequence[int], prepared: Prepared, cached: int | None) -> None:
         """After a request: `slot` holds `tokens` (its prompt and what was generated), and the server reported
@@ -162,6 +182,9 @@ class SlotKeeper:
             self.disabled_because = str(e)[:300]
             return None
         return reply if isinstance(reply, dict) else None
+
+    def _covering(self, tokens: Sequence[int]) -> SavedState | None:
+        return next((s for s in self.saved if common_prefix(s.tokens, tokens) >= len(tokens)), None)
 
     def _forget(self, state: SavedState) -> None:
         if state in self.saved:
