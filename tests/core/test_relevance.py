@@ -327,7 +327,10 @@ def test_judge_terms_equal_plain_forward_passes_on_the_judge_model(tiny_backends
     for m, q in zip(result.margins, qp.margins, strict=True):
         assert m.score_terms is not None and q.score_terms is not None
         t = JudgeTerms(**m.score_terms)
-        assert (t.grounding, t.question) == pytest.approx((q.score_terms["grounding"], q.score_terms["question"]))
+        # The same rows as question_pmi's run; that run read the document from the document cache, so its float
+        # sums may differ in the last bits (4.5e-7 seen in CI), far below what a wrong prefix changes.
+        want_terms = (q.score_terms["grounding"], q.score_terms["question"])
+        assert (t.grounding, t.question) == pytest.approx(want_terms, abs=1e-4)
         if not m.text.strip():
             assert (t.verdict, t.relevance) == (0.0, 0.0)
             continue
