@@ -164,12 +164,11 @@ def served_model():
 def llama_server(served_model):
     """A real `llama-server` (scripts/build_llama_server.sh) serving the embedded model on 127.0.0.1 for the session.
     Without the binary its tests skip, unless WIM_REQUIRE_LLAMA_SERVER=1 (CI) makes that a failure."""
-    from wim_integrations.backends.llama_server import LlamaServer, find_llama_server
+    from llama_cpp_agreement import require_llama_server
 
-    if find_llama_server() is None:
-        if os.environ.get("WIM_REQUIRE_LLAMA_SERVER") == "1":
-            pytest.fail("llama-server is required here (WIM_REQUIRE_LLAMA_SERVER=1): run scripts/build_llama_server.sh")
-        pytest.skip("llama-server not built (scripts/build_llama_server.sh)")
+    from wim_integrations.backends.llama_server import LlamaServer
+
+    require_llama_server()
     # One slot: every request of a run goes to it, so prefix reuse is as WiM plans it; no RAM prompt cache, so a
     # prefix is either in the slot or computed again (never restored from host memory); two threads and llama.cpp's
     # default batch sizes named, so the kernels and their split do not follow the machine. What stays

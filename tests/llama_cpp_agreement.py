@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import pytest
 
 # What llama.cpp guarantees, and so what these tests assert:
 # - The same requests, in the same order, from the same cache state give the same greedy tokens (the same prompts in
@@ -191,3 +193,13 @@ def assert_run_equals_plain_generation_inproc(wim: Any, plan: Any, result: Any) 
     ids = answer_prompt(wim, plan, result)
     budget = cfg.answer_max_new_tokens
     assert_same_greedy_text_inproc(b, ids, result.answer, plain_text_inproc(b, ids, budget), budget)
+
+
+def require_llama_server() -> None:
+    """Skip without a built llama-server, unless WIM_REQUIRE_LLAMA_SERVER=1 (CI) makes that a failure."""
+    from wim_integrations.backends.llama_server import find_llama_server
+
+    if find_llama_server() is None:
+        if os.environ.get("WIM_REQUIRE_LLAMA_SERVER") == "1":
+            pytest.fail("llama-server is required here (WIM_REQUIRE_LLAMA_SERVER=1): run scripts/build_llama_server.sh")
+        pytest.skip("llama-server not built (scripts/build_llama_server.sh)")

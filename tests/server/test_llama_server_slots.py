@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import HARBOR, QUESTION, SERVER_CFG, assert_same_run
+from llama_cpp_agreement import require_llama_server
 
 from wim_integrations import WiM
 from wim_integrations.backends.llama_server import LlamaServer
@@ -66,6 +67,7 @@ def test_the_second_question_finds_the_document_in_the_servers_cache(llama_serve
 def test_a_server_without_slot_files_is_read_as_before(served_model):
     """A user's server started without --slot-save-path refuses the slot actions: the backend stops asking after the
     first refusal, and both questions are answered, the second computing the document again."""
+    require_llama_server()
     args = ("--cache-ram", "0", "--batch-size", "2048", "--ubatch-size", "512")
     with LlamaServer(served_model[0], context=4096, threads=2, extra_args=args, slot_files=False) as server:
         backend = ServerBackend(server.url, tokenizer=served_model[1], engine="llama.cpp")
