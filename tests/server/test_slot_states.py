@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wim_integrations.backends.server import held_first
 from wim_integrations.backends.slot_states import SlotKeeper
 from wim_integrations.errors import ServerResponseError
 
@@ -127,3 +128,14 @@ def test_after_forget_saved_nothing_saved_is_restored_and_the_names_are_reused()
     assert cold[0::2][:3] == [0, 200, 400]
     read_in_order(slots, keeper, 4)  # saves again: over the old file, not beside it
     assert set(slots.files) == names
+
+
+def test_a_lane_sends_first_the_row_its_slot_holds_most_of_and_else_keeps_the_longest_first():
+    keeper = SlotKeeper(Slots().post)
+    # Three margin rows of one lane, longest prefix first, each its segment's end then the margin instruction.
+    prompts = [[*DOC[:end], 50, 51, 52, 60 + i] for i, end in enumerate((600, 400, 200))]
+    assert held_first(keeper, 0, [0, 1, 2], prompts) == [0, 1, 2]  # the slot holds none of them: a first read
+    keeper.held[0] = [*DOC[:400], 50, 51, 52, 70, 8, 8]  # the first question's row 1 and its margin
+    # Row 1 finds its prefix and the instruction's shared start; row 0 only the document up to row 1's segment end.
+    assert held_first(keeper, 0, [0, 1, 2], prompts) == [1, 0, 2]
+    assert held_first(keeper, 0, [2], prompts) == [2]

@@ -274,7 +274,7 @@ class ServerBackend(TokenizerMethods):
         prompts = [[*cache.tokens[: r.prefix_length], *r.prompt_ids] for r in rows]  # built here, not in the workers
         want_logprobs = request.logprobs is not None and self.capabilities.generation_logprobs
         # llama.cpp: rows in lanes, one lane per slot, each lane's rows one after another (a slot runs one sequence).
-        lanes = self._lanes(cache, rows, slot) if slot is not None and not staged else None
+        lanes = self._lanes(rows, prompts, slot) if slot is not None and not staged else None
 
         def run(i: int, slot: int | None = slot, save_slot: bool = True) -> None:
             r, prompt = rows[i], prompts[i]
@@ -430,14 +430,17 @@ class ServerBackend(TokenizerMethods):
         ]
 
     # -- internals ---------------------------------------------------------------------------------------------
-    def _lanes(self, cache: ServerCache, rows: Sequence[PackedRow], slot: int) -> list[tuple[int, list[int], bool]]:
+    def _lanes(
+        self, rows: Sequence[PackedRow], prompts: Sequence[Sequence[int]], slot: int
+    ) -> list[tuple[int, list[int], bool]]:
         """llama.cpp: (slot, row indices, whether a request there may save the slot) per lane. A slot holds one
         sequence, so rows go longest prefix first (each later one cuts the slot back; nothing is computed again).
         With several slots (`margin_slots`) and a document's prefix, the document is saved to a file first; the
         longest row alone stays on the document's slot (which so still holds the whole document for the answer), the
         others go round the next slots, which restore the file once each (and on a second question find their rows'
-        own prefixes, the margin instruction's shared start included, where the first question left them).
-        Those requests never save (the file holds what matters); otherwise the slot keeper's rule applies."""
+        own prefixes, the margin instruction's shared start included, where the first question left them: a lane
+        sends that row first, `held_first`). Those requests never save (the file holds what matters); otherwise the
+        slot keeper's rule applies."""
         order = sorted(range(len(rows)), key=lambda i: -rows[i].prefix_length)
         spread = min(self._spread(), len(rows))
         longest = rows[order[0]].prefix_length
@@ -446,10 +449,11 @@ class ServerBackend(TokenizerMethods):
             keeper is not None
             and spread > 1
             and longest >= _SPREAD_SAVE_MIN
-            and keeper.ensure_saved(slot, cache.tokens[:longest])
+            and keeper.ensure_saved(slot, prompts[order[0]][:longest])
         ):
             others = [(slot + k) % self.n_slots for k in range(1, spread)]
-            return [(slot, order[:1], False)] + [(s, order[1 + k :: len(others)], False) for k, s in enumerate(others)]
+            lanes = [(s, order[1 + k :: len(others)]) for k, s in enumerate(others)]
+            return [(slot, order[:1], False)] + [(s, held_first(keeper, s, ix, prompts), False) for s, ix in lanes]
         return [(slot, order, True)]
 
     def _warm(self, cache: ServerCache, upto: int) -> None:
@@ -655,3 +659,14 @@ def _stop_ids(tokens: HFTokenizer) -> set[int]:
         if eos is not None:
             ids |= {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
     return ids
+
+
+def held_first(keeper: SlotKeeper, slot: int, indices: list[int], prompts: Sequence[Sequence[int]]) -> list[int]:
+    """A lane's rows with the one whose prompt `slot` already holds most of first (on a second question: the row the
+    slot ran last, its prefix and the margin instruction's shared start still there); the rest keep their order
+    (longest prefix first: the first of them restores the document's file, each later one cuts the slot back)."""
+    if len(indices) < 2:
+        return indices
+    held = [keeper.held_prefix(slot, prompts[i]) for i in indices]
+    best = held.index(max(held))  # the first on ties: longest first where the slot holds none of them (a first read)
+    return [indices[best], *indices[:best], *indices[best + 1 :]]

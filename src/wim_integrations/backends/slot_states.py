@@ -123,6 +123,11 @@ class SlotKeeper:
             self._save(slot, held)
             return self._covering(tokens) is not None  # not if the save was refused or the slot held something else
 
+    def held_prefix(self, slot: int, tokens: Sequence[int]) -> int:
+        """How many of `tokens`' first tokens `slot` is believed to hold."""
+        with self._lock:
+            return common_prefix(self.held.get(slot, []), tokens)
+
     def sent(self, slot: int, tokens: Sequence[int], prepared: Prepared, cached: int | None) -> None:
         """After a request: `slot` holds `tokens` (its prompt and what was generated), and the server reported
         `cached` prompt tokens found in the slot. Far fewer than expected: the restored file did not hold what the
