@@ -1,4 +1,5 @@
-"""What llama.cpp and vLLM guarantee about greedy tokens, and the comparison the tests use where they guarantee less."""
+"""What llama.cpp and vLLM guarantee about greedy tokens, and the comparison the tests use where they guarantee less;
+at the end, the check every test that needs a built llama-server makes first (`require_llama_server`)."""
 
 from __future__ import annotations
 
